@@ -118,10 +118,14 @@ class HeadModel(torch.nn.Module):
         self.register_buffer("shapedirs", f32(data.shapedirs))
         self.register_buffer("exprdirs", f32(data.exprdirs))
         self.register_buffer("posedirs", f32(data.posedirs).reshape(-1, 36).T.contiguous())  # (36, V*3)
+        # Blendshapes as (S + E, V*3) so one matmul applies them (einsum over (V, 3, S) is slow).
+        self.register_buffer("_blend", torch.cat([self.shapedirs.reshape(-1, self.shapedirs.shape[2]).T,
+                                                  self.exprdirs.reshape(-1, self.exprdirs.shape[2]).T]).contiguous())
         self.register_buffer("j_regressor", f32(data.j_regressor))
         self.register_buffer("lbs_weights", f32(data.lbs_weights))
         self.register_buffer("lmk_faces", torch.as_tensor(np.asarray(data.lmk_faces, dtype=np.int64)))
         self.register_buffer("lmk_bary", f32(data.lmk_bary))
+        self.register_buffer("_lmk_vertices", self.faces[self.lmk_faces])  # (L, 3)
         self.parents = [int(p) for p in data.parents]
 
     @property
@@ -136,15 +140,16 @@ class HeadModel(torch.nn.Module):
     def num_expr(self) -> int:
         return self.exprdirs.shape[2]
 
-    def _coeffs(self, x: torch.Tensor | None, n: int, batch: int, name: str) -> torch.Tensor:
+    def _coeffs(self, x: torch.Tensor | None, n: int, batch: int, name: str, exact: bool = False) -> torch.Tensor:
         ref = self.v_template
         if x is None:
             return ref.new_zeros(batch, n)
         x = torch.as_tensor(x, dtype=ref.dtype, device=ref.device)
         if x.ndim == 1:
             x = x[None].expand(batch, -1)
-        if x.ndim != 2 or x.shape[0] != batch or x.shape[1] > n:
-            raise ValueError(f"{name} must have shape (B, <= {n}) with B = {batch}, got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[0] != batch or x.shape[1] > n or (exact and x.shape[1] != n):
+            size = n if exact else f"<= {n}"
+            raise ValueError(f"{name} must have shape (B, {size}) with B = {batch}, got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or Inf")
         if x.shape[1] < n:
@@ -162,13 +167,10 @@ class HeadModel(torch.nn.Module):
         b = self._batch_size(shape, expr, pose, translation)
         shape = self._coeffs(shape, self.num_shape, b, "shape")
         expr = self._coeffs(expr, self.num_expr, b, "expr")
-        pose = self._coeffs(pose, POSE_DIM, b, "pose")
-        if pose.shape[1] != POSE_DIM:
-            raise ValueError(f"pose must have {POSE_DIM} numbers")
-        translation = self._coeffs(translation, 3, b, "translation")
+        pose = self._coeffs(pose, POSE_DIM, b, "pose", exact=True)
+        translation = self._coeffs(translation, 3, b, "translation", exact=True)
 
-        v = self.v_template + torch.einsum("bs,vcs->bvc", shape, self.shapedirs)
-        v = v + torch.einsum("be,vce->bvc", expr, self.exprdirs)
+        v = self.v_template + (torch.cat([shape, expr], 1) @ self._blend).reshape(b, -1, 3)
         if static_offset is not None:
             off = torch.as_tensor(static_offset, dtype=v.dtype, device=v.device)
             if off.shape[-2:] != v.shape[-2:] or off.ndim not in (2, 3):
@@ -205,11 +207,12 @@ class HeadModel(torch.nn.Module):
         offset = (world[:, :, :3, :3] @ joints[..., None])[..., 0]
         skin = world.clone()
         skin[:, :, :3, 3] = world[:, :, :3, 3] - offset
-        t = torch.einsum("vj,bjrc->bvrc", self.lbs_weights, skin)  # (B, V, 4, 4)
-        verts = (t[:, :, :3, :3] @ v_posed[..., None])[..., 0] + t[:, :, :3, 3]
+        t = (self.lbs_weights @ skin[:, :, :3].reshape(b, NUM_JOINTS, 12)).reshape(b, -1, 3, 4)  # (B, V, 3, 4)
+        # Elementwise multiply-and-sum: a batched matmul over V tiny 3x3 matrices is much slower.
+        verts = (t[..., :3] * v_posed[:, :, None, :]).sum(-1) + t[..., 3]
         return verts, posed_joints
 
     def landmarks(self, verts: torch.Tensor) -> torch.Tensor:
         """verts: (B, V, 3) -> (B, L, 3) from the landmark embedding."""
-        tri = verts[:, self.faces[self.lmk_faces]]  # (B, L, 3, 3)
+        tri = verts[:, self._lmk_vertices]  # (B, L, 3, 3)
         return (tri * self.lmk_bary[None, :, :, None]).sum(2)

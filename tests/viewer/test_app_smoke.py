@@ -1,0 +1,32 @@
+"""The viewer opens a real window (Xvfb on CI), draws the head and exits cleanly."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display (scripts/test.sh starts Xvfb)")
+
+
+def test_smoke_run_draws_the_head_and_exits_zero(tmp_path):
+    prefix = str(tmp_path / "shot_")
+    proc = subprocess.run([sys.executable, "-m", "savatar.viewer.app", "--smoke", "8", "--size", "320", "320",
+                           "--screenshot", prefix], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    img = np.asarray(Image.open(prefix + "stage.png").convert("RGB")).astype(float)
+    assert img.shape[:2] == (320, 320)
+    background = img[2, 2]
+    head = np.abs(img - background).sum(-1) > 30
+    assert 0.1 < head.mean() < 0.8  # a head fills a good part of the stage, not all of it
+    # Skin tones in the middle of the frame: red above blue.
+    centre = img[120:200, 120:200].reshape(-1, 3)
+    assert (centre[:, 0] > centre[:, 2] + 20).mean() > 0.5
+
+
+def test_bad_size_is_a_one_line_error():
+    proc = subprocess.run([sys.executable, "-m", "savatar.viewer.app", "--size", "0", "10"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--size" in proc.stderr

@@ -78,8 +78,12 @@ if command -v dpkg-query >/dev/null 2>&1; then
             done
             TO_INSTALL+=("${pick:-${alts[-1]}}")
         done
-        apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${TO_INSTALL[@]}" >/dev/null \
-            || die "apt-get install ${TO_INSTALL[*]} failed"
+        APT_LOG="$(mktemp)"
+        if ! apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${TO_INSTALL[@]}" >"$APT_LOG" 2>&1; then
+            tail -n 30 "$APT_LOG" >&2
+            die "apt-get install ${TO_INSTALL[*]} failed"
+        fi
+        rm -f "$APT_LOG"
         say "installed: ${TO_INSTALL[*]}"
     else
         say "warning: missing system packages (not root, so not installing them):"
@@ -103,7 +107,7 @@ if [ ! -x "$PY" ]; then
         die "SpatialAvatar needs Python >= 3.11, but '$BASE_PY' is $("$BASE_PY" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo unknown). Install a newer Python and point SAVATAR_PYTHON at it."
     fi
     say "creating .venv with $BASE_PY ($("$BASE_PY" --version 2>&1))"
-    "$BASE_PY" -m venv "$VENV" || die "could not create .venv (on Debian/Ubuntu: apt-get install python3-venv)"
+    "$BASE_PY" -m venv "$VENV" || die "could not create .venv (see above; on Debian/Ubuntu the python3-venv package may be missing)"
 else
     check_python "$PY" || die ".venv uses Python $("$PY" -c 'import platform; print(platform.python_version())'), but >= 3.11 is needed: remove .venv and run again"
 fi

@@ -1,0 +1,231 @@
+"""Binding of Gaussians to the triangles of a head mesh (design.md, "The representation").
+
+Face frames, quaternion helpers, the deformation from face-local storage to world Gaussians, and
+the initial layout of a new avatar on a head model's template.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from savatar.core.gaussians import GaussianAvatar, WorldGaussians, rgb_to_sh0, sh_coeff_count
+from savatar.core.head_model import HeadModelData
+from savatar.core.mesh_ops import face_areas
+
+# Norms below this are treated as this, so degenerate (zero-area or zero-edge) faces give finite
+# frames and gradients instead of NaN.
+_EPS = 1e-12
+
+DEFAULT_REGION_DENSITY: dict[str, float] = {
+    "face": 3.0,
+    "left_eyeball": 2.0,
+    "right_eyeball": 2.0,
+    "mouth_cavity": 0.5,
+    "upper_teeth": 1.0,
+    "lower_teeth": 1.0,
+    "scalp": 1.0,
+    "neck": 0.7,
+    "eye_socket": 0.3,
+}
+
+# Opacity at initialisation, and the normal-axis (local y) scale relative to the in-plane scale:
+# flat discs lying in their triangle.
+_INIT_OPACITY = 0.9
+_INIT_FLATNESS = 0.1
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def face_frames(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-face frames of a mesh.
+
+    verts: (..., V, 3); faces: (F, 3) integer ->
+    R (..., F, 3, 3) with columns a0 (along v1 - v0), a1 (unit normal), a2 (= a0 x a1);
+    centre (..., F, 3) centroid; k (..., F) face scale (mean of base edge |v1 - v0| and height).
+    """
+    faces = torch.as_tensor(faces, device=verts.device, dtype=torch.long)
+    v0 = verts[..., faces[:, 0], :]
+    v1 = verts[..., faces[:, 1], :]
+    v2 = verts[..., faces[:, 2], :]
+    e1 = v1 - v0
+    e2 = v2 - v0
+    a0 = _normalize(e1)
+    a1 = _normalize(torch.linalg.cross(a0, e2, dim=-1))
+    a2 = _normalize(torch.linalg.cross(a0, a1, dim=-1))
+    R = torch.stack([a0, a1, a2], dim=-1)
+    centre = (v0 + v1 + v2) / 3.0
+    edge = torch.linalg.vector_norm(e1, dim=-1)
+    height = (a2 * e2).sum(-1).abs()
+    k = 0.5 * (edge + height)
+    return R, centre, k
+
+
+def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) wxyz.
+
+    Computes the four Shepperd candidates and keeps, per matrix, the one whose pivot component is
+    largest, so no division by a small number happens anywhere (branch by mask, differentiable).
+    """
+    m00, m01, m02 = R[..., 0, 0], R[..., 0, 1], R[..., 0, 2]
+    m10, m11, m12 = R[..., 1, 0], R[..., 1, 1], R[..., 1, 2]
+    m20, m21, m22 = R[..., 2, 0], R[..., 2, 1], R[..., 2, 2]
+    # 4 q_i^2 for w, x, y, z.
+    q_sq4 = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
+                         1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    q_abs = torch.sqrt(q_sq4.clamp_min(_EPS))  # 2 |q_i|
+    # Row i: the quaternion scaled by 4 q_i (candidate derived with component i as the pivot).
+    cand = torch.stack([
+        torch.stack([q_sq4[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
+        torch.stack([m21 - m12, q_sq4[..., 1], m10 + m01, m02 + m20], -1),
+        torch.stack([m02 - m20, m10 + m01, q_sq4[..., 2], m12 + m21], -1),
+        torch.stack([m10 - m01, m20 + m02, m21 + m12, q_sq4[..., 3]], -1),
+    ], -2)
+    cand = cand / (2.0 * q_abs[..., None].clamp_min(0.1))
+    best = torch.nn.functional.one_hot(q_abs.argmax(-1), 4).to(R.dtype)
+    q = (cand * best[..., None]).sum(-2)
+    # Canonical sign (w >= 0) so equal rotations give equal quaternions.
+    return q * torch.where(q[..., :1] < 0, -1.0, 1.0).to(q.dtype)
+
+
+def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product a * b of quaternions (..., 4) wxyz (broadcasting)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ], -1)
+
+
+def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Quaternions (..., 4) wxyz (normalized here) -> rotation matrices (..., 3, 3)."""
+    w, x, y, z = _normalize(q).unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(*q.shape[:-1], 3, 3)
+
+
+def _faces_of(avatar: GaussianAvatar) -> np.ndarray:
+    """The head's triangles (F, 3) for an avatar whose caller did not pass them."""
+    head = avatar.metadata.get("head_data")
+    if head is not None:
+        return head.faces
+    if avatar.head_model == "open-head":
+        from savatar.core.open_head import load_open_head_data
+
+        return load_open_head_data().faces
+    raise ValueError(f"deform needs the faces of head model {avatar.head_model!r}: pass faces=")
+
+
+def deform(avatar: GaussianAvatar, verts: torch.Tensor,
+           faces: torch.Tensor | np.ndarray | None = None) -> WorldGaussians:
+    """Face-local avatar + posed mesh vertices (V, 3) -> world Gaussians (N of them).
+
+    faces: (F, 3) triangles of the head model; by default the open head model's (or
+    avatar.metadata["head_data"].faces when the avatar was loaded from a file).
+    Frames are computed once per face (F) and gathered per Gaussian; the local-to-world rotation
+    is an elementwise multiply-and-sum because a batched (N, 3, 3) @ (N, 3, 1) matmul is several
+    times slower on CPU. Differentiable w.r.t. verts and every avatar tensor.
+    """
+    if verts.ndim != 2 or verts.shape[1] != 3:
+        raise ValueError(f"verts must have shape (V, 3), got {tuple(verts.shape)}")
+    R, centre, k = face_frames(verts, _faces_of(avatar) if faces is None else faces)
+    # One packed per-face table (F, 17) = [k R (9, row-major) | centre (3) | k (1) | q(R) (4)],
+    # gathered with a single index_select: one large gather is cheaper than four small ones.
+    n_faces = R.shape[0]
+    table = torch.cat([(R * k[:, None, None]).reshape(n_faces, 9), centre, k[:, None], matrix_to_quat(R)], 1)
+    g = table.index_select(0, avatar.face.long())  # (N, 17)
+    means = torch.einsum("nij,nj->ni", g[:, :9].reshape(-1, 3, 3), avatar.mean) + g[:, 9:12]
+    scales = g[:, 12:13] * torch.exp(avatar.log_scale)
+    q = quat_multiply(g[:, 13:17], avatar.rot)
+    quats = q * torch.rsqrt((q * q).sum(-1, keepdim=True).clamp_min(_EPS * _EPS))
+    return WorldGaussians(means=means, quats=quats, scales=scales,
+                          opacities=torch.sigmoid(avatar.opacity_logit), sh=avatar.sh)
+
+
+def _face_region_weights(data: HeadModelData, density: dict[str, float]) -> np.ndarray:
+    """(F,) density weight of each face's majority region (1.0 for faces outside every region)."""
+    names = list(data.vertex_regions)
+    label = np.full(len(data.v_template), -1, np.int64)
+    for i, name in enumerate(names):
+        label[np.asarray(data.vertex_regions[name], np.int64)] = i
+    fl = label[data.faces]  # (F, 3)
+    # Majority of three labels: l0 if it matches either other one, else l1 if l1 == l2, else l0.
+    major = np.where((fl[:, 1] == fl[:, 2]) & (fl[:, 0] != fl[:, 1]), fl[:, 1], fl[:, 0])
+    table = np.array([float(density.get(n, 1.0)) for n in names] + [1.0])
+    return table[major]  # label -1 picks the trailing 1.0
+
+
+def init_avatar(data: HeadModelData, count: int, seed: int = 0,
+                region_density: dict[str, float] | None = None, sh_degree: int = 0) -> GaussianAvatar:
+    """A new avatar of `count` Gaussians on the head model's template (float32, deterministic).
+
+    Faces are drawn with probability proportional to area x region density; positions are
+    uniform on the triangle; each Gaussian is a flat disc (local y = normal axis thin) whose
+    in-plane area is its share of the triangle; colour from the interpolated vertex colours.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    density = dict(DEFAULT_REGION_DENSITY if region_density is None else region_density)
+    verts = np.asarray(data.v_template, np.float64)
+    faces = np.asarray(data.faces, np.int64)
+    area = face_areas(verts, faces)
+    weight = area * _face_region_weights(data, density)
+    if not weight.sum() > 0:
+        raise ValueError("no face has positive area x density weight")
+    rng = np.random.default_rng(seed)
+    face = rng.choice(len(faces), size=count, p=weight / weight.sum())
+    uv = rng.random((count, 2))
+    flip = uv.sum(1) > 1  # reflect into the triangle so the points are uniform over it
+    uv[flip] = 1 - uv[flip]
+    bary = np.stack([1 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], 1)  # (N, 3)
+
+    tri = verts[faces[face]]  # (N, 3, 3)
+    point = (bary[:, :, None] * tri).sum(1)
+    R, centre, k = (t.numpy() for t in face_frames(torch.from_numpy(verts), torch.from_numpy(faces)))
+    k = np.maximum(k, _EPS)
+    mean = np.einsum("nji,nj->ni", R[face], point - centre[face]) / k[face, None]  # R^T (p - c) / k
+
+    per_face = np.bincount(face, minlength=len(faces))
+    radius = np.sqrt(area[face] / per_face[face] / np.pi) / k[face]
+    radius = np.maximum(radius, 1e-6)
+    log_scale = np.log(np.stack([radius, _INIT_FLATNESS * radius, radius], 1))
+
+    if data.vertex_colors is not None:
+        rgb = (bary[:, :, None] * np.asarray(data.vertex_colors, np.float64)[faces[face]]).sum(1)
+    else:
+        rgb = np.full((count, 3), 0.5)
+    sh = torch.zeros(count, sh_coeff_count(sh_degree), 3)
+    sh[:, 0] = rgb_to_sh0(torch.from_numpy(rgb).float())
+
+    rot = torch.zeros(count, 4)
+    rot[:, 0] = 1.0
+    f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
+    return GaussianAvatar(
+        face=torch.from_numpy(face.astype(np.int64)),
+        mean=f32(mean),
+        rot=rot,
+        log_scale=f32(log_scale),
+        opacity_logit=torch.full((count,), float(np.log(_INIT_OPACITY / (1 - _INIT_OPACITY)))),
+        sh=sh,
+        head_model=data.name,
+        shape=torch.zeros(data.shapedirs.shape[2]),
+        static_offset=torch.zeros(len(verts), 3),
+        default_expr=torch.zeros(data.exprdirs.shape[2]),
+    )
+
+
+@lru_cache(maxsize=2)
+def default_avatar(count: int = 30000) -> GaussianAvatar:
+    """init_avatar on the bundled open head model (cached: callers must not modify it in place)."""
+    from savatar.core.open_head import load_open_head_data
+
+    return init_avatar(load_open_head_data(), count)

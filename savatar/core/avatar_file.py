@@ -1,0 +1,378 @@
+"""The avatar file (.h5): one HDF5 file holding a bound Gaussian avatar and its head model.
+
+Layout (format "savatar-avatar", version 1):
+- root attrs `format`, `version`
+- /head: attr `model` ("open-head" embeds the model arrays; "flame" stores only attr
+  `file_sha256` of the user's licensed model file), attr `num_faces`, datasets shape,
+  static_offset, default_expr
+- /gaussians: face (int32), mean, rot, log_scale, opacity_logit, sh (float32), each with attrs
+  `units` and `convention`
+- /metadata: attr `created` (ISO 8601); optional dataset `thumbnails` (T, H, W, 3) uint8 and
+  group `refinement` (attr `iterations`, dataset `losses`)
+- /motions/NAME (optional): attr `fps`, datasets expr (T, E), pose (T, 15), translation (T, 3)
+
+Loading checks everything and raises AvatarFormatError naming the path inside the file; saving is
+atomic (temp file in the same directory, fsync, os.replace).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from savatar.core.gaussians import GaussianAvatar
+from savatar.core.head_model import HeadModelData
+
+FORMAT = "savatar-avatar"
+VERSION = 1
+
+# name -> (trailing shape after N, units, convention)
+_GAUSSIAN_FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
+    "face": ((), "index", "parent triangle of the head model's faces"),
+    "mean": ((3,), "face scale", "position in the parent face frame [a0 | normal | a0 x normal]"),
+    "rot": ((4,), "unitless", "unit quaternion w x y z in the parent face frame"),
+    "log_scale": ((3,), "log face scale", "log of the standard deviations relative to the face scale"),
+    "opacity_logit": ((), "logit", "opacity = sigmoid(opacity_logit)"),
+    "sh": ((-1, 3), "SH coefficient", "RGB spherical harmonics, K = (degree + 1)^2, colour = C0 sh0 + 0.5 + ..."),
+}
+# Embedded open-head arrays; names of shape/expression components are string datasets.
+_HEAD_ARRAYS = ("v_template", "faces", "shapedirs", "exprdirs", "posedirs", "j_regressor", "parents",
+                "lbs_weights", "lmk_faces", "lmk_bary", "vertex_colors")
+_HEAD_FLOAT = {"v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights", "lmk_bary",
+               "vertex_colors"}
+# Below this many elements compression costs more (filter overhead, chunk index) than it saves.
+_COMPRESS_MIN = 4096
+
+
+class AvatarFormatError(ValueError):
+    """An avatar file is unreadable or inconsistent; `where` is the path inside the file."""
+
+    def __init__(self, file: str | Path, where: str, message: str):
+        self.file = str(file)
+        self.where = where
+        super().__init__(f"{file}: {where}: {message}")
+
+
+def _put(group: h5py.Group, name: str, data: np.ndarray, **attrs: str) -> h5py.Dataset:
+    data = np.ascontiguousarray(data)
+    kw: dict[str, Any] = {}
+    if data.dtype.kind == "f" and data.size >= _COMPRESS_MIN:
+        kw = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    ds = group.create_dataset(name, data=data, **kw)
+    for key, value in attrs.items():
+        ds.attrs[key] = value
+    return ds
+
+
+def _np(t: torch.Tensor, dtype: type) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(dtype, copy=False)
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write(f: h5py.File, avatar: GaussianAvatar, head: HeadModelData | None, head_sha256: str | None) -> None:
+    f.attrs["format"] = FORMAT
+    f.attrs["version"] = VERSION
+    g_head = f.create_group("head")
+    g_head.attrs["model"] = avatar.head_model
+    if avatar.head_model == "flame":
+        if not head_sha256:
+            raise ValueError("a FLAME avatar needs the sha256 of the user's model file: pass head_file= "
+                             "or set avatar.metadata['head_file_sha256']")
+        g_head.attrs["file_sha256"] = head_sha256
+        if head is not None:
+            g_head.attrs["num_faces"] = len(head.faces)
+        elif "num_faces" in avatar.metadata:
+            g_head.attrs["num_faces"] = int(avatar.metadata["num_faces"])
+        else:
+            raise ValueError("a FLAME avatar needs head= (or metadata['num_faces']) to record the face count")
+    else:
+        if head is None:
+            raise ValueError(f"head model {avatar.head_model!r} must be embedded: pass head=")
+        g_head.attrs["num_faces"] = len(head.faces)
+        for name in _HEAD_ARRAYS:
+            arr = getattr(head, name)
+            if arr is not None:
+                _put(g_head, name, np.asarray(arr))
+        str_dt = h5py.string_dtype()
+        g_head.create_dataset("shape_names", data=np.array(head.shape_names, dtype=object), dtype=str_dt)
+        g_head.create_dataset("expr_names", data=np.array(head.expr_names, dtype=object), dtype=str_dt)
+        g_regions = g_head.create_group("regions")
+        for name, idx in head.vertex_regions.items():
+            g_regions.create_dataset(name, data=np.asarray(idx, np.int64))
+    _put(g_head, "shape", _np(avatar.shape, np.float32))
+    _put(g_head, "static_offset", _np(avatar.static_offset, np.float32))
+    _put(g_head, "default_expr", _np(avatar.default_expr, np.float32))
+
+    g = f.create_group("gaussians")
+    for name, (_, units, convention) in _GAUSSIAN_FIELDS.items():
+        dtype = np.int32 if name == "face" else np.float32
+        _put(g, name, _np(getattr(avatar, name), dtype), units=units, convention=convention)
+
+    meta = avatar.metadata
+    g_meta = f.create_group("metadata")
+    g_meta.attrs["created"] = meta.get("created") or datetime.datetime.now(datetime.timezone.utc).isoformat()
+    if meta.get("thumbnails") is not None:
+        g_meta.create_dataset("thumbnails", data=np.asarray(meta["thumbnails"], np.uint8))
+    if meta.get("refinement") is not None:
+        ref = meta["refinement"]
+        g_ref = g_meta.create_group("refinement")
+        g_ref.attrs["iterations"] = int(ref.get("iterations", 0))
+        g_ref.create_dataset("losses", data=np.asarray(ref.get("losses", []), np.float32))
+    if meta.get("motions"):
+        g_mot = f.create_group("motions")
+        for name, motion in meta["motions"].items():
+            gm = g_mot.create_group(name)
+            gm.attrs["fps"] = float(motion["fps"])
+            for key in ("expr", "pose", "translation"):
+                _put(gm, key, np.asarray(motion[key], np.float32))
+
+
+def save_avatar(avatar: GaussianAvatar, path: str | Path, head: HeadModelData | None = None,
+                head_file: str | Path | None = None) -> None:
+    """Write `avatar` to `path` atomically.
+
+    head: the head model's arrays; embedded for the open head model (default: the bundled one,
+    or avatar.metadata["head_data"] from a loaded file). For FLAME only the sha256 of the user's
+    model file is stored: pass head_file (hashed here) or set avatar.metadata["head_file_sha256"].
+    Optional avatar.metadata keys written: created, thumbnails, refinement, motions.
+    """
+    path = Path(path)
+    if head is None:
+        head = avatar.metadata.get("head_data")
+    if head is None and avatar.head_model == "open-head":
+        from savatar.core.open_head import load_open_head_data
+
+        head = load_open_head_data()
+    head_sha256 = _sha256(head_file) if head_file is not None else avatar.metadata.get("head_file_sha256")
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            _write(f, avatar, head, head_sha256)
+        # h5py's close flushes HDF5's buffers; fsync makes the bytes durable before the rename.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable where the OS allows opening a directory (not on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Reader:
+    """Checked access to datasets of one open file; every failure names the in-file path."""
+
+    def __init__(self, f: h5py.File, file: Path):
+        self.f = f
+        self.file = file
+
+    def fail(self, where: str, message: str) -> AvatarFormatError:
+        return AvatarFormatError(self.file, where, message)
+
+    def group(self, where: str) -> h5py.Group:
+        obj = self.f.get(where)
+        if not isinstance(obj, h5py.Group):
+            raise self.fail(where, "missing group" if obj is None else "expected a group")
+        return obj
+
+    def attr(self, where: str, name: str) -> Any:
+        obj = self.f[where]
+        if name not in obj.attrs:
+            raise self.fail(where, f"missing attribute {name!r}")
+        value = obj.attrs[name]
+        return value.decode() if isinstance(value, bytes) else value
+
+    def array(self, where: str, kind: str, shape: tuple[int | None, ...]) -> np.ndarray:
+        """Dataset at `where` with dtype kind "f" (float) or "i" (integer) and `shape` (None = any)."""
+        obj = self.f.get(where)
+        if not isinstance(obj, h5py.Dataset):
+            raise self.fail(where, "missing dataset" if obj is None else "expected a dataset")
+        actual = obj.dtype.kind
+        if (kind == "f" and actual != "f") or (kind == "i" and actual not in "iu"):
+            expected = "floating point" if kind == "f" else "integer"
+            raise self.fail(where, f"expected {expected} data, found dtype {obj.dtype}")
+        if len(obj.shape) != len(shape) or any(s is not None and a != s for a, s in zip(obj.shape, shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise self.fail(where, f"expected shape {want}, found {obj.shape}")
+        try:
+            data = obj[()]
+        except OSError as e:
+            raise self.fail(where, f"unreadable data ({e})") from e
+        if kind == "f" and not np.isfinite(data).all():
+            raise self.fail(where, "contains NaN or Inf")
+        return np.asarray(data)
+
+    def strings(self, where: str) -> list[str]:
+        obj = self.f.get(where)
+        if not isinstance(obj, h5py.Dataset) or obj.ndim != 1:
+            raise self.fail(where, "expected a 1-D string dataset")
+        try:
+            return [s.decode() if isinstance(s, bytes) else str(s) for s in obj.asstr()[()]]
+        except (TypeError, ValueError) as e:
+            raise self.fail(where, f"expected strings ({e})") from e
+
+
+def _read_head(r: _Reader) -> HeadModelData:
+    arrays: dict[str, np.ndarray] = {}
+    for name in _HEAD_ARRAYS:
+        where = f"/head/{name}"
+        if name == "vertex_colors" and where not in r.f:
+            continue
+        ndim = {"parents": 1, "lmk_faces": 1, "shapedirs": 3, "exprdirs": 3, "posedirs": 3}.get(name, 2)
+        arr = r.array(where, "f" if name in _HEAD_FLOAT else "i", (None,) * ndim)
+        arrays[name] = arr.astype(np.float32 if name in _HEAD_FLOAT else np.int64, copy=False)
+    regions = {}
+    if "/head/regions" in r.f:
+        for name in r.group("/head/regions"):
+            regions[name] = r.array(f"/head/regions/{name}", "i", (None,)).astype(np.int64)
+    data = HeadModelData(name=str(r.attr("/head", "model")), shape_names=r.strings("/head/shape_names"),
+                         expr_names=r.strings("/head/expr_names"), vertex_regions=regions,
+                         vertex_colors=arrays.pop("vertex_colors", None), **arrays)
+    try:
+        data.validate()
+    except ValueError as e:
+        raise r.fail("/head", f"inconsistent head model ({e})") from e
+    v = len(data.v_template)
+    if data.vertex_colors is not None and data.vertex_colors.shape != (v, 3):
+        raise r.fail("/head/vertex_colors", f"expected shape ({v}, 3), found {data.vertex_colors.shape}")
+    for name, idx in regions.items():
+        if len(idx) and (idx.min() < 0 or idx.max() >= v):
+            raise r.fail(f"/head/regions/{name}", f"vertex index outside 0..{v - 1}")
+    return data
+
+
+def load_avatar(path: str | Path) -> GaussianAvatar:
+    """Read and validate an avatar file.
+
+    The returned avatar's metadata holds: "created" (str), "head_data" (HeadModelData, for an
+    embedded open head model), "head_file_sha256" (FLAME), "num_faces", and when present
+    "thumbnails" ((T, H, W, 3) uint8), "refinement" ({"iterations", "losses"}) and "motions"
+    ({name: {"fps", "expr", "pose", "translation"}}).
+    Raises AvatarFormatError (a ValueError) naming the in-file path on any problem.
+    """
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise AvatarFormatError(path, "/", f"not a readable HDF5 file (truncated or another format): {e}") from e
+    try:
+        with f:
+            return _read(_Reader(f, path))
+    except AvatarFormatError:
+        raise
+    except (OSError, KeyError, RuntimeError) as e:
+        # Damage below the superblock (e.g. a truncated file) surfaces from inside h5py.
+        raise AvatarFormatError(path, "/", f"unreadable HDF5 data: {e}") from e
+
+
+def _read(r: _Reader) -> GaussianAvatar:
+    fmt = r.attr("/", "format")
+    if fmt != FORMAT:
+        raise r.fail("/", f"attribute 'format' is {fmt!r}, expected {FORMAT!r}")
+    version = r.attr("/", "version")
+    if not isinstance(version, (int, np.integer)) or int(version) != VERSION:
+        raise r.fail("/", f"attribute 'version' is {version!r}, expected {VERSION}")
+
+    r.group("/head")
+    model = str(r.attr("/head", "model"))
+    meta: dict[str, Any] = {}
+    if model == "flame":
+        meta["head_file_sha256"] = str(r.attr("/head", "file_sha256"))
+    else:
+        meta["head_data"] = _read_head(r)
+    num_faces = int(r.attr("/head", "num_faces"))
+    if "head_data" in meta and num_faces != len(meta["head_data"].faces):
+        raise r.fail("/head", f"attribute 'num_faces' is {num_faces}, the embedded model has "
+                              f"{len(meta['head_data'].faces)} faces")
+    meta["num_faces"] = num_faces
+    shape = r.array("/head/shape", "f", (None,))
+    static_offset = r.array("/head/static_offset", "f", (None, 3))
+    default_expr = r.array("/head/default_expr", "f", (None,))
+    head = meta.get("head_data")
+    if head is not None:
+        checks = (("/head/shape", len(shape), head.shapedirs.shape[2]),
+                  ("/head/static_offset", len(static_offset), len(head.v_template)),
+                  ("/head/default_expr", len(default_expr), head.exprdirs.shape[2]))
+        for where, got, want in checks:
+            if got != want:
+                raise r.fail(where, f"expected length {want} to match the head model, found {got}")
+
+    r.group("/gaussians")
+    face = r.array("/gaussians/face", "i", (None,))
+    n = len(face)
+    g: dict[str, np.ndarray] = {}
+    for name, (tail, _, _) in _GAUSSIAN_FIELDS.items():
+        if name == "face":
+            continue
+        g[name] = r.array(f"/gaussians/{name}", "f", (n,) + tuple(None if s < 0 else s for s in tail))
+    k = g["sh"].shape[1]
+    if k not in (1, 4, 9, 16):
+        raise r.fail("/gaussians/sh", f"expected shape (N, K, 3) with K in 1, 4, 9, 16, found K = {k}")
+    if n and (face.min() < 0 or face.max() >= num_faces):
+        raise r.fail("/gaussians/face", f"expected indices in 0..{num_faces - 1}, found {face.min()}..{face.max()}")
+
+    r.group("/metadata")
+    meta["created"] = str(r.attr("/metadata", "created"))
+    if "/metadata/thumbnails" in r.f:
+        thumbs = r.array("/metadata/thumbnails", "i", (None, None, None, 3))
+        if r.f["/metadata/thumbnails"].dtype != np.uint8:
+            raise r.fail("/metadata/thumbnails", f"expected uint8, found {r.f['/metadata/thumbnails'].dtype}")
+        meta["thumbnails"] = thumbs
+    if "/metadata/refinement" in r.f:
+        r.group("/metadata/refinement")
+        meta["refinement"] = {"iterations": int(r.attr("/metadata/refinement", "iterations")),
+                              "losses": r.array("/metadata/refinement/losses", "f", (None,))}
+    if "/motions" in r.f:
+        motions = {}
+        for name in r.group("/motions"):
+            where = f"/motions/{name}"
+            r.group(where)
+            expr = r.array(f"{where}/expr", "f", (None, None))
+            t = len(expr)
+            motions[name] = {"fps": float(r.attr(where, "fps")), "expr": expr,
+                             "pose": r.array(f"{where}/pose", "f", (t, 15)),
+                             "translation": r.array(f"{where}/translation", "f", (t, 3))}
+        meta["motions"] = motions
+
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
+    return GaussianAvatar(face=torch.from_numpy(face.astype(np.int64)), mean=t(g["mean"]), rot=t(g["rot"]),
+                          log_scale=t(g["log_scale"]), opacity_logit=t(g["opacity_logit"]), sh=t(g["sh"]),
+                          head_model=model, shape=t(shape), static_offset=t(static_offset),
+                          default_expr=t(default_expr), metadata=meta)

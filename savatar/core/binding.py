@@ -64,31 +64,48 @@ def face_frames(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor,
     return R, centre, k
 
 
-def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) wxyz.
+def _shepperd_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """Constants (9, 16), (16,) with cand = R.flatten() @ A + b: row i of cand (4 x 4) is the
+    quaternion times 4 q_i, i.e. the Shepperd candidate that uses component i as the pivot."""
+    # (row, col) -> list of (sign, flat index of R) terms; the diagonal also gets the constant 1.
+    m = lambda i, j: 3 * i + j  # noqa: E731
+    terms = {
+        (0, 0): [(1, m(0, 0)), (1, m(1, 1)), (1, m(2, 2))],
+        (1, 1): [(1, m(0, 0)), (-1, m(1, 1)), (-1, m(2, 2))],
+        (2, 2): [(-1, m(0, 0)), (1, m(1, 1)), (-1, m(2, 2))],
+        (3, 3): [(-1, m(0, 0)), (-1, m(1, 1)), (1, m(2, 2))],
+        (0, 1): [(1, m(2, 1)), (-1, m(1, 2))], (0, 2): [(1, m(0, 2)), (-1, m(2, 0))],
+        (0, 3): [(1, m(1, 0)), (-1, m(0, 1))], (1, 2): [(1, m(1, 0)), (1, m(0, 1))],
+        (1, 3): [(1, m(0, 2)), (1, m(2, 0))], (2, 3): [(1, m(1, 2)), (1, m(2, 1))],
+    }
+    A = torch.zeros(9, 4, 4, dtype=torch.float64)
+    for (i, j), entries in terms.items():
+        for sign, idx in entries:
+            A[idx, i, j] = A[idx, j, i] = sign  # the candidate table is symmetric
+    b = torch.eye(4, dtype=torch.float64)
+    return A.reshape(9, 16), b.reshape(16)
 
-    Computes the four Shepperd candidates and keeps, per matrix, the one whose pivot component is
-    largest, so no division by a small number happens anywhere (branch by mask, differentiable).
+
+_SHEPPERD_A, _SHEPPERD_B = _shepperd_tables()
+
+
+def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) wxyz, sign chosen so w >= 0.
+
+    All four Shepperd candidates come from one small matmul; per matrix the one with the largest
+    pivot |q_i| (>= 1/2 for a rotation) is kept, so nothing divides by a small number. Branch by
+    index selection, differentiable, and a few ops in total (this runs once per face per frame).
     """
-    m00, m01, m02 = R[..., 0, 0], R[..., 0, 1], R[..., 0, 2]
-    m10, m11, m12 = R[..., 1, 0], R[..., 1, 1], R[..., 1, 2]
-    m20, m21, m22 = R[..., 2, 0], R[..., 2, 1], R[..., 2, 2]
-    # 4 q_i^2 for w, x, y, z.
-    q_sq4 = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
-                         1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
-    q_abs = torch.sqrt(q_sq4.clamp_min(_EPS))  # 2 |q_i|
-    # Row i: the quaternion scaled by 4 q_i (candidate derived with component i as the pivot).
-    cand = torch.stack([
-        torch.stack([q_sq4[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
-        torch.stack([m21 - m12, q_sq4[..., 1], m10 + m01, m02 + m20], -1),
-        torch.stack([m02 - m20, m10 + m01, q_sq4[..., 2], m12 + m21], -1),
-        torch.stack([m10 - m01, m20 + m02, m21 + m12, q_sq4[..., 3]], -1),
-    ], -2)
-    cand = cand / (2.0 * q_abs[..., None].clamp_min(0.1))
-    best = torch.nn.functional.one_hot(q_abs.argmax(-1), 4).to(R.dtype)
-    q = (cand * best[..., None]).sum(-2)
-    # Canonical sign (w >= 0) so equal rotations give equal quaternions.
-    return q * torch.where(q[..., :1] < 0, -1.0, 1.0).to(q.dtype)
+    batch = R.shape[:-2]
+    flat = R.reshape(-1, 9)
+    cand = torch.addmm(_SHEPPERD_B.to(R), flat, _SHEPPERD_A.to(R)).view(-1, 4, 4)
+    diag = cand.diagonal(dim1=-2, dim2=-1)  # 4 q_i^2
+    best = diag.argmax(-1, keepdim=True)  # (M, 1)
+    row = cand.gather(1, best[:, :, None].expand(-1, 1, 4))[:, 0]  # 4 q_best q
+    pivot = diag.gather(1, best)  # 4 q_best^2
+    q = row * torch.rsqrt(pivot.clamp_min(1e-2) * 4.0)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    return q.reshape(*batch, 4)
 
 
 def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,10 @@ def test_matrix_quat_round_trip_including_near_180_degrees() -> None:
     q = matrix_to_quat(R)
     assert torch.allclose(q.norm(dim=-1), torch.ones(len(R), dtype=torch.float64), atol=1e-12)
     assert torch.allclose(quat_to_matrix(q), R, atol=1e-9)
+    assert (q[:, 0] >= 0).all()
+    batched = matrix_to_quat(R[:10].float().reshape(2, 5, 3, 3))
+    assert batched.shape == (2, 5, 4) and batched.dtype == torch.float32
+    assert torch.allclose(batched.reshape(10, 4).double(), q[:10], atol=1e-6)
 
 
 def test_quat_multiply_matches_matrix_product() -> None:

@@ -87,6 +87,7 @@ def _shepperd_tables() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _SHEPPERD_A, _SHEPPERD_B = _shepperd_tables()
+_DIAGONAL = torch.tensor([0, 5, 10, 15])
 
 
 def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
@@ -98,8 +99,10 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     """
     batch = R.shape[:-2]
     flat = R.reshape(-1, 9)
-    cand = torch.addmm(_SHEPPERD_B.to(R), flat, _SHEPPERD_A.to(R)).view(-1, 4, 4)
-    diag = cand.diagonal(dim1=-2, dim2=-1)  # 4 q_i^2
+    cand16 = torch.addmm(_SHEPPERD_B.to(R), flat, _SHEPPERD_A.to(R))
+    cand = cand16.view(-1, 4, 4)
+    # 4 q_i^2, copied contiguous: argmax over a strided diagonal view is several times slower.
+    diag = cand16[:, _DIAGONAL.to(R.device)]
     best = diag.argmax(-1, keepdim=True)  # (M, 1)
     row = cand.gather(1, best[:, :, None].expand(-1, 1, 4))[:, 0]  # 4 q_best q
     pivot = diag.gather(1, best)  # 4 q_best^2
@@ -148,24 +151,38 @@ def deform(avatar: GaussianAvatar, verts: torch.Tensor,
 
     faces: (F, 3) triangles of the head model; by default the open head model's (or
     avatar.metadata["head_data"].faces when the avatar was loaded from a file).
-    Frames are computed once per face (F) and gathered per Gaussian; the local-to-world rotation
-    is an elementwise multiply-and-sum because a batched (N, 3, 3) @ (N, 3, 1) matmul is several
-    times slower on CPU. Differentiable w.r.t. verts and every avatar tensor.
+    Frames and their quaternions are computed once per face (F) and gathered per Gaussian.
+    Differentiable w.r.t. verts and every avatar tensor.
     """
     if verts.ndim != 2 or verts.shape[1] != 3:
         raise ValueError(f"verts must have shape (V, 3), got {tuple(verts.shape)}")
     R, centre, k = face_frames(verts, _faces_of(avatar) if faces is None else faces)
-    # One packed per-face table (F, 17) = [k R (9, row-major) | centre (3) | k (1) | q(R) (4)],
-    # gathered with a single index_select: one large gather is cheaper than four small ones.
-    n_faces = R.shape[0]
-    table = torch.cat([(R * k[:, None, None]).reshape(n_faces, 9), centre, k[:, None], matrix_to_quat(R)], 1)
-    g = table.index_select(0, avatar.face.long())  # (N, 17)
+    idx = avatar.face.long()
+    # One packed per-face table (F, 13) = [k R (9, row-major) | centre (3) | k (1)] gathered with
+    # a single index_select: one large gather is cheaper than several small ones.
+    table = torch.cat([(R * k[:, None, None]).reshape(-1, 9), centre, k[:, None]], 1)
+    g = table.index_select(0, idx)  # (N, 13)
+    # einsum (batched matmul) measured faster here than multiply-and-sum over (N, 3, 3).
     means = torch.einsum("nij,nj->ni", g[:, :9].reshape(-1, 3, 3), avatar.mean) + g[:, 9:12]
     scales = g[:, 12:13] * torch.exp(avatar.log_scale)
-    q = quat_multiply(g[:, 13:17], avatar.rot)
-    quats = q * torch.rsqrt((q * q).sum(-1, keepdim=True).clamp_min(_EPS * _EPS))
+    # Quaternion product on contiguous component rows (4, N): elementwise ops on the strided
+    # columns of an (N, 4) tensor cost about twice as much.
+    a = matrix_to_quat(R).T.contiguous().index_select(1, idx)
+    w, x, y, z = _hamilton_rows(a.unbind(0), avatar.rot.T.contiguous().unbind(0))
+    inv = torch.rsqrt((w * w).addcmul_(x, x).addcmul_(y, y).addcmul_(z, z).clamp_min_(_EPS * _EPS))
+    quats = torch.stack([w * inv, x * inv, y * inv, z * inv], 1)
     return WorldGaussians(means=means, quats=quats, scales=scales,
                           opacities=torch.sigmoid(avatar.opacity_logit), sh=avatar.sh)
+
+
+def _hamilton_rows(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Hamilton product a * b of quaternions given as component tensors (w, x, y, z), each (N,)."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return ((aw * bw).addcmul_(ax, bx, value=-1).addcmul_(ay, by, value=-1).addcmul_(az, bz, value=-1),
+            (aw * bx).addcmul_(ax, bw).addcmul_(ay, bz).addcmul_(az, by, value=-1),
+            (aw * by).addcmul_(ax, bz, value=-1).addcmul_(ay, bw).addcmul_(az, bx),
+            (aw * bz).addcmul_(ax, by).addcmul_(ay, bx, value=-1).addcmul_(az, bw))
 
 
 def _face_region_weights(data: HeadModelData, density: dict[str, float]) -> np.ndarray:

@@ -34,6 +34,7 @@ DEFAULT_REGION_DENSITY: dict[str, float] = {
 # flat discs lying in their triangle.
 _INIT_OPACITY = 0.9
 _INIT_FLATNESS = 0.1
+_INIT_COVERAGE = 1.3
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +200,8 @@ def _face_region_weights(data: HeadModelData, density: dict[str, float]) -> np.n
 
 
 def init_avatar(data: HeadModelData, count: int, seed: int = 0,
-                region_density: dict[str, float] | None = None, sh_degree: int = 0) -> GaussianAvatar:
+                region_density: dict[str, float] | None = None, sh_degree: int = 0,
+                bake_light: bool = False) -> GaussianAvatar:
     """A new avatar of `count` Gaussians on the head model's template (float32, deterministic).
 
     Faces are drawn with probability proportional to area x region density; positions are
@@ -216,7 +218,11 @@ def init_avatar(data: HeadModelData, count: int, seed: int = 0,
     if not weight.sum() > 0:
         raise ValueError("no face has positive area x density weight")
     rng = np.random.default_rng(seed)
-    face = rng.choice(len(faces), size=count, p=weight / weight.sum())
+    # Systematic sampling: every face gets its expected count to within one, which leaves far
+    # fewer bare patches than independent draws.
+    cdf = np.cumsum(weight / weight.sum())
+    face = np.minimum(np.searchsorted(cdf, (rng.random() + np.arange(count)) / count, side="right"), len(faces) - 1)
+    face = rng.permutation(face)
     uv = rng.random((count, 2))
     flip = uv.sum(1) > 1  # reflect into the triangle so the points are uniform over it
     uv[flip] = 1 - uv[flip]
@@ -228,8 +234,10 @@ def init_avatar(data: HeadModelData, count: int, seed: int = 0,
     k = np.maximum(k, _EPS)
     mean = np.einsum("nji,nj->ni", R[face], point - centre[face]) / k[face, None]  # R^T (p - c) / k
 
-    per_face = np.bincount(face, minlength=len(faces))
-    radius = np.sqrt(area[face] / per_face[face] / np.pi) / k[face]
+    # Disc size from the expected share of area (not the drawn count, which would give a lone
+    # Gaussian on a big face a huge disc); 1.3x so neighbouring discs overlap without gaps.
+    expected = count * weight / weight.sum()
+    radius = _INIT_COVERAGE * np.sqrt(area[face] / np.maximum(expected[face], 1e-9) / np.pi) / k[face]
     radius = np.maximum(radius, 1e-6)
     log_scale = np.log(np.stack([radius, _INIT_FLATNESS * radius, radius], 1))
 
@@ -237,6 +245,12 @@ def init_avatar(data: HeadModelData, count: int, seed: int = 0,
         rgb = (bary[:, :, None] * np.asarray(data.vertex_colors, np.float64)[faces[face]]).sum(1)
     else:
         rgb = np.full((count, 3), 0.5)
+    if bake_light:
+        # Soft light from the upper front, baked into the colour as a captured avatar's would
+        # be, so the shape reads on screen; the frame's second axis is the face normal.
+        light = np.array([0.25, 0.55, 1.0]) / np.linalg.norm([0.25, 0.55, 1.0])
+        lambert = np.clip(R[face][:, :, 1] @ light, 0.0, 1.0)
+        rgb = rgb * (0.55 + 0.5 * lambert)[:, None]
     sh = torch.zeros(count, sh_coeff_count(sh_degree), 3)
     sh[:, 0] = rgb_to_sh0(torch.from_numpy(rgb).float())
 
@@ -262,4 +276,4 @@ def default_avatar(count: int = 30000) -> GaussianAvatar:
     """init_avatar on the bundled open head model (cached: callers must not modify it in place)."""
     from savatar.core.open_head import load_open_head_data
 
-    return init_avatar(load_open_head_data(), count)
+    return init_avatar(load_open_head_data(), count, bake_light=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from savatar.cli import main
@@ -13,7 +14,7 @@ def test_help_lists_subcommands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("head", "render-mesh"):
+    for cmd in ("head", "info", "render", "render-mesh", "export-ply"):
         assert cmd in out
 
 
@@ -49,3 +50,66 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):
 def test_missing_flame_dir_is_a_user_error(tmp_path, capsys):
     assert main(["head", "--flame", str(tmp_path)]) == 2
     assert "generic_model.pkl" in capsys.readouterr().err
+
+
+def test_render_default_avatar_png_and_orbit_video(tmp_path):
+    import cv2
+
+    png, mp4 = tmp_path / "a.png", tmp_path / "o.mp4"
+    assert main(["render", "-W", "96", "-H", "96", "--background", "0,0,0", "-o", str(png)]) == 0
+    img = np.asarray(Image.open(png)).astype(float)
+    assert (img.sum(-1) > 60).mean() > 0.1  # the avatar is drawn over black
+    assert main(["render", "--orbit", "--frames", "6", "-W", "64", "-H", "64", "-o", str(mp4)]) == 0
+    cap = cv2.VideoCapture(str(mp4))
+    frames = []
+    ok, f = cap.read()
+    while ok:
+        frames.append(f.astype(float))
+        ok, f = cap.read()
+    assert len(frames) == 6
+    assert np.abs(frames[0] - frames[3]).mean() > 3  # the camera went round
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_render_with_a_motion_file(tmp_path):
+    from savatar.core.motion import Motion, save_motion
+    from savatar.core.open_head import load_open_head_data
+
+    names = load_open_head_data().expr_names
+    t = 4
+    pose = np.zeros((t, 15), np.float32)
+    pose[:, 6] = np.linspace(0, 0.4, t)  # jaw opens
+    save_motion(Motion(10.0, np.zeros((t, len(names)), np.float32), pose, np.zeros((t, 3), np.float32), names),
+                tmp_path / "m.npz")
+    assert main(["render", "--motion", str(tmp_path / "m.npz"), "-W", "64", "-H", "64", "-o", str(tmp_path / "m.mp4")]) == 0
+    assert (tmp_path / "m.mp4").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["render", "missing.h5", "-o", "x.png"], "no such file"),
+    (["render", "--orbit", "-o", "x.png"], "video"),
+    (["render", "-o", "x.gif"], "output must be"),
+    pytest.param(["render", "--backend", "gsplat", "-o", "x.png"], "CUDA",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["render", "--background", "red", "-o", "x.png"], "R,G,B"),
+    (["render", "--motion", "nothere.npz", "-o", "x.mp4"], "no such file"),
+    (["info", "junk.h5"], "junk.h5"),
+])
+def test_render_and_info_user_errors(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk.h5").write_bytes(b"not an avatar")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_info_describes_a_saved_avatar(tmp_path, capsys):
+    from savatar.core.avatar_file import save_avatar
+    from savatar.core.binding import init_avatar
+    from savatar.core.open_head import load_open_head_data
+
+    path = tmp_path / "a.h5"
+    save_avatar(init_avatar(load_open_head_data(), 500), path, head=load_open_head_data())
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "500" in out and "open-head" in out and "MB" in out

@@ -34,7 +34,7 @@ DEFAULT_REGION_DENSITY: dict[str, float] = {
 # flat discs lying in their triangle.
 _INIT_OPACITY = 0.9
 _INIT_FLATNESS = 0.1
-_INIT_COVERAGE = 1.3
+_INIT_COVERAGE = 1.7
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -235,7 +235,7 @@ def init_avatar(data: HeadModelData, count: int, seed: int = 0,
     mean = np.einsum("nji,nj->ni", R[face], point - centre[face]) / k[face, None]  # R^T (p - c) / k
 
     # Disc size from the expected share of area (not the drawn count, which would give a lone
-    # Gaussian on a big face a huge disc); 1.3x so neighbouring discs overlap without gaps.
+    # Gaussian on a big face a huge disc), enlarged so neighbouring discs overlap without gaps.
     expected = count * weight / weight.sum()
     radius = _INIT_COVERAGE * np.sqrt(area[face] / np.maximum(expected[face], 1e-9) / np.pi) / k[face]
     radius = np.maximum(radius, 1e-6)

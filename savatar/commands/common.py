@@ -1,0 +1,87 @@
+"""Loading what several subcommands take: an avatar path (or the default) and a renderer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from savatar.cli_args import UserError
+from savatar.core.camera import Camera
+from savatar.core.gaussians import GaussianAvatar, WorldGaussians
+
+
+def load_avatar_arg(path: str | None) -> GaussianAvatar:
+    """The avatar at path, or the bundled default one; file problems become UserError."""
+    if path is None:
+        from savatar.core.binding import default_avatar
+        return default_avatar()
+    from savatar.core.avatar_file import AvatarFormatError, load_avatar
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return load_avatar(path)
+    except AvatarFormatError as exc:
+        raise UserError(str(exc)) from None
+
+
+def make_rig(avatar: GaussianAvatar, flame_dir: str | None = None):
+    from savatar.core.flame import FlameFormatError
+    from savatar.core.rig import Rig
+    try:
+        return Rig.of(avatar, flame_dir)
+    except (FlameFormatError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+@dataclass
+class FrameRenderer:
+    """Renders WorldGaussians for a camera to an (H, W, 3) float image with one backend."""
+
+    backend: str
+    draw: Callable[[WorldGaussians, Camera], np.ndarray]
+
+
+def frame_renderer(backend: str, background: tuple[float, float, float]) -> FrameRenderer:
+    """'gl' draws with OpenGL (headless EGL); 'auto', 'cpu' and 'gsplat' go through core.render."""
+    if backend == "gl":
+        from savatar.gl.context import GLUnavailableError
+        from savatar.gl.splat_renderer import SplatRenderer
+        try:
+            splat = SplatRenderer()
+        except GLUnavailableError as exc:
+            raise UserError(str(exc)) from None
+        return FrameRenderer("gl", lambda g, cam: splat.render(g, cam, background).rgb)
+    from savatar.core.render import render, resolve_backend
+    try:
+        resolved = resolve_backend(backend)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(str(exc)) from None
+    bg = torch.tensor(background, dtype=torch.float32)
+
+    def draw(g: WorldGaussians, cam: Camera) -> np.ndarray:
+        with torch.no_grad():
+            out = render(g, torch.tensor(cam.viewmat, dtype=torch.float32), torch.tensor(cam.K, dtype=torch.float32),
+                         cam.width, cam.height, bg, backend=resolved)
+        return out.rgb.cpu().numpy()
+
+    return FrameRenderer(resolved, draw)
+
+
+def parse_color(text: str) -> tuple[float, float, float]:
+    """'R,G,B' in [0, 1] (or 0..255 when any part is above 1)."""
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0:
+        raise UserError(f"colour {text!r}: expected R,G,B")
+    if max(parts) > 1:
+        parts = [p / 255 for p in parts]
+    return tuple(min(p, 1.0) for p in parts)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -1,0 +1,153 @@
+"""`savatar render` (Gaussian avatar to an image or video) and `savatar render-mesh`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from savatar.cli_args import UserError, parse_expr, parse_pose
+from savatar.commands.common import frame_renderer, load_avatar_arg, make_rig, parse_color, to_uint8
+from savatar.core.camera import orbit_camera
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4", ".avi")
+
+
+def add_view_args(p: argparse.ArgumentParser) -> None:
+    """Head parameters and camera, shared by render and render-mesh."""
+    p.add_argument("--expr", action="append", metavar="NAME=VALUE", help="expression coefficient, repeatable")
+    p.add_argument("--pose", action="append", metavar="JOINT=RX,RY,RZ",
+                   help="joint rotation in degrees (root, neck, jaw, left_eye, right_eye), repeatable")
+    p.add_argument("--yaw", type=float, default=0.0, help="camera yaw in degrees (positive: from the head's left)")
+    p.add_argument("--pitch", type=float, default=0.0, help="camera pitch in degrees")
+    p.add_argument("--distance", type=float, default=0.75, help="camera distance in metres")
+    p.add_argument("--fov", type=float, default=30.0, help="vertical field of view in degrees")
+    p.add_argument("-W", "--width", type=int, default=512)
+    p.add_argument("-H", "--height", type=int, default=512)
+    p.add_argument("--flame", metavar="DIR", help="folder with your FLAME files (or set SAVATAR_FLAME_DIR)")
+
+
+def check_size(args: argparse.Namespace) -> None:
+    if not (16 <= args.width <= 8192 and 16 <= args.height <= 8192):
+        raise UserError("-W and -H must be between 16 and 8192")
+
+
+def head_centre(verts: np.ndarray) -> np.ndarray:
+    """Point to aim the camera at: the middle of the head's bounding box, a little high."""
+    lo, hi = verts.min(0), verts.max(0)
+    return np.array([0.5 * (lo[0] + hi[0]), lo[1] + 0.6 * (hi[1] - lo[1]), 0.5 * (lo[2] + hi[2])])
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Render an avatar (default: the bundled one) to a .png, or a motion/orbit to a video."""
+    check_size(args)
+    out = Path(args.output)
+    suffix = out.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+        raise UserError(f"{out}: the output must be one of {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}")
+    video = suffix in VIDEO_SUFFIXES
+    if not video and (args.orbit or args.motion):
+        raise UserError("--orbit and --motion make a video: give an .mp4 output")
+    rig = make_rig(load_avatar_arg(args.avatar), args.flame)
+    names = rig.data.expr_names
+    base_expr = parse_expr(args.expr, names) + rig.avatar.default_expr.numpy()
+    base_pose = parse_pose(args.pose)
+    motion = None
+    if args.motion:
+        from savatar.core.motion import MotionFormatError, load_motion
+        try:
+            motion = load_motion(args.motion).remap(names)
+        except MotionFormatError as exc:
+            raise UserError(str(exc)) from None
+    fps = motion.fps if motion else args.fps
+    count = len(motion) if motion else (args.frames if video else 1)
+    drawer = frame_renderer(args.backend, parse_color(args.background))
+    with torch.no_grad():
+        target = head_centre(rig.vertices(base_expr, base_pose).numpy())
+
+    def frame(i: int) -> np.ndarray:
+        expr, pose, trans = base_expr, base_pose, np.zeros(3, np.float32)
+        if motion is not None:
+            expr, pose, trans = motion.expr[i] + base_expr, motion.pose[i] + base_pose, motion.translation[i]
+        yaw = args.yaw + (360.0 * i / count if args.orbit else 0.0)
+        cam = orbit_camera(yaw, args.pitch, args.distance, target, args.width, args.height, args.fov)
+        return to_uint8(drawer.draw(rig.world(expr, pose, trans), cam))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not video:
+        from PIL import Image
+        Image.fromarray(frame(0)).save(out)
+        print(f"wrote {out} ({drawer.backend})")
+        return 0
+    write_video(out, (frame(i) for i in range(count)), count, fps, args.width, args.height, drawer.backend)
+    return 0
+
+
+def write_video(out: Path, frames, count: int, fps: float, width: int, height: int, label: str) -> None:
+    """Encode RGB uint8 frames with OpenCV into a temp file, then rename (no half-written video)."""
+    import cv2
+
+    tmp = out.with_name(f".{out.name}.part{out.suffix}")
+    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if out.suffix.lower() == ".mp4" else "MJPG"))
+    writer = cv2.VideoWriter(str(tmp), fourcc, float(fps), (width, height))
+    if not writer.isOpened():
+        raise UserError(f"{out}: OpenCV cannot write this video format here")
+    try:
+        for img in tqdm(frames, total=count, desc=f"render ({label})", unit="frame"):
+            writer.write(np.ascontiguousarray(img[..., ::-1]))
+        writer.release()
+        tmp.replace(out)
+    finally:
+        writer.release()
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {out}: {count} frames at {fps:g} fps")
+
+
+def cmd_render_mesh(args: argparse.Namespace) -> int:
+    """Shaded render of the head model at an expression and pose."""
+    from PIL import Image
+
+    from savatar.commands.head import head_data_arg
+    from savatar.core.head_model import HeadModel
+    from savatar.gl.mesh_renderer import MeshRenderer
+
+    check_size(args)
+    data = head_data_arg(args.flame)
+    expr = parse_expr(args.expr, data.expr_names)
+    pose = parse_pose(args.pose)
+    out = Path(args.output)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(f"{out}: the output must be a .png or .jpg file")
+    with torch.no_grad():
+        verts = HeadModel(data)(expr=torch.from_numpy(expr)[None], pose=torch.from_numpy(pose)[None]).vertices[0].numpy()
+    cam = orbit_camera(args.yaw, args.pitch, args.distance, 0.5 * (verts.min(0) + verts.max(0)),
+                       args.width, args.height, args.fov)
+    colors = data.vertex_colors if data.vertex_colors is not None else np.full((len(verts), 3), 0.8, np.float32)
+    img = MeshRenderer(data.faces, colors).render(verts, cam)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(img)).save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("render", help="render an avatar to .png, or a motion / orbit to .mp4")
+    p.add_argument("avatar", nargs="?", help="avatar .h5 (default: the bundled avatar)")
+    add_view_args(p)
+    p.add_argument("--motion", metavar="M.npz", help="motion file to play (video output)")
+    p.add_argument("--orbit", action="store_true", help="turn the camera once around the head (video output)")
+    p.add_argument("--frames", type=int, default=90, help="frames of an --orbit video without --motion")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate of an --orbit video without --motion")
+    p.add_argument("--backend", default="gl", choices=["auto", "gl", "cpu", "gsplat"],
+                   help="gl: OpenGL splatting (default, fast); cpu: PyTorch rasterizer; gsplat: CUDA; auto: gsplat or cpu")
+    p.add_argument("--background", default="1,1,1", metavar="R,G,B", help="background colour (default white)")
+    p.add_argument("-o", "--output", required=True, help="output .png/.jpg, or .mp4/.avi for videos")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("render-mesh", help="shaded render of the head model at an expression and pose")
+    add_view_args(p)
+    p.add_argument("-o", "--output", required=True, help="output .png")
+    p.set_defaults(func=cmd_render_mesh)

@@ -74,6 +74,8 @@ def _write_atomic(path: Path, header: bytes, body: np.ndarray) -> None:
             body.tofile(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; an exported scene is meant to be shared like any file.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -134,9 +136,10 @@ def _read_3dgs_arrays(path: str | Path, optional: tuple[str, ...] = ()) -> dict[
     if not path.is_file():
         raise PlyFormatError(path, "file not found")
     try:
-        # mmap=False: every property is copied out anyway, and a memory map of a truncated file
-        # fails in less predictable ways than a plain read.
-        ply = PlyData.read(str(path), mmap=False)
+        # The default memory map is the fast path for binary files (plyfile's mmap=False reader
+        # took ~20 s for 100K Gaussians); it still reports truncation as a parse error. Every
+        # property is copied out below, so nothing keeps the map alive.
+        ply = PlyData.read(str(path))
     except Exception as e:  # plyfile raises several types (PlyHeaderParseError, ValueError, ...)
         raise PlyFormatError(path, f"not a readable PLY file (truncated or corrupt?): {type(e).__name__}: {e}") from e
     if "vertex" not in ply:
@@ -172,7 +175,7 @@ def _read_3dgs_arrays(path: str | Path, optional: tuple[str, ...] = ()) -> dict[
             raise PlyFormatError(path, f"{name} contains NaN or Inf")
     for name in optional:
         if name in present:
-            out[name] = np.asarray(el[name])
+            out[name] = np.array(el[name])
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from savatar.core.binding import deform, init_avatar, quat_multiply
+from savatar.core.binding import deform, init_avatar
 from savatar.core.flame import FlameFormatError
 from savatar.core.gaussians import GaussianAvatar, WorldGaussians
 from savatar.core.head_model import HeadModelData

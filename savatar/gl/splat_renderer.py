@@ -27,9 +27,10 @@ class SplatImage:
     depth: np.ndarray
 
 
-def instance_data(g: WorldGaussians, camera: Camera, sh_degree: int | None = None) -> np.ndarray:
-    """Per-Gaussian rows (M, 14) sorted near to far, Gaussians behind the camera dropped.
-    Colours are the SH evaluated towards this camera."""
+def instance_data(g: WorldGaussians, camera: Camera, sh_degree: int | None = None,
+                  front_to_back: bool = True) -> np.ndarray:
+    """Per-Gaussian rows (M, 14) sorted near to far (or far to near), Gaussians behind the
+    camera dropped. Colours are the SH evaluated towards this camera."""
     with torch.no_grad():
         viewmat = torch.as_tensor(camera.viewmat, dtype=g.means.dtype)
         rgb = sh_to_rgb(g.sh, g.means, camera_center(viewmat), sh_degree)
@@ -37,7 +38,7 @@ def instance_data(g: WorldGaussians, camera: Camera, sh_degree: int | None = Non
     depth = table[:, :3] @ camera.viewmat[2, :3].astype(np.float32) + np.float32(camera.viewmat[2, 3])
     keep = np.flatnonzero(depth >= 0.01)
     order = keep[np.argsort(depth[keep], kind="stable")]
-    return np.ascontiguousarray(table[order])
+    return np.ascontiguousarray(table[order if front_to_back else order[::-1]])
 
 
 class SplatRenderer:
@@ -55,7 +56,7 @@ class SplatRenderer:
         self.instances = self.ctx.buffer(reserve=_INSTANCE_FLOATS * 4 * 1024, dynamic=True)
         self.vao = self._vertex_array()
         self.empty_vao = self.ctx.vertex_array(self.composite, [])
-        self._targets: tuple | None = None
+        self._targets: dict[tuple, tuple] = {}
         self.count = 0
 
     def _vertex_array(self) -> moderngl.VertexArray:
@@ -64,9 +65,11 @@ class SplatRenderer:
             (self.instances, "3f 4f 3f 4f/i", "i_mean", "i_quat", "i_scale", "i_color"),
         ])
 
-    def upload(self, g: WorldGaussians, camera: Camera, sh_degree: int | None = None) -> None:
-        """Sort for this camera and upload; call before draw()."""
-        data = instance_data(g, camera, sh_degree)
+    def upload(self, g: WorldGaussians, camera: Camera, sh_degree: int | None = None,
+               front_to_back: bool = True) -> None:
+        """Sort for this camera and upload: front to back for render(), back to front for
+        draw_to()."""
+        data = instance_data(g, camera, sh_degree, front_to_back)
         if data.nbytes > self.instances.size:
             self.instances.orphan(max(data.nbytes, 2 * self.instances.size))
         if len(data):
@@ -85,18 +88,26 @@ class SplatRenderer:
         self.prog["scale_modifier"].value = scale_modifier
         self.prog["eps2d"].value = EPS2D
 
-    def _accumulate(self, camera: Camera, scale_modifier: float) -> moderngl.Framebuffer:
-        size = (camera.width, camera.height)
-        if self._targets is None or self._targets[0].size != size:
-            if self._targets is not None:
-                for t in self._targets:
-                    t.release()
-            color = self.ctx.texture(size, 4, dtype="f4")
-            depth = self.ctx.texture(size, 4, dtype="f4")
-            self._targets = (color, depth, self.ctx.framebuffer([color, depth]))
-        fbo = self._targets[2]
+    def _target(self, size: tuple[int, int], exact: bool) -> tuple:
+        """(colour texture, depth texture or None, framebuffer). exact: float32 colour plus the
+        depth attachment (offscreen renders, tests); else half floats and colour only, half
+        the memory traffic for the window."""
+        key = (size, exact)
+        if key not in self._targets:
+            for old in [k for k in self._targets if k[1] == exact]:
+                for obj in self._targets.pop(old):
+                    if obj is not None:
+                        obj.release()
+            color = self.ctx.texture(size, 4, dtype="f4" if exact else "f2")
+            depth = self.ctx.texture(size, 4, dtype="f4") if exact else None
+            self._targets[key] = (color, depth, self.ctx.framebuffer([color] + ([depth] if depth else [])))
+        return self._targets[key]
+
+    def _accumulate(self, camera: Camera, scale_modifier: float, exact: bool) -> tuple:
+        targets = self._target((camera.width, camera.height), exact)
+        fbo = targets[2]
         fbo.use()
-        self.ctx.viewport = (0, 0, *size)
+        self.ctx.viewport = (0, 0, camera.width, camera.height)
         fbo.clear(0.0, 0.0, 0.0, 0.0)
         self._set_uniforms(camera, scale_modifier)
         self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
@@ -105,16 +116,16 @@ class SplatRenderer:
         if self.count:
             self.vao.render(moderngl.TRIANGLE_STRIP, vertices=4, instances=self.count)
         self.ctx.disable(moderngl.BLEND)
-        return fbo
+        return targets
 
     def render(self, g: WorldGaussians, camera: Camera, background=(1.0, 1.0, 1.0),
                sh_degree: int | None = None, scale_modifier: float = 1.0) -> SplatImage:
         """Offscreen render read back as float arrays."""
         self.upload(g, camera, sh_degree)
-        self._accumulate(camera, scale_modifier)
+        color, depth, _ = self._accumulate(camera, scale_modifier, exact=True)
         h, w = camera.height, camera.width
-        acc = np.frombuffer(self._targets[0].read(), np.float32).reshape(h, w, 4)[::-1]
-        dep = np.frombuffer(self._targets[1].read(), np.float32).reshape(h, w, 4)[::-1]
+        acc = np.frombuffer(color.read(), np.float32).reshape(h, w, 4)[::-1]
+        dep = np.frombuffer(depth.read(), np.float32).reshape(h, w, 4)[::-1]
         alpha = acc[..., 3:4]
         rgb = acc[..., :3] + (1 - alpha) * np.asarray(background, np.float32)
         depth = np.where(alpha > 0, dep[..., :1] / np.maximum(alpha, 1e-12), 0.0)
@@ -122,11 +133,16 @@ class SplatRenderer:
 
     def draw_to(self, target: moderngl.Framebuffer, camera: Camera, background=(1.0, 1.0, 1.0),
                 scale_modifier: float = 1.0) -> None:
-        """Composite the last upload() over the background into target (e.g. ctx.screen)."""
-        accum = self._accumulate(camera, scale_modifier)
-        del accum
+        """Draw the last upload(..., front_to_back=False) straight into target (e.g. the window),
+        back to front with premultiplied "over" blending. 8-bit targets and no float
+        accumulation pass: llvmpipe blends float targets several times slower."""
         target.use()
-        self._targets[0].use(location=0)
-        self.composite["accum"].value = 0
-        self.composite["background"].value = tuple(float(c) for c in background)
-        self.empty_vao.render(moderngl.TRIANGLES, vertices=3)
+        self.ctx.viewport = (0, 0, camera.width, camera.height)
+        target.clear(*background, 1.0)
+        self._set_uniforms(camera, scale_modifier)
+        self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+        self.ctx.enable(moderngl.BLEND)
+        self.ctx.blend_func = (moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA, moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA)
+        if self.count:
+            self.vao.render(moderngl.TRIANGLE_STRIP, vertices=4, instances=self.count)
+        self.ctx.disable(moderngl.BLEND)

@@ -19,5 +19,5 @@ void main() {
     float alpha = min(0.99, v_color.a * exp(-power));
     if (alpha < ALPHA_MIN) discard;
     f_color = vec4(v_color.rgb * alpha, alpha);
-    f_depth = vec4(v_depth * alpha, 0.0, 0.0, alpha);
+    f_depth = vec4(v_depth * alpha, 0.0, 0.0, alpha);  // dropped when no depth target is bound
 }

@@ -58,9 +58,16 @@ void main() {
     v_centre = vec2(fx * t.x / t.z + intrinsics.z, fy * t.y / t.z + intrinsics.w);
     v_color = i_color;
     v_depth = t.z;
-    // Axis-aligned box of the support ellipse, half a pixel wider so no pixel centre on its
-    // rim is lost to the rasterizer's coverage rule.
-    vec2 half_size = sqrt(2.0 * cut) * sqrt(vec2(c00, c11)) + 0.5;
-    vec2 pix = v_centre + corner * half_size;
+    // Rectangle around the support ellipse along its own axes (a tilted ellipse's axis-aligned
+    // box can cover twice the pixels), widened by 0.75 px so no pixel centre on its rim is lost
+    // to the rasterizer's coverage rule.
+    float mid = 0.5 * (c00 + c11);
+    float disc = sqrt(max(mid * mid - (c00 * c11 - c01 * c01), 0.0));
+    float lambda1 = mid + disc, lambda2 = max(mid - disc, 0.0);
+    vec2 axis1 = abs(c01) > 1e-9 ? normalize(vec2(c01, lambda1 - c00)) : (c00 >= c11 ? vec2(1.0, 0.0) : vec2(0.0, 1.0));
+    vec2 axis2 = vec2(-axis1.y, axis1.x);
+    float reach = sqrt(2.0 * cut);
+    vec2 pix = v_centre + corner.x * (reach * sqrt(lambda1) + 0.75) * axis1
+                        + corner.y * (reach * sqrt(lambda2) + 0.75) * axis2;
     gl_Position = vec4(2.0 * pix.x / image_size.x - 1.0, 1.0 - 2.0 * pix.y / image_size.y, 0.0, 1.0);
 }

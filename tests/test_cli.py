@@ -113,3 +113,12 @@ def test_info_describes_a_saved_avatar(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "500" in out and "open-head" in out and "MB" in out
+
+
+def test_export_ply_writes_the_posed_avatar(tmp_path):
+    from plyfile import PlyData
+
+    out = tmp_path / "a.ply"
+    assert main(["export-ply", "--expr", "mouthSmile_L=1", "-o", str(out)]) == 0
+    el = PlyData.read(str(out))["vertex"]
+    assert el.count == 30000 and el.properties[0].name == "x" and "rot_3" in [p.name for p in el.properties]

@@ -85,17 +85,21 @@ def _write_atomic(path: Path, header: bytes, body: np.ndarray) -> None:
         raise
 
 
-def export_ply(g: WorldGaussians, path: str | Path) -> None:
+def export_ply(g: WorldGaussians, path: str | Path, min_sh_degree: int = 3) -> None:
     """Write world Gaussians as an INRIA 3DGS PLY (binary little endian, float32), atomically.
 
     g: means (N, 3), quats (N, 4) wxyz, scales (N, 3) linear, opacities (N,) in [0, 1],
     sh (N, K, 3). Stored: opacity logit, log scales, normalized quaternion, f_rest channel-major.
+    SH are zero-padded up to min_sh_degree: INRIA's loader and several viewers expect degree 3.
     Raises ValueError when a value is NaN or Inf (viewers would show garbage or crash).
     """
     path = Path(path)
     n = len(g)
     k = g.sh.shape[1]
-    sh_degree_of(k)
+    if sh_degree_of(k) < min_sh_degree:
+        pad = g.sh.new_zeros(n, (min_sh_degree + 1) ** 2 - k, 3)
+        g = WorldGaussians(g.means, g.quats, g.scales, g.opacities, torch.cat([g.sh, pad], 1))
+        k = g.sh.shape[1]
     fields = {"means": g.means, "quats": g.quats, "scales": g.scales, "opacities": g.opacities, "sh": g.sh}
     for name, t in fields.items():
         if t.shape[0] != n:

@@ -74,7 +74,7 @@ def test_f_rest_is_channel_major(tmp_path: Path) -> None:
     g = WorldGaussians(means=torch.randn(n, 3), quats=torch.tensor([[2.0, 0, 0, 0]]).repeat(n, 1),
                        scales=torch.full((n, 3), 0.01), opacities=torch.full((n,), 0.5), sh=sh)
     path = tmp_path / "order.ply"
-    export_ply(g, path)
+    export_ply(g, path, min_sh_degree=0)
     el = PlyData.read(str(path))["vertex"]
     for ch in range(3):
         assert np.array_equal(el[f"f_dc_{ch}"], sh[:, 0, ch].numpy())
@@ -84,6 +84,16 @@ def test_f_rest_is_channel_major(tmp_path: Path) -> None:
     assert np.allclose(el["scale_1"], np.log(0.01))
     back = read_ply_gaussians(path)
     assert torch.equal(back.sh, sh)
+
+
+def test_low_degree_sh_is_padded_to_degree_3_for_other_viewers(tmp_path: Path) -> None:
+    g = WorldGaussians(means=torch.randn(4, 3), quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(4, 1),
+                       scales=torch.full((4, 3), 0.01), opacities=torch.full((4,), 0.5), sh=torch.randn(4, 1, 3))
+    export_ply(g, tmp_path / "d0.ply")
+    names = [p.name for p in PlyData.read(str(tmp_path / "d0.ply"))["vertex"].properties]
+    assert sum(n.startswith("f_rest_") for n in names) == 45
+    back = read_ply_gaussians(tmp_path / "d0.ply")
+    assert torch.equal(back.sh[:, :1], g.sh) and not back.sh[:, 1:].any()
 
 
 def test_plain_point_cloud_names_missing_property(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ SYSTEM_PACKAGES=(
     xvfb xauth
     "libportaudio2"
     "libglib2.0-0t64|libglib2.0-0"
+    espeak-ng
 )
 
 pkg_installed() {

@@ -77,7 +77,9 @@ class AudioFrame:
     """Features of one hop. time_s is the centre of the analysis window.
 
     loudness_db: RMS in dB full scale (>= -100); active: voice activity; level: 0..1 loudness
-    relative to the recent speech peak (0 when inactive); f1, f2: formants in Hz (nan if none);
+    relative to the recent speech peak (0 when inactive); dip_db: dB below that peak (0 when
+    inactive); quiet: active but down at the noise floor (the hangover: a pause or closure);
+    f1, f2: formants in Hz (nan if none);
     flatness: spectral flatness 0..1; centroid: spectral centroid Hz; lf_ratio, hf_ratio: energy
     fractions below 400 Hz and above 2.5 kHz; zcr: zero crossings per sample.
     """
@@ -87,6 +89,7 @@ class AudioFrame:
     active: bool
     level: float
     dip_db: float
+    quiet: bool
     f1: float
     f2: float
     flatness: float
@@ -106,7 +109,7 @@ class AudioAnalyzer:
 
     def __init__(self, sample_rate: int, hop_s: float = 0.01, win_s: float = 0.025,
                  on_margin_db: float = 12.0, off_margin_db: float = 6.0, min_db: float = -60.0,
-                 hangover_s: float = 0.15, range_db: float = 30.0) -> None:
+                 hangover_s: float = 0.15, range_db: float = 30.0, floor_window_s: float = 2.0) -> None:
         self.sample_rate = int(sample_rate)
         self.hop = max(1, round(hop_s * self.sample_rate))
         self.win = max(self.hop, round(win_s * self.sample_rate))
@@ -124,7 +127,12 @@ class AudioAnalyzer:
         self._hf = freqs > 2500.0
         self._buf = np.zeros(self.win - self.hop, np.float32)
         self._n_frames = 0
-        self._floor: float | None = None
+        # Start from a quiet microphone's level, not from the first frame: audio may start in the
+        # middle of a vowel, and a floor learned there would mute the speech that follows.
+        self._floor = min_db
+        # Minimum statistics: the quietest frame of the last floor_window_s seconds is noise (speech
+        # pauses at least that often), so a noisy input's floor is found within one window.
+        self._recent = np.full(max(2, round(floor_window_s * self.sample_rate / self.hop)), np.nan)
         self._peak = -math.inf
         self._active = False
         self._below = 0
@@ -154,7 +162,7 @@ class AudioAnalyzer:
         x = x.astype(np.float64)
         rms = math.sqrt(float(np.dot(x, x)) / len(x))
         db = max(SILENCE_DB, 20.0 * math.log10(rms + 1e-12))
-        active, level, dip = self._vad(db)
+        active, quiet, level, dip = self._vad(db)
 
         spec = np.abs(np.fft.rfft(x * self._window, self.nfft)) ** 2 + 1e-20
         total = float(spec.sum())
@@ -165,15 +173,17 @@ class AudioAnalyzer:
         signs = np.signbit(x)
         zcr = float(np.count_nonzero(signs[1:] != signs[:-1])) / (len(x) - 1)
         f1, f2 = self._formants(x) if active else (math.nan, math.nan)
-        return AudioFrame(t, db, active, level, dip, f1, f2, flatness, centroid, lf, hf, zcr)
+        return AudioFrame(t, db, active, level, dip, quiet, f1, f2, flatness, centroid, lf, hf, zcr)
 
-    def _vad(self, db: float) -> tuple[bool, float, float]:
-        if self._floor is None:
-            self._floor = db
-        elif db < self._floor:
+    def _vad(self, db: float) -> tuple[bool, bool, float, float]:
+        if db < self._floor:
             self._floor += 0.3 * (db - self._floor)
         else:
             self._floor += min(db - self._floor, self._floor_rise)
+        self._recent[(self._n_frames - 1) % len(self._recent)] = db
+        if self._n_frames >= len(self._recent):
+            # 3 dB below the window's minimum: a stationary noise's frames spread about that much.
+            self._floor = max(self._floor, float(self._recent.min()) - 3.0)
         on = db > max(self._floor + self.on_margin_db, self.min_db)
         off = db < max(self._floor + self.off_margin_db, self.min_db)
         if on:
@@ -185,13 +195,13 @@ class AudioAnalyzer:
             if self._below > self.hangover:
                 self._active = False
         if not self._active:
-            return False, 0.0, 0.0
+            return False, False, 0.0, 0.0
         if db > self._peak:
             self._peak = db
         else:
             self._peak = max(self._peak - self._peak_decay, self._floor + self.on_margin_db)
         dip = self._peak - db
-        return True, min(1.0, max(0.0, 1.0 - dip / self.range_db)), dip
+        return True, off, min(1.0, max(0.0, 1.0 - dip / self.range_db)), dip
 
     def _formants(self, x: np.ndarray) -> tuple[float, float]:
         """F1, F2 in Hz from the roots of an autocorrelation-method LPC polynomial."""
@@ -223,6 +233,10 @@ def classify_viseme(frame: AudioFrame, dip_pp_db: float = 20.0) -> str:
     """One of VISEMES for an analysed frame (see the module docstring for the rules)."""
     if not frame.active:
         return "sil"
+    # Down at the noise floor inside speech: a pause or stop closure; whatever the noise looks
+    # like spectrally, it is not a fricative.
+    if frame.quiet:
+        return "PP"
     # Fricatives: most energy above 2.5 kHz, noise-like. /f/ is weak and flat; /s/ is centred
     # high (5+ kHz); /sh/, /ch/ lower (2.5-4.5 kHz).
     if frame.hf_ratio > 0.45 and frame.zcr > 0.2:
@@ -246,7 +260,7 @@ def classify_viseme(frame: AudioFrame, dip_pp_db: float = 20.0) -> str:
 
 
 class LipFrame(NamedTuple):
-    """time_s: window centre; expr: (E,) weights in the given expr_names order; jaw: radians."""
+    """time_s: window centre, seconds since the first sample pushed; expr: (E,) weights in the given expr_names order; jaw: radians."""
 
     time_s: float
     expr: np.ndarray
@@ -365,13 +379,13 @@ def lipsync_file(path: str | Path, expr_names: list[str], fps: float = 30.0,
     t_out = np.arange(n) / fps
     times = np.array([f.time_s for f in frames])
     jaw = np.interp(t_out, times, np.array([f.jaw for f in frames]))
-    expr_frames = np.stack([f.expr for f in frames]) if frames else np.zeros((1, len(expr_names)), np.float32)
-    expr = np.stack([np.interp(t_out, times, expr_frames[:, j]) for j in range(len(expr_names))], axis=1) \
-        if len(expr_names) else np.zeros((n, 0))
+    expr_frames = np.stack([f.expr for f in frames])
+    expr = np.zeros((n, len(expr_names)), np.float32)
+    for j in range(len(expr_names)):
+        expr[:, j] = np.interp(t_out, times, expr_frames[:, j])
     pose = np.zeros((n, 15), np.float32)
     pose[:, 6] = jaw
-    return Motion(float(fps), expr.astype(np.float32).reshape(n, len(expr_names)), pose,
-                  np.zeros((n, 3), np.float32), list(expr_names))
+    return Motion(float(fps), expr, pose, np.zeros((n, 3), np.float32), list(expr_names))
 
 
 def _import_sounddevice():

@@ -57,7 +57,10 @@ def orbit_camera(yaw_deg: float = 0.0, pitch_deg: float = 0.0, distance: float =
     return Camera(look_at(target + offset, target), intrinsics_from_fov(width, height, fov_y_deg), width, height)
 
 
-def gl_projection(K: np.ndarray, width: int, height: int, near: float = 0.01, far: float = 100.0) -> np.ndarray:
+GL_NEAR, GL_FAR = 0.01, 100.0  # clip range of every GL drawing (metres)
+
+
+def gl_projection(K: np.ndarray, width: int, height: int, near: float = GL_NEAR, far: float = GL_FAR) -> np.ndarray:
     """OpenGL clip matrix (4, 4) for OpenCV intrinsics, applied to OpenCV camera coordinates.
 
     Camera z forward becomes positive w and image row 0 becomes NDC y = +1 (the top), so pixels

@@ -53,5 +53,10 @@ class Rig:
         return out.vertices[0]
 
     def world(self, expr=None, pose=None, translation=None) -> WorldGaussians:
+        return self.pose(expr, pose, translation)[1]
+
+    def pose(self, expr=None, pose=None, translation=None) -> tuple[torch.Tensor, WorldGaussians]:
+        """(posed vertices (V, 3), world Gaussians), without gradients."""
         with torch.no_grad():
-            return deform(self.avatar, self.vertices(expr, pose, translation), self.model.faces)
+            verts = self.vertices(expr, pose, translation)
+            return verts, deform(self.avatar, verts, self.model.faces)

@@ -4,12 +4,13 @@ up to the early stop at transmittance 1e-4 and float rounding."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import moderngl
 import numpy as np
 import torch
 
-from savatar.core.camera import Camera
+from savatar.core.camera import GL_FAR, GL_NEAR, Camera
 from savatar.core.gaussians import WorldGaussians
 from savatar.core.sh import camera_center, sh_to_rgb
 from savatar.gl.context import headless_context, program
@@ -28,15 +29,19 @@ class SplatImage:
 
 
 def instance_data(g: WorldGaussians, camera: Camera, sh_degree: int | None = None,
-                  front_to_back: bool = True) -> np.ndarray:
+                  front_to_back: bool = True, keep: np.ndarray | None = None) -> np.ndarray:
     """Per-Gaussian rows (M, 14) sorted near to far (or far to near), Gaussians behind the
-    camera dropped. Colours are the SH evaluated towards this camera."""
+    camera (or outside the optional keep mask (N,)) dropped. Colours are the SH evaluated
+    towards this camera."""
     with torch.no_grad():
         viewmat = torch.as_tensor(camera.viewmat, dtype=g.means.dtype)
         rgb = sh_to_rgb(g.sh, g.means, camera_center(viewmat), sh_degree)
         table = torch.cat([g.means, g.quats, g.scales, rgb, g.opacities[:, None]], 1).float().numpy()
     depth = table[:, :3] @ camera.viewmat[2, :3].astype(np.float32) + np.float32(camera.viewmat[2, 3])
-    keep = np.flatnonzero(depth >= 0.01)
+    visible = depth >= 0.01
+    if keep is not None:
+        visible &= keep
+    keep = np.flatnonzero(visible)
     order = keep[np.argsort(depth[keep], kind="stable")]
     return np.ascontiguousarray(table[order if front_to_back else order[::-1]])
 
@@ -66,10 +71,10 @@ class SplatRenderer:
         ])
 
     def upload(self, g: WorldGaussians, camera: Camera, sh_degree: int | None = None,
-               front_to_back: bool = True) -> None:
+               front_to_back: bool = True, keep: np.ndarray | None = None) -> None:
         """Sort for this camera and upload: front to back for render(), back to front for
-        draw_to()."""
-        data = instance_data(g, camera, sh_degree, front_to_back)
+        draw_to(); keep (N,) bool optionally limits what is drawn."""
+        data = instance_data(g, camera, sh_degree, front_to_back, keep)
         if data.nbytes > self.instances.size:
             self.instances.orphan(max(data.nbytes, 2 * self.instances.size))
         if len(data):
@@ -87,6 +92,7 @@ class SplatRenderer:
         self.prog["limits"].value = ((w - cx) / fx + 0.3 * tx, cx / fx + 0.3 * tx, (h - cy) / fy + 0.3 * ty, cy / fy + 0.3 * ty)
         self.prog["scale_modifier"].value = scale_modifier
         self.prog["eps2d"].value = EPS2D
+        self.prog["clip_range"].value = (GL_NEAR, GL_FAR)
 
     def _target(self, size: tuple[int, int], exact: bool) -> tuple:
         """(colour texture, depth texture or None, framebuffer). exact: float32 colour plus the
@@ -132,17 +138,32 @@ class SplatRenderer:
         return SplatImage(rgb.copy(), alpha.copy(), depth.astype(np.float32))
 
     def draw_to(self, target: moderngl.Framebuffer, camera: Camera, background=(1.0, 1.0, 1.0),
-                scale_modifier: float = 1.0) -> None:
+                scale_modifier: float = 1.0, occluder: Callable[[], None] | None = None) -> None:
         """Draw the last upload(..., front_to_back=False) straight into target (e.g. the window),
         back to front with premultiplied "over" blending. 8-bit targets and no float
-        accumulation pass: llvmpipe blends float targets several times slower."""
+        accumulation pass: llvmpipe blends float targets several times slower.
+
+        occluder, when given, draws opaque geometry into the depth buffer only (e.g. the head
+        mesh shrunk a little inside the avatar); splat fragments behind it are rejected by the
+        depth test before shading, which saves the fill of everything hidden behind the face.
+        """
         target.use()
         self.ctx.viewport = (0, 0, camera.width, camera.height)
-        target.clear(*background, 1.0)
+        target.clear(*background, 1.0, depth=1.0)
+        self.ctx.disable(moderngl.CULL_FACE)
+        if occluder is not None:
+            target.color_mask = (False, False, False, False)
+            target.depth_mask = True
+            occluder()
+            target.color_mask = (True, True, True, True)
+            self.ctx.enable(moderngl.DEPTH_TEST)
+        else:
+            self.ctx.disable(moderngl.DEPTH_TEST)
+        target.depth_mask = False
         self._set_uniforms(camera, scale_modifier)
-        self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
         self.ctx.enable(moderngl.BLEND)
         self.ctx.blend_func = (moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA, moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA)
         if self.count:
             self.vao.render(moderngl.TRIANGLE_STRIP, vertices=4, instances=self.count)
-        self.ctx.disable(moderngl.BLEND)
+        self.ctx.disable(moderngl.BLEND | moderngl.DEPTH_TEST)
+        target.depth_mask = True

@@ -8,6 +8,7 @@ uniform vec2 image_size;   // W, H in pixels
 uniform vec4 limits;       // clamp of x/z and y/z: +x, -x, +y, -y
 uniform float scale_modifier;
 uniform float eps2d;
+uniform vec2 clip_range;    // GL near and far planes, as in gl_projection()
 
 in vec2 corner;            // (-1, -1) .. (1, 1)
 in vec3 i_mean;
@@ -69,5 +70,8 @@ void main() {
     float reach = sqrt(2.0 * cut);
     vec2 pix = v_centre + corner.x * (reach * sqrt(lambda1) + 0.75) * axis1
                         + corner.y * (reach * sqrt(lambda2) + 0.75) * axis2;
-    gl_Position = vec4(2.0 * pix.x / image_size.x - 1.0, 1.0 - 2.0 * pix.y / image_size.y, 0.0, 1.0);
+    // Depth of the centre, so an occluder in the depth buffer can reject hidden splats.
+    float n = clip_range.x, f = clip_range.y;
+    float z_ndc = (f + n) / (f - n) - 2.0 * f * n / ((f - n) * t.z);
+    gl_Position = vec4(2.0 * pix.x / image_size.x - 1.0, 1.0 - 2.0 * pix.y / image_size.y, z_ndc, 1.0);
 }

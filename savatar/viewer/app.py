@@ -1,159 +1,461 @@
-"""`savatar-viewer`: the stage window (pyglet + moderngl).
+"""`savatar-viewer`: two windows, one process, one main loop.
 
-This first version shows the bundled open head model as a shaded mesh, animated by a short
-demo cycle of expressions; the Gaussian avatar, the Dear PyGui console and file drops arrive
-with the viewer work (see the issues)."""
+The stage (pyglet + moderngl) draws the avatar; the console (Dear PyGui) holds the panels.
+Long work runs on worker threads (viewer.workers.Jobs) and comes back to this loop, which is
+the only place that swaps the avatar or touches GL and Dear PyGui."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from savatar.core.camera import Camera, orbit_camera
+from savatar.core.antispike import AntiSpikeConfig, spike_mask, statistics
+from savatar.core.gaussians import GaussianAvatar
+from savatar.core.mesh_ops import vertex_normals
+from savatar.core.motion import Motion, load_motion, save_motion
+from savatar.core.rig import Rig
+from savatar.viewer.drops import DropKind, classify
+from savatar.viewer.log import Log
+from savatar.viewer.settings import Settings, load_settings, save_settings
+from savatar.viewer.state import DRIVE_SOURCES, Drive, Playback, Recorder, RenderSettings, StageTimings
+from savatar.viewer.workers import Jobs
 
-
-@dataclass
-class Orbit:
-    """Trackball-style orbit around a target: drag rotates, scroll zooms."""
-
-    yaw: float = 0.0
-    pitch: float = 0.0
-    distance: float = 0.75
-    target: tuple[float, float, float] = (0.0, -0.03, -0.02)
-
-    def camera(self, width: int, height: int) -> Camera:
-        return orbit_camera(self.yaw, self.pitch, self.distance, self.target, width, height, fov_y_deg=30.0)
-
-    def drag(self, dx: float, dy: float) -> None:
-        self.yaw -= 0.4 * dx
-        self.pitch = float(np.clip(self.pitch - 0.4 * dy, -85.0, 85.0))
-
-    def zoom(self, steps: float) -> None:
-        self.distance = float(np.clip(self.distance * 0.9 ** steps, 0.2, 3.0))
+LIVE_SOURCES = ("webcam", "microphone", "audio file")
+# How far inside the avatar's surface the occluding mesh sits: deeper than the splats' own
+# offsets from the mesh, shallow enough to hide the far side of the head.
+OCCLUDER_INSET = 0.004
 
 
-def demo_expression(t: float, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """A few seconds of blinking, smiling and talking, looped: (expr (E,), pose (15,))."""
-    expr = np.zeros(len(names), np.float32)
-    pose = np.zeros(15, np.float32)
-    blink = max(0.0, 1.0 - abs((t % 3.0) - 1.5) * 8.0)
-    for side in ("L", "R"):
-        expr[names.index(f"eyeBlink_{side}")] = blink
-        expr[names.index(f"mouthSmile_{side}")] = 0.5 + 0.5 * math.sin(t * 0.7)
-    pose[6] = 0.12 * max(0.0, math.sin(t * 5.0))  # jaw
-    pose[3:6] = [0.05 * math.sin(t * 0.5), 0.25 * math.sin(t * 0.4), 0.0]  # neck
-    return expr, pose
+def shrink(verts: np.ndarray, faces: np.ndarray, inset: float) -> np.ndarray:
+    """verts (V, 3) moved inset metres against their normals."""
+    return verts - inset * vertex_normals(verts, faces)
 
 
-def run(size: tuple[int, int], smoke: int | None, screenshot: str | None) -> int:
-    import moderngl
-    import pyglet
-    import torch
+class App:
+    def __init__(self, avatar: GaussianAvatar, avatar_path: str | None, size: tuple[int, int],
+                 visible: bool = True, settings: Settings | None = None, settings_warning: str | None = None):
+        from savatar.viewer.console import Console
+        from savatar.viewer.stage import Stage, StageCallbacks
 
-    from savatar.core.head_model import HeadModel
-    from savatar.core.open_head import load_open_head_data
-    from savatar.gl.mesh_renderer import MeshRenderer
+        self.log = Log()
+        self.jobs = Jobs()
+        self.settings = settings or Settings()
+        self.render = RenderSettings()
+        self.timings = StageTimings()
+        self.playback = Playback()
+        self.recorder = Recorder()
+        self.spike_cfg = AntiSpikeConfig()
+        self.portraits: list[str] = []
+        self.running = True
+        self.export = None  # generator advanced one frame per loop iteration
+        self._last_key: tuple | None = None
+        self._world = None
+        self._mesh_verts: np.ndarray | None = None
+        self._occluder: np.ndarray | None = None
+        self._last_recording: Motion | None = None
+        self._pending_screenshot: str | None = None
 
-    config = pyglet.gl.Config(major_version=3, minor_version=3, forward_compatible=True, double_buffer=True, depth_size=24)
-    try:
-        window = pyglet.window.Window(*size, caption="SpatialAvatar — stage", resizable=True, config=config,
-                                      visible=smoke is None)
-    except (pyglet.window.NoSuchConfigException, pyglet.canvas.xlib.NoSuchDisplayException) as exc:
-        print(f"savatar-viewer: cannot open an OpenGL 3.3 window: {exc}", file=sys.stderr)
-        return 2
-    ctx = moderngl.create_context()
-    # Per-frame deformation is many tiny ops: one thread avoids pool hand-offs that cost more
-    # than the work (measured 1.3 ms vs 56 ms per forward with a busy second core).
-    torch.set_num_threads(1)
-    data = load_open_head_data()
-    model = HeadModel(data)
-    renderer = MeshRenderer(data.faces, data.vertex_colors, ctx=ctx)
-    orbit = Orbit()
-    state = {"playing": True, "t": 0.0, "frames": 0, "last": time.perf_counter(), "fps": 0.0}
-    label = pyglet.text.Label("", x=8, y=8, color=(40, 40, 40, 255), font_size=10)
+        self.stage = Stage(size, StageCallbacks(self.handle_drop, self.handle_key, self.quit), visible,
+                           tuple(self.settings.stage_pos) if self.settings.stage_pos else None)
+        if self.settings.camera:
+            from savatar.viewer.orbit import Orbit
+            self.stage.orbit = Orbit.from_dict(self.settings.camera)
+        self._set_avatar(Rig.of(avatar), avatar_path)
+        self.console = Console(self, self.rig.data.expr_names, tuple(self.settings.console_size),
+                               tuple(self.settings.console_pos) if self.settings.console_pos else None)
+        self.console.set_recent(self.settings.recent_files)
+        self._refresh_info()
+        if settings_warning:
+            self.log.warning(settings_warning)
+        self.log.info(f"showing {avatar_path or 'the bundled default avatar'} ({len(avatar)} Gaussians)")
 
-    def draw() -> None:
-        w, h = window.get_framebuffer_size()
-        expr, pose = demo_expression(state["t"], data.expr_names)
-        with torch.no_grad():
-            verts = model(expr=torch.from_numpy(expr)[None], pose=torch.from_numpy(pose)[None]).vertices[0].numpy()
-        ctx.screen.use()
-        ctx.viewport = (0, 0, w, h)
-        ctx.clear(0.93, 0.94, 0.96, 1.0)
-        renderer.draw(verts, orbit.camera(w, h))
-        ctx.disable(moderngl.DEPTH_TEST)
-        label.text = f"{state['fps']:.0f} FPS   drag: orbit   scroll: zoom   R: reset   Space: play/pause   S: screenshot   Esc: quit"
-        label.draw()
+    # ------------------------------------------------------------------ avatar
+    def _set_avatar(self, rig: Rig, path: str | None) -> None:
+        """Swap the shown avatar (main thread only)."""
+        self.rig = rig
+        self.avatar_path = path
+        old = getattr(self, "drive", None)
+        self.drive = Drive.neutral(rig.model.num_expr)
+        if old is not None:  # the new avatar keeps being driven the same way
+            self.drive.source, self.drive.strength, self.drive.smoothing = old.source, old.strength, old.smoothing
+        if self.playback.motion is not None:
+            self.playback.motion = self.playback.motion.remap(rig.data.expr_names)
+        self.spikes = spike_mask(rig.avatar, self.spike_cfg).numpy()
+        data = rig.data
+        colors = data.vertex_colors if data.vertex_colors is not None else np.full((len(data.v_template), 3), 0.8)
+        self.stage.set_mesh(data.faces, colors)
+        self._last_key = None
+        if path:
+            self.settings.add_recent(path)
 
-    @window.event
-    def on_draw():
-        draw()
+    def _refresh_info(self) -> None:
+        a, data = self.rig.avatar, self.rig.data
+        size = f"{Path(self.avatar_path).stat().st_size / 1e6:.1f} MB" if self.avatar_path and Path(self.avatar_path).exists() else "-"
+        self.console.set_info(f"file        {self.avatar_path or '(bundled default avatar)'}\n"
+                              f"Gaussians   {len(a)}   SH degree {a.sh_degree}\n"
+                              f"head model  {data.name}: {len(data.v_template)} vertices, {len(data.faces)} faces\n"
+                              f"file size   {size}")
+        stats = statistics(a, self.spike_cfg)
+        self.console.set_spikes("anti-spike: " + ", ".join(f"{k} {s.count_over} over" for k, s in stats.items()))
+        self.console.set_recent(self.settings.recent_files)
 
-    @window.event
-    def on_mouse_drag(x, y, dx, dy, buttons, modifiers):
-        orbit.drag(dx, -dy)
+    def open_avatar(self, path: str) -> None:
+        from savatar.core.avatar_file import load_avatar
 
-    @window.event
-    def on_mouse_scroll(x, y, scroll_x, scroll_y):
-        orbit.zoom(scroll_y)
+        self.log.info(f"opening {path} ...")
+        self.console.set_job(f"loading {Path(path).name} ...")
 
-    def save_screenshot(path: str) -> None:
-        pyglet.image.get_buffer_manager().get_color_buffer().save(path)
-        print(f"saved {path}")
+        def done(rig: Rig) -> None:
+            self._set_avatar(rig, path)
+            self._refresh_info()
+            self.console.set_values(self.drive.expr, self.drive.pose, self.drive.translation)
+            self.console.set_job("")
+            self.log.info(f"opened {path} ({len(rig.avatar)} Gaussians)")
 
-    @window.event
-    def on_key_press(symbol, modifiers):
-        keys = pyglet.window.key
-        if symbol == keys.ESCAPE:
-            window.close()
-        elif symbol == keys.R:
-            orbit.__init__()
-        elif symbol == keys.SPACE:
-            state["playing"] = not state["playing"]
-        elif symbol == keys.S:
-            save_screenshot(f"savatar-{time.strftime('%Y%m%d-%H%M%S')}.png")
-        return pyglet.event.EVENT_HANDLED
+        self.jobs.submit("open", lambda: Rig.of(load_avatar(path)), done, lambda e: self._failed(f"cannot open {path}", e))
 
-    def tick(dt: float) -> None:
-        if state["playing"]:
-            state["t"] += dt
-        state["frames"] += 1
-        now = time.perf_counter()
-        if now - state["last"] > 0.5:
-            state["fps"] = state["frames"] / (now - state["last"])
-            state["frames"], state["last"] = 0, now
+    def save_avatar(self, path: str | None) -> None:
+        from savatar.core.avatar_file import save_avatar
 
-    if smoke is not None:
-        for _ in range(smoke):
-            tick(1 / 30)
-            window.switch_to()
-            window.dispatch_events()
-            draw()
-            if screenshot and _ == smoke - 1:
-                Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-                save_screenshot(f"{screenshot}stage.png")
-            window.flip()
-        window.close()
+        path = path or self.avatar_path
+        if not path:
+            self.log.warning("the default avatar has no file yet: use Save as...")
+            return
+        avatar, head = self.rig.avatar, self.rig.data if self.rig.avatar.head_model == "open-head" else None
+        self.jobs.submit("save", lambda: save_avatar(avatar, path, head=head),
+                         lambda _: self._saved(path), lambda e: self._failed(f"cannot save {path}", e))
+
+    def _saved(self, path: str) -> None:
+        self.avatar_path = path
+        self.settings.add_recent(path)
+        self._refresh_info()
+        self.log.info(f"saved {path}")
+
+    def export_ply(self, path: str) -> None:
+        from savatar.core.ply import export_ply
+
+        g = self._world
+        self.jobs.submit("export-ply", lambda: export_ply(g, path), lambda _: self.log.info(f"exported {path}"),
+                         lambda e: self._failed(f"cannot export {path}", e))
+
+    def export_video(self, path: str, frames: int = 90) -> None:
+        """An orbit (or the loaded motion) rendered on the main thread, one frame per loop
+        iteration, with the stage's GL context: the UI stays live and workers stay off GL."""
+        from savatar.commands.render import write_video
+        from savatar.commands.common import to_uint8
+
+        motion = self.playback.motion
+        count = len(motion) if motion else frames
+        fps = motion.fps if motion else 30.0
+        size = 512
+        orbit = self.stage.orbit
+
+        def frames_gen():
+            for i in range(count):
+                if motion is not None:
+                    expr, pose, trans = motion.expr[i], motion.pose[i], motion.translation[i]
+                else:
+                    expr, pose, trans = self.drive.current
+                cam = orbit.camera(size, size) if motion else type(orbit)(yaw=orbit.yaw + 360.0 * i / count, pitch=orbit.pitch,
+                                                                          distance=orbit.distance, target=orbit.target,
+                                                                          fov=orbit.fov).camera(size, size)
+                img = self.stage.splat.render(self.rig.world(expr, pose, trans), cam, self.render.background).rgb
+                self.console.set_job(f"exporting {Path(path).name}: frame {i + 1}/{count}")
+                yield to_uint8(img)
+
+        def run():
+            try:
+                write_video(Path(path), frames_gen(), count, fps, size, size, "viewer")
+                self.log.info(f"exported {path}")
+            except Exception as exc:  # reported, the viewer keeps running
+                self._failed(f"cannot export {path}", exc)
+            self.console.set_job("")
+            yield
+
+        self.export = run()
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.console.set_job("")
+        self.log.error(f"{what}: {exc}")
+
+    # ------------------------------------------------------------------ motion and drive
+    def load_motion(self, path: str) -> None:
+        def done(motion: Motion) -> None:
+            self.playback.load(motion.remap(self.rig.data.expr_names), Path(path).name)
+            self.drive.source = "motion file"
+            self.log.info(f"loaded motion {path}: {len(motion)} frames at {motion.fps:g} fps")
+
+        self.jobs.submit("motion", lambda: load_motion(path), done, lambda e: self._failed("cannot load motion", e))
+
+    def save_recording(self, path: str) -> None:
+        motion = self._last_recording
+        if motion is None:
+            self.log.warning("nothing recorded yet")
+            return
+        self.jobs.submit("save-motion", lambda: save_motion(motion, path),
+                         lambda _: self.log.info(f"saved {len(motion)} frames to {path}"),
+                         lambda e: self._failed(f"cannot save {path}", e))
+
+    def toggle_record(self) -> None:
+        if self.recorder.recording:
+            self._last_recording = self.recorder.stop(self.rig.data.expr_names)
+            n = len(self._last_recording) if self._last_recording else 0
+            self.log.info(f"recorded {n} frames: save them from the Motion panel")
+        else:
+            self.recorder.start()
+            self.log.info("recording")
+
+    def toggle_play(self) -> None:
+        if self.playback.motion is None:
+            self.log.warning("load a motion file first")
+            return
+        self.playback.playing = not self.playback.playing
+        if self.playback.playing:
+            self.drive.source = "motion file"
+
+    def seek(self, fraction: float) -> None:
+        self.playback.seek(fraction)
+
+    def set_expr(self, index: int, value: float) -> None:
+        self.drive.expr[index] = value
+        self.drive.source = "sliders"
+
+    def set_pose(self, index: int, value: float) -> None:
+        self.drive.pose[index] = value
+        self.drive.source = "sliders"
+
+    def set_translation(self, index: int, value: float) -> None:
+        self.drive.translation[index] = value
+
+    def reset_drive(self) -> None:
+        self.drive.reset()
+        self.console.set_values(self.drive.expr, self.drive.pose, self.drive.translation)
+
+    def set_source(self, source: str) -> None:
+        if source in LIVE_SOURCES:
+            self.log.warning(f"{source} driving is not available yet in this build; staying on sliders")
+            return
+        if source == "motion file" and self.playback.motion is None:
+            self.log.warning("load a motion file first")
+            return
+        self.drive.source = source if source in DRIVE_SOURCES else "sliders"
+
+    def frame_face(self) -> None:
+        verts = self.rig.vertices(*self.drive.current).numpy() if self.drive.current else self.rig.vertices().numpy()
+        face = self.rig.data.vertex_regions.get("face")
+        self.stage.orbit.frame(verts[face] if face is not None and len(face) else verts)
+
+    def set_stage_size(self, width: int, height: int) -> None:
+        self.stage.window.set_size(width, height)
+
+    # ------------------------------------------------------------------ stage input
+    def handle_drop(self, paths: list[str]) -> None:
+        for path in paths:
+            kind = classify(path)
+            if kind is DropKind.AVATAR:
+                self.open_avatar(path)
+            elif kind is DropKind.MOTION:
+                self.load_motion(path)
+            elif kind is DropKind.PORTRAIT:
+                self._queue_portrait(path)
+            else:
+                self.log.error(f"{Path(path).name}: not an avatar (.h5), motion (.npz) or image file")
+
+    def _queue_portrait(self, path: str) -> None:
+        def check() -> str:
+            from PIL import Image
+            with Image.open(path) as img:
+                img.verify()
+            return path
+
+        def done(p: str) -> None:
+            self.portraits.append(p)
+            self.console.set_portraits([Path(x).name for x in self.portraits])
+            self.log.info(f"queued portrait {Path(p).name} for Build")
+
+        self.jobs.submit("portrait", check, done, lambda e: self._failed(f"{Path(path).name} is not a readable image", e))
+
+    def handle_key(self, key: str) -> None:
+        if key == "reset":
+            self.stage.orbit.reset()
+        elif key == "frame":
+            self.frame_face()
+        elif key == "play":
+            self.toggle_play()
+        elif key == "screenshot":
+            path = f"savatar-{time.strftime('%Y%m%d-%H%M%S')}.png"
+            self._pending_screenshot = path
+        elif key == "hud":
+            self.render.show_hud = not self.render.show_hud
+        elif key == "fullscreen":
+            self.stage.window.set_fullscreen(not self.stage.window.fullscreen)
+        elif key == "quit":
+            self.quit()
+
+    def quit(self) -> None:
+        self.running = False
+
+    # ------------------------------------------------------------------ the loop
+    def _read_console(self) -> None:
+        c = self.console
+        self.drive.strength = c.value(c.strength)
+        self.drive.smoothing = c.value(c.smoothing)
+        self.playback.loop = c.value(c.loop_box)
+        self.playback.speed = c.value(c.speed)
+        r = self.render
+        r.sh_degree = c.value(c.sh_degree)
+        r.scale_modifier = c.value(c.scale_mod)
+        r.background = tuple(x / 255.0 for x in c.value(c.bg_color)[:3])
+        r.show_mesh, r.show_centres = c.value(c.show_mesh), c.value(c.show_centres)
+        r.highlight_spikes = c.value(c.highlight)
+        r.occlusion = c.value(c.occlusion)
+        self.stage.orbit.fov = c.value(c.fov)
+
+    def step(self, dt: float) -> None:
+        """One frame: worker results, drive, deform, sort, draw both windows."""
+        self.jobs.poll()
+        self._read_console()
+        t0 = time.perf_counter()
+        self.playback.advance(dt)
+        target = self.playback.frame() if self.drive.source == "motion file" else None
+        params = self.drive.step(target)
+        self.recorder.add(dt, params)
+        t1 = time.perf_counter()
+        self.timings.record("drive", (t1 - t0) * 1e3)
+
+        camera = self.stage.camera()
+        key = (tuple(np.concatenate(params).round(6)), camera.viewmat.round(7).tobytes(), camera.width, camera.height,
+               self.render.sh_degree, self.render.highlight_spikes, id(self.rig))
+        if key != self._last_key:
+            if self._last_key is None or key[0] != self._last_key[0] or key[-1] != self._last_key[-1]:
+                verts, self._world = self.rig.pose(*params)
+                self._mesh_verts = verts.numpy()
+                self._occluder = shrink(self._mesh_verts, self.rig.data.faces, OCCLUDER_INSET)
+            t2 = time.perf_counter()
+            self.timings.record("deform", (t2 - t1) * 1e3)
+            self.stage.upload(self._world, camera, self.render, self.spikes)
+            self.timings.record("sort", (time.perf_counter() - t2) * 1e3)
+            self._last_key = key
+        self.stage.hud_text = self._hud()
+        centres = self._world.means.numpy() if self.render.show_centres else None
+        self.stage.draw(camera, self.render, self._mesh_verts, centres, self.timings,
+                        self._occluder if self.render.occlusion else None)
+        if self._pending_screenshot:
+            self.stage.screenshot(self._pending_screenshot)
+            self.log.info(f"saved {self._pending_screenshot}")
+            self._pending_screenshot = None
+        self.stage.flip()
+        if self.export is not None:
+            try:
+                next(self.export)
+            except StopIteration:
+                self.export = None
+        t3 = time.perf_counter()
+        self._update_console()
+        if not self.console.render_frame():
+            self.running = False
+        self.timings.record("console", (time.perf_counter() - t3) * 1e3)
+
+    def _hud(self) -> str:
+        t = self.timings.ms
+        src = self.drive.source + (f" {self.playback.name} {self.playback.time:.1f}s" if self.drive.source == "motion file" else "")
+        rec = "   REC" if self.recorder.recording else ""
+        return (f"{self.timings.fps:5.1f} FPS   drive {t['drive']:.1f}  deform {t['deform']:.1f}  sort {t['sort']:.1f}  "
+                f"draw {t['draw']:.1f}  console {t['console']:.1f} ms\n"
+                f"{len(self.rig.avatar)} Gaussians   source: {src}{rec}")
+
+    def _update_console(self) -> None:
+        c = self.console
+        pb = self.playback
+        if pb.motion is not None:
+            c.set_motion(f"{pb.name}: {len(pb.motion)} frames, {pb.motion.duration:.1f} s", pb.fraction, pb.playing)
+        c.set_record(self.recorder.recording, self.recorder.frame_count)
+        c.update_log(self.log)
+
+    def run(self, smoke: int | None = None, screenshot: str | None = None) -> int:
+        last = time.perf_counter()
+        frames = 0
+        while self.running:
+            self.stage.dispatch_events()
+            now = time.perf_counter()
+            dt, last = now - last, now
+            self.timings.frame(dt)
+            self.step(dt if smoke is None else 1 / 30)
+            frames += 1
+            if smoke is not None and frames >= smoke and not self.jobs.busy:
+                if screenshot:
+                    self.screenshots(screenshot)
+                break
+        return self.shutdown()
+
+    def screenshot_stage(self, path: str | Path) -> None:
+        """Draw one frame and save it (the back buffer is read before the flip)."""
+        self._pending_screenshot = str(path)
+        self.step(0.0)
+
+    def screenshots(self, prefix: str) -> None:
+        """Both windows as PREFIXstage.png and PREFIXconsole.png."""
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+        self.screenshot_stage(f"{prefix}stage.png")
+        self.console.screenshot(f"{prefix}console.png")
+        self.console.render_frame()  # output_frame_buffer writes during the next frame
+        self.console.render_frame()
+        self.log.info(f"saved {prefix}stage.png and {prefix}console.png")
+
+    def shutdown(self) -> int:
+        """Stop every thread, keep the settings, close both windows."""
+        self.jobs.join(timeout=2.0)
+        s = self.settings
+        s.camera = self.stage.orbit.to_dict()
+        s.stage_pos = list(self.stage.window.get_location())
+        s.stage_size = list(self.stage.window.get_size())
+        try:
+            s.console_pos, s.console_size = self.console.geometry()
+            save_settings(s)
+        except Exception as exc:  # settings are a convenience: never fail the exit over them
+            print(f"savatar-viewer: could not save settings: {exc}", file=sys.stderr)
+        self.console.close()
+        self.stage.close()
         return 0
-    pyglet.clock.schedule_interval(tick, 1 / 60)
-    pyglet.app.run()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="savatar-viewer", description="SpatialAvatar viewer: shows the bundled open head model.")
-    parser.add_argument("--size", nargs=2, type=int, metavar=("W", "H"), default=(720, 720), help="stage size in pixels")
-    parser.add_argument("--smoke", type=int, metavar="N", help="draw N frames without showing the window, then exit (CI)")
-    parser.add_argument("--screenshot", metavar="PREFIX", help="with --smoke: save the last frame as PREFIXstage.png")
+    parser = argparse.ArgumentParser(prog="savatar-viewer",
+                                     description="SpatialAvatar viewer: show and animate a 3D Gaussian head avatar.")
+    parser.add_argument("--avatar", metavar="PATH", help="avatar .h5 to open (default: the bundled avatar)")
+    parser.add_argument("--motion", metavar="M.npz", help="motion file to play")
+    parser.add_argument("--size", nargs=2, type=int, metavar=("W", "H"), help="stage size in pixels (default 720 720)")
+    parser.add_argument("--smoke", type=int, metavar="N", help="run N frames without showing windows, then exit 0 (CI)")
+    parser.add_argument("--screenshot", metavar="PREFIX", help="with --smoke: save PREFIXstage.png and PREFIXconsole.png")
     args = parser.parse_args(argv)
-    if min(args.size) <= 0:
-        parser.error("--size needs positive numbers")
-    return run(tuple(args.size), args.smoke, args.screenshot)
+    if args.size and min(args.size) < 64:
+        parser.error("--size needs two numbers of at least 64")
+    torch.set_num_threads(1)  # per-frame work is many small ops; one thread avoids pool hand-off costs
+
+    from savatar.commands.common import load_avatar_arg
+    from savatar.cli_args import UserError
+
+    try:
+        avatar = load_avatar_arg(args.avatar)
+        motion = load_motion(args.motion) if args.motion else None
+    except (UserError, ValueError) as exc:
+        print(f"savatar-viewer: {exc}", file=sys.stderr)
+        return 2
+    settings, warning = load_settings()
+    size = tuple(args.size or settings.stage_size or (720, 720))
+    try:
+        app = App(avatar, args.avatar, size, visible=True, settings=settings, settings_warning=warning)
+    except Exception as exc:  # no display, no GL 3.3: one line, not a traceback
+        print(f"savatar-viewer: cannot open the windows: {exc}", file=sys.stderr)
+        return 2
+    if motion is not None:
+        app.playback.load(motion.remap(app.rig.data.expr_names), Path(args.motion).name)
+        app.drive.source = "motion file"
+    return app.run(args.smoke, args.screenshot)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,276 @@
+"""The console: a Dear PyGui window with the panels (Avatar, Drive, Motion, Render, Build,
+Refine, Log). It only shows state and forwards user actions to the app; every widget id is a
+Python attribute, not a magic string."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import dearpygui.dearpygui as dpg
+import numpy as np
+
+from savatar.core.head_model import JOINT_NAMES
+from savatar.viewer.glx_context import SavedContext
+from savatar.viewer.state import DRIVE_SOURCES
+
+# Expression components grouped by face region, by their ARKit-style name prefixes.
+REGION_PREFIXES = (("Eyes", ("eye",)), ("Brows", ("brow",)), ("Mouth", ("mouth",)),
+                   ("Cheeks and nose", ("cheek", "nose")), ("Jaw", ("jaw",)))
+LEVEL_COLOURS = {"info": (200, 200, 200), "warning": (240, 200, 80), "error": (255, 110, 110)}
+POSE_SLIDERS = (("jaw", 2, ("open", "side", "twist")), ("neck", 1, ("pitch", "yaw", "roll")),
+                ("head", 0, ("pitch", "yaw", "roll")), ("eyes", 3, ("pitch", "yaw", "-")))
+
+
+class Actions(Protocol):
+    """What the console can ask of the app (implemented by viewer.app.App)."""
+
+    def open_avatar(self, path: str) -> None: ...
+    def save_avatar(self, path: str | None) -> None: ...
+    def export_ply(self, path: str) -> None: ...
+    def export_video(self, path: str) -> None: ...
+    def load_motion(self, path: str) -> None: ...
+    def save_recording(self, path: str) -> None: ...
+    def set_expr(self, index: int, value: float) -> None: ...
+    def set_pose(self, index: int, value: float) -> None: ...
+    def set_translation(self, index: int, value: float) -> None: ...
+    def reset_drive(self) -> None: ...
+    def set_source(self, source: str) -> None: ...
+    def toggle_record(self) -> None: ...
+    def toggle_play(self) -> None: ...
+    def seek(self, fraction: float) -> None: ...
+    def frame_face(self) -> None: ...
+    def set_stage_size(self, width: int, height: int) -> None: ...
+
+
+class Console:
+    def __init__(self, actions: Actions, expr_names: list[str], size: tuple[int, int] = (560, 860),
+                 position: tuple[int, int] | None = None):
+        self.actions = actions
+        self.expr_names = list(expr_names)
+        dpg.create_context()
+        dpg.create_viewport(title="SpatialAvatar — console", width=size[0], height=size[1], vsync=False)
+        if position:
+            dpg.set_viewport_pos(list(position))
+        self.expr_sliders: list[int] = []
+        self.pose_sliders: dict[int, int] = {}
+        self.trans_sliders: list[int] = []
+        self._log_version = -1
+        self._build()
+        dpg.setup_dearpygui()
+        dpg.show_viewport()
+        self._gl = SavedContext()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        with dpg.window(label="SpatialAvatar") as self.root:
+            with dpg.tab_bar():
+                with dpg.tab(label="Avatar"):
+                    self._avatar_panel()
+                with dpg.tab(label="Drive"):
+                    self._drive_panel()
+                with dpg.tab(label="Motion"):
+                    self._motion_panel()
+                with dpg.tab(label="Render"):
+                    self._render_panel()
+                with dpg.tab(label="Build"):
+                    self._build_panel()
+                with dpg.tab(label="Refine"):
+                    self._refine_panel()
+            dpg.add_separator()
+            dpg.add_text("Log")
+            with dpg.child_window(height=170, horizontal_scrollbar=True) as self.log_box:
+                pass
+        dpg.set_primary_window(self.root, True)
+        self._file_dialogs()
+
+    def _file_dialogs(self) -> None:
+        self.dialogs = {}
+
+        def dialog(name: str, exts: tuple[str, ...], save: bool):
+            with dpg.file_dialog(show=False, width=520, height=380, modal=True,
+                                 callback=lambda s, a: self._on_dialog(name, a), directory_selector=False) as d:
+                for ext in exts:
+                    dpg.add_file_extension(ext)
+                dpg.add_file_extension(".*")
+            self.dialogs[name] = d
+
+        dialog("open", (".h5",), False)
+        dialog("save_as", (".h5",), True)
+        dialog("export_ply", (".ply",), True)
+        dialog("export_video", (".mp4",), True)
+        dialog("load_motion", (".npz",), False)
+        dialog("save_recording", (".npz",), True)
+
+    def _on_dialog(self, name: str, app_data: dict) -> None:
+        path = app_data.get("file_path_name") if isinstance(app_data, dict) else None
+        if not path:
+            return
+        handler = {"open": self.actions.open_avatar, "save_as": self.actions.save_avatar,
+                   "export_ply": self.actions.export_ply, "export_video": self.actions.export_video,
+                   "load_motion": self.actions.load_motion, "save_recording": self.actions.save_recording}[name]
+        handler(path)
+
+    def _show(self, name: str) -> None:
+        dpg.show_item(self.dialogs[name])
+
+    def _avatar_panel(self) -> None:
+        with dpg.group(horizontal=True):
+            dpg.add_button(label="Open...", callback=lambda: self._show("open"))
+            dpg.add_button(label="Save", callback=lambda: self.actions.save_avatar(None))
+            dpg.add_button(label="Save as...", callback=lambda: self._show("save_as"))
+        with dpg.group(horizontal=True):
+            dpg.add_button(label="Export PLY...", callback=lambda: self._show("export_ply"))
+            dpg.add_button(label="Export MP4...", callback=lambda: self._show("export_video"))
+        dpg.add_text("Recent files")
+        self.recent_list = dpg.add_listbox(items=[], num_items=5, width=-1,
+                                           callback=lambda s, a: self.actions.open_avatar(a))
+        dpg.add_separator()
+        self.info_text = dpg.add_text("")
+        self.job_text = dpg.add_text("")
+
+    def _drive_panel(self) -> None:
+        dpg.add_combo(list(DRIVE_SOURCES), default_value="sliders", label="source", width=200,
+                      callback=lambda s, a: self.actions.set_source(a))
+        self.source_status = dpg.add_text("")
+        with dpg.group(horizontal=True):
+            dpg.add_button(label="Reset", callback=lambda: self.actions.reset_drive())
+            dpg.add_button(label="Frame face (F)", callback=lambda: self.actions.frame_face())
+        self.strength = dpg.add_slider_float(label="expression strength", default_value=1.0, min_value=0.0, max_value=2.0)
+        self.smoothing = dpg.add_slider_float(label="smoothing", default_value=0.0, min_value=0.0, max_value=0.95)
+        with dpg.collapsing_header(label="Head, neck, jaw and eyes", default_open=True):
+            for label, joint, axes in POSE_SLIDERS:
+                for k, axis in enumerate(axes):
+                    if axis == "-":
+                        continue
+                    idx = 3 * joint + k
+                    limit = 0.6 if label != "jaw" else 0.4
+                    self.pose_sliders[idx] = dpg.add_slider_float(
+                        label=f"{label} {axis}", min_value=-limit, max_value=limit, width=260,
+                        callback=lambda s, a, u: self._set_pose(u, a), user_data=idx)
+            for k, axis in enumerate("xyz"):
+                self.trans_sliders.append(dpg.add_slider_float(
+                    label=f"translate {axis} (m)", min_value=-0.1, max_value=0.1, width=260,
+                    callback=lambda s, a, u: self.actions.set_translation(u, a), user_data=k))
+        self.expr_sliders = [0] * len(self.expr_names)
+        used = set()
+        for region, prefixes in REGION_PREFIXES + (("Other", ("",)),):
+            members = [i for i, n in enumerate(self.expr_names) if i not in used and n.lower().startswith(prefixes)]
+            if not members:
+                continue
+            used.update(members)
+            with dpg.collapsing_header(label=f"{region} ({len(members)})", default_open=region == "Mouth"):
+                for i in members:
+                    self.expr_sliders[i] = dpg.add_slider_float(
+                        label=self.expr_names[i], min_value=-0.5 if region == "Other" else 0.0, max_value=1.0,
+                        width=260, callback=lambda s, a, u: self.actions.set_expr(u, a), user_data=i)
+
+    def _set_pose(self, idx: int, value: float) -> None:
+        self.actions.set_pose(idx, value)
+        if idx in (9, 10):  # both eyes look together
+            self.actions.set_pose(idx + 3, value)
+
+    def _motion_panel(self) -> None:
+        with dpg.group(horizontal=True):
+            dpg.add_button(label="Load motion...", callback=lambda: self._show("load_motion"))
+            self.play_button = dpg.add_button(label="Play", callback=lambda: self.actions.toggle_play())
+            self.loop_box = dpg.add_checkbox(label="loop", default_value=True)
+        self.motion_text = dpg.add_text("no motion loaded")
+        self.timeline = dpg.add_slider_float(label="time", min_value=0.0, max_value=1.0, width=-80,
+                                             callback=lambda s, a: self.actions.seek(a))
+        self.speed = dpg.add_slider_float(label="speed", default_value=1.0, min_value=0.1, max_value=3.0)
+        dpg.add_separator()
+        with dpg.group(horizontal=True):
+            self.record_button = dpg.add_button(label="Record", callback=lambda: self.actions.toggle_record())
+            dpg.add_button(label="Save recording...", callback=lambda: self._show("save_recording"))
+        self.record_text = dpg.add_text("")
+
+    def _render_panel(self) -> None:
+        self.backend = dpg.add_combo(["gl"], default_value="gl", label="backend", width=160)
+        dpg.add_text("Stage drawing uses gl; cpu and gsplat serve exports and refinement.", wrap=480)
+        self.resolution = dpg.add_combo(["512x512", "720x720", "1024x768", "1280x720"], default_value="720x720",
+                                        label="stage size", width=160,
+                                        callback=lambda s, a: self.actions.set_stage_size(*map(int, a.split("x"))))
+        self.sh_degree = dpg.add_slider_int(label="SH degree", default_value=3, min_value=0, max_value=3)
+        self.scale_mod = dpg.add_slider_float(label="scale modifier", default_value=1.0, min_value=0.1, max_value=2.0)
+        self.fov = dpg.add_slider_float(label="field of view", default_value=30.0, min_value=10.0, max_value=70.0)
+        self.bg_color = dpg.add_color_edit(label="background", default_value=(237, 240, 245, 255), no_alpha=True)
+        self.show_mesh = dpg.add_checkbox(label="mesh overlay")
+        self.show_centres = dpg.add_checkbox(label="Gaussian centres")
+        self.highlight = dpg.add_checkbox(label="highlight spikes (red)")
+        self.show_hud = dpg.add_checkbox(label="HUD (H)", default_value=True)
+        self.occlusion = dpg.add_checkbox(label="skip splats hidden behind the head (faster)", default_value=True)
+        self.spike_text = dpg.add_text("")
+
+    def _build_panel(self) -> None:
+        dpg.add_text("Drop portraits on the stage to queue them.", wrap=480)
+        self.portrait_list = dpg.add_listbox(items=[], num_items=6, width=-1)
+        self.build_status = dpg.add_text("Building avatars from portraits arrives with the build work.", wrap=480)
+
+    def _refine_panel(self) -> None:
+        self.refine_status = dpg.add_text("Refinement arrives with the refinement work.", wrap=480)
+
+    # ------------------------------------------------------------------ updates from the app
+    def set_values(self, expr: np.ndarray, pose: np.ndarray, translation: np.ndarray) -> None:
+        """Put the sliders at these values (after reset, or while another source drives)."""
+        for i, item in enumerate(self.expr_sliders):
+            if item:
+                dpg.set_value(item, float(expr[i]))
+        for idx, item in self.pose_sliders.items():
+            dpg.set_value(item, float(pose[idx]))
+        for k, item in enumerate(self.trans_sliders):
+            dpg.set_value(item, float(translation[k]))
+
+    def set_info(self, text: str) -> None:
+        dpg.set_value(self.info_text, text)
+
+    def set_recent(self, files: list[str]) -> None:
+        dpg.configure_item(self.recent_list, items=files)
+
+    def set_portraits(self, names: list[str]) -> None:
+        dpg.configure_item(self.portrait_list, items=names)
+
+    def set_job(self, text: str) -> None:
+        dpg.set_value(self.job_text, text)
+
+    def set_motion(self, text: str, fraction: float, playing: bool) -> None:
+        dpg.set_value(self.motion_text, text)
+        if not dpg.is_item_active(self.timeline):
+            dpg.set_value(self.timeline, fraction)
+        dpg.configure_item(self.play_button, label="Pause" if playing else "Play")
+
+    def set_record(self, recording: bool, frames: int) -> None:
+        dpg.configure_item(self.record_button, label="Stop recording" if recording else "Record")
+        dpg.set_value(self.record_text, f"recording: {frames} frames" if recording else "")
+
+    def set_spikes(self, text: str) -> None:
+        dpg.set_value(self.spike_text, text)
+
+    def update_log(self, log) -> None:
+        if log.version == self._log_version:
+            return
+        self._log_version = log.version
+        dpg.delete_item(self.log_box, children_only=True)
+        for entry in log.entries()[-200:]:
+            dpg.add_text(entry.line(), parent=self.log_box, color=LEVEL_COLOURS.get(entry.level, (200, 200, 200)))
+        dpg.set_y_scroll(self.log_box, -1.0)
+
+    # ------------------------------------------------------------------ reading controls
+    def value(self, item: int):
+        return dpg.get_value(item)
+
+    def render_frame(self) -> bool:
+        """Draw one console frame; False once the user closed the console window."""
+        if not dpg.is_dearpygui_running():
+            return False
+        self._gl.make_current()
+        dpg.render_dearpygui_frame()
+        return True
+
+    def screenshot(self, path: str | Path) -> None:
+        dpg.output_frame_buffer(file=str(path))
+
+    def geometry(self) -> tuple[list[int], list[int]]:
+        return list(dpg.get_viewport_pos()), [dpg.get_viewport_width(), dpg.get_viewport_height()]
+
+    def close(self) -> None:
+        dpg.destroy_context()

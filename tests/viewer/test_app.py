@@ -1,0 +1,111 @@
+"""The viewer app under Xvfb: both windows, sliders change the picture, file drops do their
+thing, bad files never replace the avatar, quit is quick and joins every thread."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display (scripts/test.sh starts Xvfb)")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    os.environ["SAVATAR_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
+    from savatar.core.binding import default_avatar
+    from savatar.viewer.app import App
+
+    a = App(default_avatar(), None, (256, 256))
+    a.log.echo = False
+    yield a
+    if a.running:
+        a.running = False
+        a.shutdown()
+
+
+def pump(app, frames=3, until=None, timeout=20.0):
+    t0 = time.time()
+    for _ in range(frames):
+        app.stage.dispatch_events()
+        app.step(1 / 30)
+    while until is not None and not until() and time.time() - t0 < timeout:
+        app.stage.dispatch_events()
+        app.step(1 / 30)
+    return app
+
+
+def stage_image(app, tmp_path, name):
+    path = tmp_path / f"{name}.png"
+    app.screenshot_stage(path)
+    return np.asarray(Image.open(path).convert("RGB")).astype(float)
+
+
+def test_moving_a_slider_changes_the_render(app, tmp_path):
+    pump(app)
+    before = stage_image(app, tmp_path, "before")
+    app.set_pose(6, 0.35)  # open the jaw
+    app.set_expr(app.rig.data.expr_names.index("eyeBlink_L"), 1.0)
+    pump(app)
+    after = stage_image(app, tmp_path, "after")
+    changed = np.abs(after - before).sum(-1) > 30
+    assert 0.002 < changed.mean() < 0.3  # the face changed, the whole frame did not
+    app.reset_drive()
+    pump(app)
+
+
+def test_screenshots_of_both_windows(app, tmp_path):
+    pump(app)
+    app.screenshots(str(tmp_path / "shot_"))
+    stage = np.asarray(Image.open(tmp_path / "shot_stage.png").convert("RGB")).astype(float)
+    console = np.asarray(Image.open(tmp_path / "shot_console.png").convert("RGB")).astype(float)
+    assert stage.std() > 10 and console.std() > 10
+    # The console is Dear PyGui's dark theme, the stage a light background with a face.
+    assert console.mean() < 100 < stage.mean()
+
+
+def drop(app, paths):
+    app.stage.window.dispatch_event("on_file_drop", 10, 10, [str(p) for p in paths])
+
+
+def test_file_drops(app, tmp_path):
+    from savatar.core.avatar_file import save_avatar
+    from savatar.core.binding import init_avatar
+    from savatar.core.motion import Motion, save_motion
+    from savatar.core.open_head import load_open_head_data
+
+    data = load_open_head_data()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "face.png")
+    save_avatar(init_avatar(data, 2000, seed=3), tmp_path / "small.h5", head=data)
+    t = 5
+    save_motion(Motion(25.0, np.zeros((t, len(data.expr_names)), np.float32), np.zeros((t, 15), np.float32),
+                       np.zeros((t, 3), np.float32), data.expr_names), tmp_path / "m.npz")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    shown = app.rig
+
+    drop(app, [tmp_path / "broken.h5", tmp_path / "notes.txt"])
+    pump(app, until=lambda: not app.jobs.busy)
+    pump(app)
+    errors = [e.text for e in app.log.entries() if e.level == "error"]
+    assert any("broken.h5" in e for e in errors) and any("notes.txt" in e for e in errors)
+    assert app.rig is shown  # a bad file never replaces the avatar on screen
+
+    drop(app, [tmp_path / "face.png", tmp_path / "small.h5", tmp_path / "m.npz"])
+    pump(app, until=lambda: not app.jobs.busy)
+    pump(app)
+    assert any(p.endswith("face.png") for p in app.portraits)
+    assert len(app.rig.avatar) == 2000
+    assert app.playback.motion is not None and len(app.playback.motion) == t
+    assert app.drive.source == "motion file"
+
+
+def test_quit_is_quick_and_joins_every_thread(app):
+    app.quit()
+    t0 = time.time()
+    app.run()
+    assert time.time() - t0 < 2.0
+    assert not [t for t in threading.enumerate() if t.name.startswith("job:") and t.is_alive()]

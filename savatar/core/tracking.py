@@ -136,22 +136,14 @@ class LandmarkModel:
 
     def rest(self, expr: np.ndarray | None = None) -> np.ndarray:
         """Landmarks (L, 3) with zero pose and translation."""
-        return self.evaluate(np.eye(3), np.zeros(3), np.zeros(3), np.zeros(2), self._e(expr))[0]
+        return self.evaluate(np.eye(3), np.zeros(3), np.zeros(3), np.zeros(2), self._e(expr))
 
     def _e(self, expr: np.ndarray | None) -> np.ndarray:
         return np.zeros(self.num_expr) if expr is None else np.asarray(expr, dtype=np.float64)
 
-    def evaluate(self, r0: np.ndarray, t: np.ndarray, jaw: np.ndarray, eyes: np.ndarray, e: np.ndarray,
-                 jacobian: bool = False):
+    def evaluate(self, r0: np.ndarray, t: np.ndarray, jaw: np.ndarray, eyes: np.ndarray, e: np.ndarray) -> np.ndarray:
         """World landmarks X (L, 3) for root rotation r0 (3, 3), translation t (3,), jaw axis-angle (3,),
-        eyes (pitch, yaw) (2,) and expression e (E,).
-
-        With jacobian=True also returns dX as two blocks, coordinate first: (3, L, 11) float64 with
-        columns root (left perturbation exp(d) R0), translation, jaw (3; right perturbation, equal
-        to the axis-angle derivative to first order), eyes (2); and (3, L, E) float32 for the
-        expression. Coordinate-first layout turns every rotation of a basis into one
-        (3, 3) @ (3, L * E) product, far cheaper than an einsum.
-        """
+        eyes (pitch, yaw) (2,) and expression e (E,). Keeps what jacobian() needs."""
         eye_aa = np.array([eyes[0], eyes[1], 0.0])
         rots = [rodrigues(jaw), rodrigues(eye_aa), rodrigues(eye_aa)]
         q = self.c0 + (self.cb_flat @ e).reshape(-1, 3)
@@ -163,26 +155,40 @@ class LandmarkModel:
         if self.pd is not None:
             q = q + self._correctives(rots)
         rq = q @ r0.T  # R0 Q
-        x = rq + (self.jr0 + self.jrb @ e) + t
-        if not jacobian:
-            return x, None
+        self._state = (r0, rots, us, rq)
+        return rq + (self.jr0 + self.jrb @ e) + t
+
+    def jacobian(self, p: np.ndarray) -> np.ndarray:
+        """Derivative of image points at the last evaluate(), given p (2, L, 3) = d(pixel)/d(world point).
+
+        Returns (2L, 11 + E), rows all u then all v; columns root (left perturbation exp(d) R0),
+        translation, jaw (3; right perturbation, equal to the axis-angle derivative to first
+        order), eyes (pitch, yaw), expression. The expression bases are never rotated: p R0 (and
+        p R0 R_g) is contracted with them directly, 3 multiply-adds over (2, L, E) in float32,
+        because on a busy machine memory traffic, not arithmetic, is what costs time here.
+        """
+        r0, rots, us, rq = self._state
         n = self.num_landmarks
-        d = np.zeros((3, n, 11))
-        d[:, :, 0:3] = _cross_basis(rq)
-        d[:, :, 3:6] = np.eye(3)[:, None, :]
-        # The expression block is float32: it only steers the steps (the cost is float64), and
-        # on a busy machine its memory traffic, not arithmetic, is what costs time.
-        de = (r0.astype(np.float32) @ self.cb3.reshape(3, -1)).reshape(3, n, -1)
-        de += self.jrb32[:, None, :]
+        dpose = np.zeros((3, n, 11))
+        dpose[:, :, 0:3] = _cross_basis(rq)
+        dpose[:, :, 3:6] = np.eye(3)[:, None, :]
+        m = (p @ r0).astype(np.float32)  # (2, L, 3)
+        p32 = p.astype(np.float32)
+        jexp = m[:, :, 0, None] * self.cb3[0]
+        for c in (1, 2):
+            jexp += m[:, :, c, None] * self.cb3[c]
+        for c in range(3):
+            jexp += p32[:, :, c, None] * self.jrb32[c]
         for g, (idx, ab3, u, rg) in enumerate(zip(self.idx, self.ab3, us, rots)):
-            rr = r0 @ rg
-            de[:, idx] += (rr.astype(np.float32) @ ab3.reshape(3, -1)).reshape(ab3.shape)
-            block = (rr @ _cross_basis(u).reshape(3, -1)).reshape(3, len(idx), 3)
+            mg = m[:, idx] @ rg.astype(np.float32)
+            jexp[:, idx] += sum(mg[:, :, c, None] * ab3[c] for c in range(3))
+            block = ((r0 @ rg) @ _cross_basis(u).reshape(3, -1)).reshape(3, len(idx), 3)
             if g == 0:
-                d[:, idx, 6:9] += block
+                dpose[:, idx, 6:9] += block
             else:
-                d[:, idx, 9:11] += block[:, :, :2]
-        return x, (d, de)
+                dpose[:, idx, 9:11] += block[:, :, :2]
+        jpose = np.einsum("ilc,clk->ilk", p, dpose)
+        return np.concatenate([jpose, jexp], 2).reshape(2 * n, -1)
 
     def _correctives(self, rots: list[np.ndarray]) -> np.ndarray:
         """Pose-corrective offsets of Q (L, 3), skinned by the rotation of each landmark's joints."""
@@ -272,32 +278,27 @@ class FaceFitter:
         self.r0: np.ndarray | None = None
         self.x = np.zeros(11 + self.model.num_expr)  # [unused root slots, t, jaw, eyes, expr]
 
-    def _project(self, xw: np.ndarray, dxw: np.ndarray | None):
-        """World points (L, 3) -> pixels (L, 2) and, given the blocks of dX (3, L, P_i) from
-        LandmarkModel.evaluate, the Jacobian (2L, sum P_i): rows all u, then all v."""
+    def _project(self, xw: np.ndarray, derivative: bool = False):
+        """World points (L, 3) -> pixels (L, 2) and, with derivative, d(pixel)/d(world) (2, L, 3)."""
         xc = xw @ FLIP.T
         fx, fy, cx, cy = self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]
         iz = 1.0 / np.maximum(xc[:, 2], 1e-3)
         uv = np.stack([fx * xc[:, 0] * iz + cx, fy * xc[:, 1] * iz + cy], 1)
-        if dxw is None:
+        if not derivative:
             return uv, None
-        izc = iz[:, None]
-        ax, ay = fx * izc, fy * izc
-        bx, by = ax * xc[:, 0, None] * izc, ay * xc[:, 1, None] * izc
-        blocks = []
-        for dw in dxw:
-            # Camera (x, y, z) = world (x, -y, -z).
-            du = ax * dw[0] + bx * dw[2]
-            dv = -(ay * dw[1] - by * dw[2])
-            blocks.append(np.concatenate([du, dv]))
-        return uv, np.concatenate(blocks, 1)
+        p = np.zeros((2, len(xw), 3))
+        # Camera (x, y, z) = world (x, -y, -z); u = fx x / z + cx, v = fy y / z + cy.
+        p[0, :, 0] = fx * iz
+        p[0, :, 2] = fx * xc[:, 0] * iz * iz
+        p[1, :, 1] = -fy * iz
+        p[1, :, 2] = fy * xc[:, 1] * iz * iz
+        return uv, p
 
     def _split(self, x: np.ndarray):
         return x[3:6], x[6:9], x[9:11], x[11:]
 
     def _cost(self, r0: np.ndarray, x: np.ndarray, pts: np.ndarray) -> float:
-        xw, _ = self.model.evaluate(r0, *self._split(x))
-        uv, _ = self._project(xw, None)
+        uv, _ = self._project(self.model.evaluate(r0, *self._split(x)))
         res = uv - pts
         return 0.5 * float((self.weights * (res * res).sum(1)).sum() + (self.prior * x * x).sum())
 
@@ -329,8 +330,8 @@ class FaceFitter:
         mu = self.params.damping
         cost = self._cost(r0, x, pts)
         for _ in range(n_iter):
-            xw, dxw = self.model.evaluate(r0, *self._split(x), jacobian=True)
-            uv, jac = self._project(xw, dxw)
+            uv, p = self._project(self.model.evaluate(r0, *self._split(x)), derivative=True)
+            jac = self.model.jacobian(p)
             res = (uv - pts).T.reshape(-1)  # u residuals then v residuals, as the Jacobian rows
             jw = jac * np.tile(w, 2)[:, None]
             h = _gram(jw, jac) + np.diag(self.prior)
@@ -356,8 +357,7 @@ class FaceFitter:
             if done:
                 break
         self.r0, self.x = r0, x
-        xw, _ = self.model.evaluate(r0, *self._split(x))
-        uv, _ = self._project(xw, None)
+        uv, _ = self._project(self.model.evaluate(r0, *self._split(x)))
         rms = float(np.sqrt(((uv - pts) ** 2).sum(1).mean()))
         size = float(np.ptp(pts[:, 0]) + np.ptp(pts[:, 1])) / 2
         # Confidence falls as the residual grows relative to the face size (2 % of it gives 0.5).

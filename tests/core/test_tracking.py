@@ -36,9 +36,9 @@ def pose_vector(root, jaw, eyes) -> np.ndarray:
 
 def synthetic_points(data, lmodel, root, t, jaw, eyes, expr, noise_px=0.0, seed=0) -> np.ndarray:
     fitter = FaceFitter(data, K)
-    xw, _ = lmodel.evaluate(rodrigues(np.asarray(root, float)), np.asarray(t, float), np.asarray(jaw, float),
-                            np.asarray(eyes, float), expr)
-    uv, _ = fitter._project(xw, None)
+    xw = lmodel.evaluate(rodrigues(np.asarray(root, float)), np.asarray(t, float), np.asarray(jaw, float),
+                         np.asarray(eyes, float), expr)
+    uv, _ = fitter._project(xw)
     return uv + np.random.default_rng(seed).normal(scale=noise_px, size=uv.shape)
 
 
@@ -53,28 +53,31 @@ def test_compact_model_matches_head_model(data, lmodel):
             ref = model(expr=torch.tensor(expr[None], dtype=torch.float32),
                         pose=torch.tensor(pose_vector(root, jaw, eyes)[None], dtype=torch.float32),
                         translation=torch.tensor(t[None], dtype=torch.float32)).landmarks[0].numpy()
-        x, _ = lmodel.evaluate(rodrigues(root), t, jaw, eyes, expr)
+        x = lmodel.evaluate(rodrigues(root), t, jaw, eyes, expr)
         assert np.abs(x - ref).max() < 1e-5
 
 
-def test_jacobian_matches_finite_differences(lmodel):
+def test_pixel_jacobian_matches_finite_differences(data):
+    fitter = FaceFitter(data, K)
+    lmodel = fitter.model
     rng = np.random.default_rng(2)
     root, t, e = rng.normal(scale=0.3, size=3), np.array([0.0, 0.0, -0.5]), rng.uniform(0, 0.5, lmodel.num_expr)
     jaw, eyes = np.array([0.2, 0.0, 0.0]), np.array([0.1, -0.1])
-    _, (d_pose, d_expr) = lmodel.evaluate(rodrigues(root), t, jaw, eyes, e, jacobian=True)
-    jac = np.concatenate([d_pose, d_expr], 2)
+    _, p = fitter._project(lmodel.evaluate(rodrigues(root), t, jaw, eyes, e), derivative=True)
+    jac = lmodel.jacobian(p)
 
-    def f(p):
-        return lmodel.evaluate(rodrigues(p[:3]) @ rodrigues(root), t + p[3:6], jaw + p[6:9], eyes + p[9:11],
-                               e + p[11:])[0]
+    def f(d):
+        x = lmodel.evaluate(rodrigues(d[:3]) @ rodrigues(root), t + d[3:6], jaw + d[6:9], eyes + d[9:11], e + d[11:])
+        return fitter._project(x)[0].T.reshape(-1)
     h = 1e-6
-    for i in range(jac.shape[2]):
-        p = np.zeros(jac.shape[2])
-        p[i] = h
-        num = ((f(p) - f(-p)) / (2 * h)).T
-        # Jaw and eye columns use the right-perturbation derivative, exact only at small rotations.
-        tol = 0.02 if 6 <= i < 11 else 1e-4
-        assert np.abs(num - jac[:, :, i]).max() < tol * max(1.0, np.abs(num).max()), i
+    for i in range(jac.shape[1]):
+        d = np.zeros(jac.shape[1])
+        d[i] = h
+        num = (f(d) - f(-d)) / (2 * h)
+        # Jaw and eye columns use the right-perturbation derivative, exact only at small rotations;
+        # the expression columns are float32.
+        tol = 0.15 if 6 <= i < 11 else 1e-4  # the gap grows as angle / 2 (0.1 here)
+        assert np.abs(num - jac[:, i]).max() < tol * max(1.0, np.abs(num).max()), i
 
 
 def test_synthetic_fit_recovers_parameters(data, lmodel):

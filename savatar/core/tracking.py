@@ -69,10 +69,10 @@ def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     the blocks 0.15 ms (OpenBLAS threads a GEMM above m * n * k = 4 * 65536)."""
     p = a.shape[1]
     rows = max(8, 200_000 // (p * b.shape[1]))
-    out = np.zeros((p, b.shape[1]))
+    out = np.zeros((p, b.shape[1]), np.float32)
     for i in range(0, len(a), rows):
         out += a[i:i + rows].T @ b[i:i + rows]
-    return out
+    return out.astype(np.float64)
 
 
 class LandmarkModel:
@@ -126,6 +126,8 @@ class LandmarkModel:
         self.jrb32 = self.jrb.astype(np.float32)
         self.ab_flat = [ab.reshape(-1, self.num_expr) for ab in self.ab]
         self.ab3 = [np.ascontiguousarray(ab.transpose(1, 0, 2), dtype=np.float32) for ab in self.ab]
+        self._jac = np.empty((2, self.num_landmarks, 11 + self.num_expr), np.float32)
+        self._tmp = np.empty((2, self.num_landmarks, self.num_expr), np.float32)
         # Pose correctives (FLAME has them; the open head has none): kept in the value, left out of
         # the Jacobian where they are a small perturbation.
         posedirs = f64(data.posedirs)
@@ -161,7 +163,7 @@ class LandmarkModel:
     def jacobian(self, p: np.ndarray) -> np.ndarray:
         """Derivative of image points at the last evaluate(), given p (2, L, 3) = d(pixel)/d(world point).
 
-        Returns (2L, 11 + E), rows all u then all v; columns root (left perturbation exp(d) R0),
+        Returns (2L, 11 + E) float32, a view of a buffer reused by the next call; rows all u then all v; columns root (left perturbation exp(d) R0),
         translation, jaw (3; right perturbation, equal to the axis-angle derivative to first
         order), eyes (pitch, yaw), expression. The expression bases are never rotated: p R0 (and
         p R0 R_g) is contracted with them directly, 3 multiply-adds over (2, L, E) in float32,
@@ -172,23 +174,28 @@ class LandmarkModel:
         dpose = np.zeros((3, n, 11))
         dpose[:, :, 0:3] = _cross_basis(rq)
         dpose[:, :, 3:6] = np.eye(3)[:, None, :]
-        m = (p @ r0).astype(np.float32)  # (2, L, 3)
-        p32 = p.astype(np.float32)
-        jexp = m[:, :, 0, None] * self.cb3[0]
-        for c in (1, 2):
-            jexp += m[:, :, c, None] * self.cb3[c]
-        for c in range(3):
-            jexp += p32[:, :, c, None] * self.jrb32[c]
-        for g, (idx, ab3, u, rg) in enumerate(zip(self.idx, self.ab3, us, rots)):
-            mg = m[:, idx] @ rg.astype(np.float32)
-            jexp[:, idx] += sum(mg[:, :, c, None] * ab3[c] for c in range(3))
+        for g, (idx, u, rg) in enumerate(zip(self.idx, us, rots)):
             block = ((r0 @ rg) @ _cross_basis(u).reshape(3, -1)).reshape(3, len(idx), 3)
             if g == 0:
                 dpose[:, idx, 6:9] += block
             else:
                 dpose[:, idx, 9:11] += block[:, :, :2]
-        jpose = np.einsum("ilc,clk->ilk", p, dpose)
-        return np.concatenate([jpose, jexp], 2).reshape(2 * n, -1)
+        # Written into preallocated buffers: fresh arrays this size come from mmap (glibc's
+        # threshold is 128 KiB), and their page faults cost more than the arithmetic.
+        jac, tmp = self._jac, self._tmp
+        jpose, jexp = jac[:, :, :11], jac[:, :, 11:]
+        jpose[...] = p[:, :, 0, None] * dpose[0] + p[:, :, 1, None] * dpose[1] + p[:, :, 2, None] * dpose[2]
+        m = (p @ r0).astype(np.float32)[..., None]  # (2, L, 3, 1)
+        p32 = p.astype(np.float32)
+        np.multiply(m[:, :, 0], self.cb3[0], out=jexp)
+        for c in (1, 2):
+            np.multiply(m[:, :, c], self.cb3[c], out=tmp)
+            jexp += tmp
+        jexp += p32 @ self.jrb32
+        for idx, ab3, rg in zip(self.idx, self.ab3, rots):
+            mg = (m[:, idx][..., 0] @ rg.astype(np.float32))[..., None]
+            jexp[:, idx] += mg[:, :, 0] * ab3[0] + mg[:, :, 1] * ab3[1] + mg[:, :, 2] * ab3[2]
+        return jac.reshape(2 * n, -1)
 
     def _correctives(self, rots: list[np.ndarray]) -> np.ndarray:
         """Pose-corrective offsets of Q (L, 3), skinned by the rotation of each landmark's joints."""
@@ -262,6 +269,8 @@ class FaceFitter:
         n, e = self.model.num_landmarks, self.model.num_expr
         self.weights = np.ones(n)
         self.weights[FACE_OVAL[FACE_OVAL < n]] = self.params.oval_weight
+        self._w2 = np.tile(self.weights, 2)[:, None].astype(np.float32)
+        self._jw = np.empty((2 * n, 11 + e), np.float32)
         p = self.params
         self.prior = np.zeros(11 + e)
         self.prior[6:9] = [p.jaw_prior, p.jaw_side_prior, p.jaw_side_prior]
@@ -297,10 +306,12 @@ class FaceFitter:
     def _split(self, x: np.ndarray):
         return x[3:6], x[6:9], x[9:11], x[11:]
 
-    def _cost(self, r0: np.ndarray, x: np.ndarray, pts: np.ndarray) -> float:
-        uv, _ = self._project(self.model.evaluate(r0, *self._split(x)))
+    def _residual(self, r0: np.ndarray, x: np.ndarray, pts: np.ndarray):
+        """(cost, residuals uv - pts (L, 2), d(pixel)/d(world) (2, L, 3)) at (r0, x); leaves the
+        model's state at this point, ready for its jacobian()."""
+        uv, p = self._project(self.model.evaluate(r0, *self._split(x)), derivative=True)
         res = uv - pts
-        return 0.5 * float((self.weights * (res * res).sum(1)).sum() + (self.prior * x * x).sum())
+        return 0.5 * float((self.weights * (res * res).sum(1)).sum() + (self.prior * x * x).sum()), res, p
 
     def _init_pose(self, pts: np.ndarray) -> None:
         """Rigid pose from solvePnP on the neutral landmarks (first frame or after a lost face)."""
@@ -326,25 +337,29 @@ class FaceFitter:
             self._init_pose(pts)
         n_iter = iterations or (self.params.init_iterations if first else self.params.iterations)
         r0, x = self.r0, self.x.copy()
-        w = self.weights
         mu = self.params.damping
-        cost = self._cost(r0, x, pts)
+        # Every evaluation also yields the projection derivative, so an accepted step needs no
+        # second evaluation before its Jacobian; only after a rejected try is the point re-evaluated.
+        cost, res, p = self._residual(r0, x, pts)
+        stale = False
         for _ in range(n_iter):
-            uv, p = self._project(self.model.evaluate(r0, *self._split(x)), derivative=True)
+            if stale:
+                cost, res, p = self._residual(r0, x, pts)
             jac = self.model.jacobian(p)
-            res = (uv - pts).T.reshape(-1)  # u residuals then v residuals, as the Jacobian rows
-            jw = jac * np.tile(w, 2)[:, None]
+            jw = np.multiply(jac, self._w2, out=self._jw)
             h = _gram(jw, jac) + np.diag(self.prior)
-            g = jw.T @ res + self.prior * x
-            g[0:3] = jw[:, 0:3].T @ res  # the root has no prior (its slots in x hold nothing)
+            # Rows are all u residuals then all v. x[0:3] is always zero (the root lives in r0),
+            # so the root gets no prior term.
+            g = (res.T.reshape(-1).astype(np.float32) @ jw).astype(np.float64) + self.prior * x
             accepted = False
             for _ in range(3):
                 step = self._solve(h, g, x, mu)
                 r_new = rodrigues(step[0:3]) @ r0
                 x_new = np.clip(x + step, self.lower, self.upper)
                 x_new[0:3] = 0.0
-                c_new = self._cost(r_new, x_new, pts)
-                if c_new <= cost:
+                c_new, res_new, p_new = self._residual(r_new, x_new, pts)
+                stale = c_new > cost
+                if not stale:
                     accepted = True
                     break
                 mu *= 10
@@ -352,13 +367,12 @@ class FaceFitter:
                 break
             # Converged (relative decrease below 1e-4): more iterations would only cost time.
             done = cost - c_new < 1e-4 * cost
-            r0, x, cost = r_new, x_new, c_new
+            r0, x, cost, res, p = r_new, x_new, c_new, res_new, p_new
             mu = max(mu * 0.3, 1e-7)
             if done:
                 break
         self.r0, self.x = r0, x
-        uv, _ = self._project(self.model.evaluate(r0, *self._split(x)))
-        rms = float(np.sqrt(((uv - pts) ** 2).sum(1).mean()))
+        rms = float(np.sqrt((res ** 2).sum(1).mean()))
         size = float(np.ptp(pts[:, 0]) + np.ptp(pts[:, 1])) / 2
         # Confidence falls as the residual grows relative to the face size (2 % of it gives 0.5).
         conf = 1.0 / (1.0 + (rms / max(0.02 * size, 1e-6)) ** 2)

@@ -222,6 +222,7 @@ class TrackerParams:
     eye_prior: float = 300.0
     oval_weight: float = 0.3
     damping: float = 1e-3
+    tol: float = 1e-3  # relative cost decrease that ends the iterations
     max_jaw: float = 0.6  # radians
     max_eye: float = 0.6
     hold_s: float = 0.5
@@ -365,8 +366,8 @@ class FaceFitter:
                 mu *= 10
             if not accepted:
                 break
-            # Converged (relative decrease below 1e-4): more iterations would only cost time.
-            done = cost - c_new < 1e-4 * cost
+            # Converged (relative decrease below tol): more iterations would only cost time.
+            done = cost - c_new < self.params.tol * cost
             r0, x, cost, res, p = r_new, x_new, c_new, res_new, p_new
             mu = max(mu * 0.3, 1e-7)
             if done:

@@ -163,9 +163,10 @@ class LandmarkModel:
     def jacobian(self, p: np.ndarray) -> np.ndarray:
         """Derivative of image points at the last evaluate(), given p (2, L, 3) = d(pixel)/d(world point).
 
-        Returns (2L, 11 + E) float32, a view of a buffer reused by the next call; rows all u then all v; columns root (left perturbation exp(d) R0),
-        translation, jaw (3; right perturbation, equal to the axis-angle derivative to first
-        order), eyes (pitch, yaw), expression. The expression bases are never rotated: p R0 (and
+        Returns (2L, 11 + E) float32, a view of a buffer reused by the next call; rows all u then
+        all v; columns root (left perturbation exp(d) R0), translation, jaw (3; right
+        perturbation, equal to the axis-angle derivative to first order), eyes (pitch, yaw),
+        expression. The expression bases are never rotated: p R0 (and
         p R0 R_g) is contracted with them directly, 3 multiply-adds over (2, L, E) in float32,
         because on a busy machine memory traffic, not arithmetic, is what costs time here.
         """

@@ -12,11 +12,12 @@ import torch
 
 from savatar.core.camera import GL_FAR, GL_NEAR, Camera
 from savatar.core.gaussians import WorldGaussians
+from savatar.core.project_numpy import project
 from savatar.core.sh import camera_center, sh_to_rgb
 from savatar.gl.context import headless_context, program
 
-EPS2D = 0.3
-_INSTANCE_FLOATS = 14  # mean 3, quat 4, scale 3, rgb 3, opacity 1
+_INSTANCE_FLOATS = 14
+QUAD_MARGIN_PX = 0.75
 
 
 @dataclass
@@ -29,21 +30,33 @@ class SplatImage:
 
 
 def instance_data(g: WorldGaussians, camera: Camera, sh_degree: int | None = None,
-                  front_to_back: bool = True, keep: np.ndarray | None = None) -> np.ndarray:
-    """Per-Gaussian rows (M, 14) sorted near to far (or far to near), Gaussians behind the
-    camera (or outside the optional keep mask (N,)) dropped. Colours are the SH evaluated
-    towards this camera."""
+                  front_to_back: bool = True, scale_modifier: float = 1.0) -> np.ndarray:
+    """Per-splat rows (M, 14) = centre 2, conic 3, rgb + opacity 4, quad half axes 2 + 2,
+    depth 1, sorted near to far (or far to near); splats with no support on screen dropped.
+    Colours are the SH evaluated towards this camera."""
     with torch.no_grad():
         viewmat = torch.as_tensor(camera.viewmat, dtype=g.means.dtype)
-        rgb = sh_to_rgb(g.sh, g.means, camera_center(viewmat), sh_degree)
-        table = torch.cat([g.means, g.quats, g.scales, rgb, g.opacities[:, None]], 1).float().numpy()
-    depth = table[:, :3] @ camera.viewmat[2, :3].astype(np.float32) + np.float32(camera.viewmat[2, 3])
-    visible = depth >= 0.01
-    if keep is not None:
-        visible &= keep
-    keep = np.flatnonzero(visible)
-    order = keep[np.argsort(depth[keep], kind="stable")]
-    return np.ascontiguousarray(table[order if front_to_back else order[::-1]])
+        rgb = sh_to_rgb(g.sh, g.means, camera_center(viewmat), sh_degree).float().numpy()
+    opacity = g.opacities.detach().float().numpy()
+    s = project(g.means.detach().numpy(), g.quats.detach().numpy(), g.scales.detach().numpy() * scale_modifier,
+                opacity, camera.viewmat, camera.K, camera.width, camera.height)
+    keep = np.flatnonzero(s.valid)
+    order = keep[np.argsort(s.depth[keep], kind="stable")]
+    if not front_to_back:
+        order = order[::-1]
+    table = np.empty((len(order), _INSTANCE_FLOATS), np.float32)
+    table[:, 0:2] = s.centre[order]
+    table[:, 2:5] = s.conic[order]
+    table[:, 5:8] = rgb[order]
+    table[:, 8] = opacity[order]
+    for col, axis in ((9, s.axis1), (11, s.axis2)):
+        a = axis[order]
+        length = np.linalg.norm(a, axis=1, keepdims=True)
+        # 0.75 px wider than the support so no pixel centre on its rim is lost to the
+        # rasterizer's coverage rule (the fragment shader does the exact test).
+        table[:, col:col + 2] = np.where(length > 0, a * (1 + QUAD_MARGIN_PX / np.maximum(length, 1e-12)), 0)
+    table[:, 13] = s.depth[order]
+    return table
 
 
 class SplatRenderer:
@@ -67,31 +80,22 @@ class SplatRenderer:
     def _vertex_array(self) -> moderngl.VertexArray:
         return self.ctx.vertex_array(self.prog, [
             (self.quad, "2f", "corner"),
-            (self.instances, "3f 4f 3f 4f/i", "i_mean", "i_quat", "i_scale", "i_color"),
+            (self.instances, "2f 3f 4f 2f 2f 1f/i", "i_centre", "i_conic", "i_color", "i_axis1", "i_axis2", "i_depth"),
         ])
 
     def upload(self, g: WorldGaussians, camera: Camera, sh_degree: int | None = None,
-               front_to_back: bool = True, keep: np.ndarray | None = None) -> None:
-        """Sort for this camera and upload: front to back for render(), back to front for
-        draw_to(); keep (N,) bool optionally limits what is drawn."""
-        data = instance_data(g, camera, sh_degree, front_to_back, keep)
+               front_to_back: bool = True, scale_modifier: float = 1.0) -> None:
+        """Project, sort for this camera and upload: front to back for render(), back to front
+        for draw_to()."""
+        data = instance_data(g, camera, sh_degree, front_to_back, scale_modifier)
         if data.nbytes > self.instances.size:
             self.instances.orphan(max(data.nbytes, 2 * self.instances.size))
         if len(data):
             self.instances.write(data.tobytes())
         self.count = len(data)
 
-    def _set_uniforms(self, camera: Camera, scale_modifier: float) -> None:
-        K, w, h = camera.K, camera.width, camera.height
-        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-        self.prog["viewmat"].write(camera.viewmat.T.astype(np.float32).tobytes())
-        self.prog["intrinsics"].value = (fx, fy, cx, cy)
-        self.prog["image_size"].value = (w, h)
-        # Same clamp as gsplat: 1.3x the half field of view, measured from the principal point.
-        tx, ty = 0.5 * w / fx, 0.5 * h / fy
-        self.prog["limits"].value = ((w - cx) / fx + 0.3 * tx, cx / fx + 0.3 * tx, (h - cy) / fy + 0.3 * ty, cy / fy + 0.3 * ty)
-        self.prog["scale_modifier"].value = scale_modifier
-        self.prog["eps2d"].value = EPS2D
+    def _set_uniforms(self, camera: Camera) -> None:
+        self.prog["image_size"].value = (camera.width, camera.height)
         self.prog["clip_range"].value = (GL_NEAR, GL_FAR)
 
     def _target(self, size: tuple[int, int], exact: bool) -> tuple:
@@ -109,13 +113,13 @@ class SplatRenderer:
             self._targets[key] = (color, depth, self.ctx.framebuffer([color] + ([depth] if depth else [])))
         return self._targets[key]
 
-    def _accumulate(self, camera: Camera, scale_modifier: float, exact: bool) -> tuple:
+    def _accumulate(self, camera: Camera, exact: bool) -> tuple:
         targets = self._target((camera.width, camera.height), exact)
         fbo = targets[2]
         fbo.use()
         self.ctx.viewport = (0, 0, camera.width, camera.height)
         fbo.clear(0.0, 0.0, 0.0, 0.0)
-        self._set_uniforms(camera, scale_modifier)
+        self._set_uniforms(camera)
         self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
         self.ctx.enable(moderngl.BLEND)
         self.ctx.blend_func = (moderngl.ONE_MINUS_DST_ALPHA, moderngl.ONE, moderngl.ONE_MINUS_DST_ALPHA, moderngl.ONE)
@@ -127,8 +131,8 @@ class SplatRenderer:
     def render(self, g: WorldGaussians, camera: Camera, background=(1.0, 1.0, 1.0),
                sh_degree: int | None = None, scale_modifier: float = 1.0) -> SplatImage:
         """Offscreen render read back as float arrays."""
-        self.upload(g, camera, sh_degree)
-        color, depth, _ = self._accumulate(camera, scale_modifier, exact=True)
+        self.upload(g, camera, sh_degree, scale_modifier=scale_modifier)
+        color, depth, _ = self._accumulate(camera, exact=True)
         h, w = camera.height, camera.width
         acc = np.frombuffer(color.read(), np.float32).reshape(h, w, 4)[::-1]
         dep = np.frombuffer(depth.read(), np.float32).reshape(h, w, 4)[::-1]
@@ -138,7 +142,7 @@ class SplatRenderer:
         return SplatImage(rgb.copy(), alpha.copy(), depth.astype(np.float32))
 
     def draw_to(self, target: moderngl.Framebuffer, camera: Camera, background=(1.0, 1.0, 1.0),
-                scale_modifier: float = 1.0, occluder: Callable[[], None] | None = None) -> None:
+                occluder: Callable[[], None] | None = None) -> None:
         """Draw the last upload(..., front_to_back=False) straight into target (e.g. the window),
         back to front with premultiplied "over" blending. 8-bit targets and no float
         accumulation pass: llvmpipe blends float targets several times slower.
@@ -160,7 +164,7 @@ class SplatRenderer:
         else:
             self.ctx.disable(moderngl.DEPTH_TEST)
         target.depth_mask = False
-        self._set_uniforms(camera, scale_modifier)
+        self._set_uniforms(camera)
         self.ctx.enable(moderngl.BLEND)
         self.ctx.blend_func = (moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA, moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA)
         if self.count:

@@ -56,6 +56,7 @@ class App:
         self._world = None
         self._mesh_verts: np.ndarray | None = None
         self._occluder: np.ndarray | None = None
+        self._last_look: tuple | None = None
         self._last_recording: Motion | None = None
         self._pending_screenshot: str | None = None
 
@@ -329,26 +330,31 @@ class App:
 
         camera = self.stage.camera()
         key = (tuple(np.concatenate(params).round(6)), camera.viewmat.round(7).tobytes(), camera.width, camera.height,
-               self.render.sh_degree, self.render.highlight_spikes, id(self.rig))
+               self.render.sh_degree, self.render.highlight_spikes, self.render.scale_modifier, id(self.rig))
         if key != self._last_key:
             if self._last_key is None or key[0] != self._last_key[0] or key[-1] != self._last_key[-1]:
                 verts, self._world = self.rig.pose(*params)
                 self._mesh_verts = verts.numpy()
                 self._occluder = shrink(self._mesh_verts, self.rig.data.faces, OCCLUDER_INSET)
+                self.timings.record("deform", (time.perf_counter() - t1) * 1e3)
             t2 = time.perf_counter()
-            self.timings.record("deform", (t2 - t1) * 1e3)
             self.stage.upload(self._world, camera, self.render, self.spikes)
             self.timings.record("sort", (time.perf_counter() - t2) * 1e3)
             self._last_key = key
-        self.stage.hud_text = self._hud()
-        centres = self._world.means.numpy() if self.render.show_centres else None
-        self.stage.draw(camera, self.render, self._mesh_verts, centres, self.timings,
-                        self._occluder if self.render.occlusion else None)
-        if self._pending_screenshot:
-            self.stage.screenshot(self._pending_screenshot)
-            self.log.info(f"saved {self._pending_screenshot}")
-            self._pending_screenshot = None
-        self.stage.flip()
+        # A still scene is not redrawn: the window keeps showing the last frame.
+        r = self.render
+        look = (key, r.background, r.show_mesh, r.show_centres, r.show_hud, r.occlusion)
+        if look != self._last_look or self.stage.needs_redraw or self._pending_screenshot or self.recorder.recording:
+            self.stage.hud_text = self._hud()
+            centres = self._world.means.numpy() if r.show_centres else None
+            self.stage.draw(camera, r, self._mesh_verts, centres, self.timings, self._occluder if r.occlusion else None)
+            if self._pending_screenshot:
+                self.stage.screenshot(self._pending_screenshot)
+                self.log.info(f"saved {self._pending_screenshot}")
+                self._pending_screenshot = None
+            self.stage.flip()
+            self.stage.needs_redraw = False
+            self._last_look = look
         if self.export is not None:
             try:
                 next(self.export)

@@ -35,3 +35,17 @@ class SavedContext:
     def make_current(self) -> None:
         if self._lib is not None:
             self._lib.glXMakeCurrent(self._display, self._drawable, self._context)
+
+
+def release_egl_context() -> None:
+    """Un-make any EGL context current on this thread (e.g. a headless renderer's): with
+    libglvnd a thread cannot make a GLX context current while an EGL one is."""
+    try:
+        egl = ctypes.CDLL(ctypes.util.find_library("EGL") or "libEGL.so.1")
+    except OSError:
+        return
+    egl.eglGetCurrentContext.restype = ctypes.c_void_p
+    egl.eglGetCurrentDisplay.restype = ctypes.c_void_p
+    egl.eglMakeCurrent.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    if egl.eglGetCurrentContext():
+        egl.eglMakeCurrent(egl.eglGetCurrentDisplay(), None, None, None)

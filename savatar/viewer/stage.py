@@ -21,6 +21,7 @@ from savatar.core.gaussians import WorldGaussians
 from savatar.gl.context import program
 from savatar.gl.mesh_renderer import MeshRenderer
 from savatar.gl.splat_renderer import SplatRenderer
+from savatar.viewer.glx_context import release_egl_context
 from savatar.viewer.orbit import Orbit
 from savatar.viewer.state import RenderSettings, StageTimings
 
@@ -37,12 +38,14 @@ class StageCallbacks:
 class Stage:
     def __init__(self, size: tuple[int, int], callbacks: StageCallbacks, visible: bool = True,
                  position: tuple[int, int] | None = None):
+        release_egl_context()
         config = pyglet.gl.Config(major_version=3, minor_version=3, forward_compatible=True, double_buffer=True,
                                   depth_size=24)
         self.window = pyglet.window.Window(*size, caption="SpatialAvatar — stage", resizable=True,
                                            config=config, visible=visible, file_drops=True, vsync=False)
         if position:
             self.window.set_location(*position)
+        self.window.switch_to()  # another context (e.g. a headless one) may be current
         self.ctx = moderngl.create_context()
         self.splat = SplatRenderer(self.ctx)
         self.mesh: MeshRenderer | None = None
@@ -51,6 +54,7 @@ class Stage:
         self._points_vao = self.ctx.vertex_array(self._points_prog, [(self._points_vbo, "3f", "in_pos")])
         self.callbacks = callbacks
         self.orbit = Orbit()
+        self.needs_redraw = True
         self.hud = pyglet.text.Label("", x=10, y=10, multiline=True, width=700, anchor_y="bottom",
                                      color=(30, 30, 30, 255), font_size=10)
         self.hud_text = ""
@@ -85,6 +89,14 @@ class Stage:
             self.callbacks.on_drop(list(paths))
 
         @w.event
+        def on_resize(width, height):
+            self.needs_redraw = True
+
+        @w.event
+        def on_expose():
+            self.needs_redraw = True
+
+        @w.event
         def on_close():
             self.callbacks.on_close()
             return pyglet.event.EVENT_HANDLED
@@ -111,7 +123,8 @@ class Stage:
             sh[mask] = 0.0
             sh[mask, 0] = torch.tensor([1.77, -1.77, -1.77])  # pure red after the +0.5 offset
             g = WorldGaussians(g.means, g.quats, g.scales, g.opacities, sh)
-        self.splat.upload(g, camera, min(settings.sh_degree, g.sh_degree), front_to_back=False)
+        self.splat.upload(g, camera, min(settings.sh_degree, g.sh_degree), front_to_back=False,
+                          scale_modifier=settings.scale_modifier)
 
     def draw(self, camera: Camera, settings: RenderSettings, mesh_verts: np.ndarray | None,
              centres: np.ndarray | None, timings: StageTimings, occluder_verts: np.ndarray | None = None) -> None:
@@ -124,7 +137,7 @@ class Stage:
         occluder = None
         if occluder_verts is not None and self.mesh is not None:
             occluder = lambda: self.mesh.draw(occluder_verts, camera)  # noqa: E731
-        self.splat.draw_to(fb, camera, settings.background, settings.scale_modifier, occluder)
+        self.splat.draw_to(fb, camera, settings.background, occluder)
         self.ctx.viewport = (0, 0, w, h)
         if settings.show_mesh and mesh_verts is not None and self.mesh is not None:
             self.ctx.enable(moderngl.BLEND)

@@ -388,7 +388,7 @@ def lipsync_file(path: str | Path, expr_names: list[str], fps: float = 30.0,
     return Motion(float(fps), expr, pose, np.zeros((n, 3), np.float32), list(expr_names))
 
 
-def _import_sounddevice():
+def import_sounddevice():
     try:
         import sounddevice
     except OSError as exc:
@@ -408,7 +408,7 @@ def open_input_stream(callback: Callable[[np.ndarray], None], sample_rate: int =
     Raises AudioUnavailableError with a one-line message when there is no PortAudio library, no
     sounddevice, no input device, or the device refuses the stream.
     """
-    sd = _import_sounddevice()
+    sd = import_sounddevice()
     try:
         info = sd.query_devices(device, kind="input")
     except (sd.PortAudioError, ValueError) as exc:

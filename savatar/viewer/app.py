@@ -57,6 +57,7 @@ class App:
         self._mesh_verts: np.ndarray | None = None
         self._occluder: np.ndarray | None = None
         self._last_look: tuple | None = None
+        self.live = None  # the running webcam / microphone / audio-file source
         self._last_recording: Motion | None = None
         self._pending_screenshot: str | None = None
 
@@ -237,13 +238,52 @@ class App:
         self.console.set_values(self.drive.expr, self.drive.pose, self.drive.translation)
 
     def set_source(self, source: str) -> None:
+        self._stop_live()
         if source in LIVE_SOURCES:
-            self.log.warning(f"{source} driving is not available yet in this build; staying on sliders")
+            self._start_live(source)
             return
         if source == "motion file" and self.playback.motion is None:
             self.log.warning("load a motion file first")
-            return
+            source = "sliders"
         self.drive.source = source if source in DRIVE_SOURCES else "sliders"
+
+    def _start_live(self, source: str) -> None:
+        """Open the webcam/video, microphone or audio file on a worker (that can take a while),
+        then drive from it; a failure is logged and the sliders stay in charge."""
+        from savatar.drive.sources import AudioFileSource, MicrophoneSource, VideoSource
+
+        data = self.rig.data
+        c = self.console
+        if source == "webcam":
+            dev = c.value(c.video_device).strip() or "0"
+            live = VideoSource(data, int(dev) if dev.isdigit() else dev)
+        elif source == "microphone":
+            live = MicrophoneSource(data)
+        else:
+            path = c.value(c.audio_path)
+            if not path:
+                self.log.warning("choose an audio file first (Audio file... in the Drive panel)")
+                self.drive.source = "sliders"
+                return
+            live = AudioFileSource(data, path)
+        self.drive.source = "sliders"
+        self.log.info(f"starting {source} ...")
+
+        def started(_) -> None:
+            self.live = live
+            self.drive.source = source
+            self.log.info(f"driving from {live.status()}")
+
+        def failed(exc: BaseException) -> None:
+            self._failed(f"cannot drive from {source}", exc)
+            self.drive.source = "sliders"
+
+        self.jobs.submit(f"start-{source}", live.start, started, failed)
+
+    def _stop_live(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
 
     def frame_face(self) -> None:
         verts = self.rig.vertices(*self.drive.current).numpy() if self.drive.current else self.rig.vertices().numpy()
@@ -322,7 +362,15 @@ class App:
         self._read_console()
         t0 = time.perf_counter()
         self.playback.advance(dt)
-        target = self.playback.frame() if self.drive.source == "motion file" else None
+        target = None
+        if self.drive.source == "motion file":
+            target = self.playback.frame()
+        elif self.drive.source in LIVE_SOURCES and self.live is not None:
+            f = self.live.latest()
+            if f is not None:
+                target = (f.expr, f.pose, f.translation)
+                for name, ms in f.timings.items():
+                    self.timings.record(name, ms)
         params = self.drive.step(target)
         self.recorder.add(dt, params)
         t1 = time.perf_counter()
@@ -370,9 +418,12 @@ class App:
         t = self.timings.ms
         src = self.drive.source + (f" {self.playback.name} {self.playback.time:.1f}s" if self.drive.source == "motion file" else "")
         rec = "   REC" if self.recorder.recording else ""
+        live = ""
+        if self.drive.source in LIVE_SOURCES:
+            live = "\n" + "  ".join(f"{k} {t[k]:.1f}" for k in ("capture", "landmarks", "fit", "audio", "capture_to_params") if k in t) + " ms"
         return (f"{self.timings.fps:5.1f} FPS   drive {t['drive']:.1f}  deform {t['deform']:.1f}  sort {t['sort']:.1f}  "
                 f"draw {t['draw']:.1f}  console {t['console']:.1f} ms\n"
-                f"{len(self.rig.avatar)} Gaussians   source: {src}{rec}")
+                f"{len(self.rig.avatar)} Gaussians   source: {src}{rec}{live}")
 
     def _update_console(self) -> None:
         c = self.console
@@ -380,6 +431,8 @@ class App:
         if pb.motion is not None:
             c.set_motion(f"{pb.name}: {len(pb.motion)} frames, {pb.motion.duration:.1f} s", pb.fraction, pb.playing)
         c.set_record(self.recorder.recording, self.recorder.frame_count)
+        c.set_source_shown(self.drive.source, self.live.status() if self.live is not None and
+                           self.drive.source in LIVE_SOURCES else "")
         c.update_log(self.log)
 
     def run(self, smoke: int | None = None, screenshot: str | None = None) -> int:
@@ -414,6 +467,7 @@ class App:
 
     def shutdown(self) -> int:
         """Stop every thread, keep the settings, close both windows."""
+        self._stop_live()
         self.jobs.join(timeout=2.0)
         s = self.settings
         s.camera = self.stage.orbit.to_dict()

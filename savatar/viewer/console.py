@@ -100,6 +100,7 @@ class Console:
         dialog("export_video", (".mp4",), True)
         dialog("load_motion", (".npz",), False)
         dialog("save_recording", (".npz",), True)
+        dialog("audio_file", (".wav", ".flac", ".ogg"), False)
 
     def _on_dialog(self, name: str, app_data: dict) -> None:
         path = app_data.get("file_path_name") if isinstance(app_data, dict) else None
@@ -107,8 +108,19 @@ class Console:
             return
         handler = {"open": self.actions.open_avatar, "save_as": self.actions.save_avatar,
                    "export_ply": self.actions.export_ply, "export_video": self.actions.export_video,
-                   "load_motion": self.actions.load_motion, "save_recording": self.actions.save_recording}[name]
+                   "load_motion": self.actions.load_motion, "save_recording": self.actions.save_recording,
+                   "audio_file": self.choose_audio}[name]
         handler(path)
+
+    def choose_audio(self, path: str) -> None:
+        dpg.set_value(self.audio_path, path)
+        dpg.set_value(self.source_combo, "audio file")
+        self.actions.set_source("audio file")
+
+    def set_source_shown(self, source: str, status: str) -> None:
+        if dpg.get_value(self.source_combo) != source:
+            dpg.set_value(self.source_combo, source)
+        dpg.set_value(self.source_status, status)
 
     def _show(self, name: str) -> None:
         dpg.show_item(self.dialogs[name])
@@ -129,8 +141,12 @@ class Console:
         self.job_text = dpg.add_text("")
 
     def _drive_panel(self) -> None:
-        dpg.add_combo(list(DRIVE_SOURCES), default_value="sliders", label="source", width=200,
-                      callback=lambda s, a: self.actions.set_source(a))
+        self.source_combo = dpg.add_combo(list(DRIVE_SOURCES), default_value="sliders", label="source", width=200,
+                                          callback=lambda s, a: self.actions.set_source(a))
+        self.video_device = dpg.add_input_text(label="webcam index or video file", default_value="0", width=200)
+        with dpg.group(horizontal=True):
+            dpg.add_button(label="Audio file...", callback=lambda: self._show("audio_file"))
+            self.audio_path = dpg.add_text("")
         self.source_status = dpg.add_text("")
         with dpg.group(horizontal=True):
             dpg.add_button(label="Reset", callback=lambda: self.actions.reset_drive())

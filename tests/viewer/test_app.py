@@ -103,9 +103,34 @@ def test_file_drops(app, tmp_path):
     assert app.drive.source == "motion file"
 
 
+def test_missing_webcam_is_reported_and_sliders_stay(app):
+    import dearpygui.dearpygui as dpg
+
+    dpg.set_value(app.console.video_device, "7")
+    app.set_source("webcam")
+    pump(app, until=lambda: not app.jobs.busy)
+    pump(app)
+    assert app.drive.source == "sliders" and app.live is None
+    assert any("no webcam at index 7" in e.text for e in app.log.entries() if e.level == "error")
+
+
+def test_video_file_drives_the_avatar(app, astronaut_video):
+    import dearpygui.dearpygui as dpg
+
+    dpg.set_value(app.console.video_device, str(astronaut_video))
+    app.set_source("webcam")
+    pump(app, until=lambda: app.live is not None and app.live.latest() is not None
+         and app.live.latest().status == "ok", timeout=30)
+    pump(app)
+    assert app.drive.source == "webcam"
+    assert "fit" in app.stage.hud_text and "landmarks" in app.stage.hud_text
+    app.set_source("sliders")
+    assert app.live is None
+
+
 def test_quit_is_quick_and_joins_every_thread(app):
     app.quit()
     t0 = time.time()
     app.run()
     assert time.time() - t0 < 2.0
-    assert not [t for t in threading.enumerate() if t.name.startswith("job:") and t.is_alive()]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("job:", "drive:")) and t.is_alive()]

@@ -1,0 +1,510 @@
+"""Build an avatar from one or a few portraits, with no learned weights (issue 6).
+
+Stages: load and check each source (decode, downscale, face, size, blur), fit one identity and
+per-source expression/pose to all sources' MediaPipe landmarks, segment the person from the
+background, lay Gaussians out on the head, lift each Gaussian's colour from the sources where it
+is seen (depth test, viewing angle, person mask; a weighted mean, so the order and number of
+sources do not matter) and fill what no source saw (mirror, propagation over the surface,
+mouth defaults).
+
+Cameras live in the tracking world of savatar.core.tracking: camera at the origin looking along
+world -z (viewmat TRACKING_VIEWMAT), intrinsics intrinsics_for(W, H, FOV_Y_DEG). A source's view
+is reproduced with Camera(TRACKING_VIEWMAT, source.K, W, H) and the source's expr, pose and
+translation. The avatar rests at neutral: its layout is on the neutral head and default_expr is
+zero, only the colours come from the (posed) sources.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from savatar.core.binding import deform, face_frames, init_avatar
+from savatar.core.gaussians import GaussianAvatar, rgb_to_sh0
+from savatar.core.head_model import HeadModel, HeadModelData
+from savatar.core.tracking import FLIP, FaceFitter, TrackerParams, intrinsics_for
+
+MAX_SIDE = 1024  # larger images are downscaled: landmarks and colours gain nothing above this
+MIN_FACE_PX = 80  # landmark box side below which colours would be a blur of a few pixels
+# Variance of the Laplacian of the face crop resized to 128 px (grey 0..255). Sharp portraits
+# measure a few hundred; a Gaussian blur of sigma 1.5 px on the crop brings one under 30.
+MIN_SHARPNESS = 30.0
+FOV_Y_DEG = 40.0  # guessed vertical field of view of a portrait camera
+SHAPE_PRIOR = 300.0  # px^2 per unit^2 of shape coefficient (one unit moves vertices 1-7 mm)
+SHAPE_LIMIT = 3.0
+THUMB_SIZE = 128
+DEPTH_TOL = 0.005  # metres a Gaussian may lie behind the nearest surface and still count as seen
+MIRROR_RADIUS = 0.004  # metres from the mirrored position to the seen Gaussian it copies
+MIN_SEEN_WEIGHT = 0.02
+MOUTH_REGIONS = ("mouth_cavity", "upper_teeth", "lower_teeth")
+# Facial features get more Gaussians than plain skin: they carry most of the likeness.
+FEATURE_DENSITY = {"eye_area": 6.0, "lip_area": 6.0, "nose_area": 5.0}
+
+
+class BuildError(Exception):
+    """No usable source (the message lists why each one was rejected)."""
+
+
+class BuildCancelled(Exception):
+    """The cancel event was set during a build."""
+
+
+@dataclass
+class SourceResult:
+    """One input. status "ok" | "error"; reason: one line (empty when there is nothing to say).
+
+    For an ok source: image (H, W, 3) float32 as used (after downscaling); landmarks (478, 3)
+    pixels; mask (H, W) float32 person probability; K (3, 3); expr (E,), pose (15,),
+    translation (3,) of the final fit; residual_px the RMS landmark error of that fit.
+    """
+
+    name: str
+    status: str = "ok"
+    reason: str = ""
+    image: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    K: np.ndarray | None = None
+    expr: np.ndarray | None = None
+    pose: np.ndarray | None = None
+    translation: np.ndarray | None = None
+    residual_px: float = float("nan")
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def fail(self, reason: str) -> "SourceResult":
+        self.status, self.reason = "error", reason
+        return self
+
+    def line(self) -> str:
+        """'name: ok' / 'name: ok (note; note)' / 'name: error: reason' for status lists."""
+        if not self.ok:
+            return f"{self.name}: error: {self.reason}"
+        return f"{self.name}: ok" + (f" ({'; '.join(self.notes)})" if self.notes else "")
+
+
+def _decode(src: str | Path | np.ndarray, name: str) -> tuple[np.ndarray | None, str, str]:
+    """(RGB uint8 (H, W, 3) or None, error reason, note). PIL rather than cv2.imread because
+    cv2 returns a half-grey picture for a truncated JPEG where PIL raises."""
+    if isinstance(src, np.ndarray):
+        img = src
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, 2)
+        if img.ndim != 3 or img.shape[2] not in (3, 4):
+            return None, f"array of shape {img.shape} is not an (H, W, 3) image", ""
+        if img.dtype != np.uint8:
+            img = (np.clip(img[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
+        return np.ascontiguousarray(img[..., :3]), "", ""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(src)
+    if not path.is_file():
+        return None, "no such file", ""
+    try:
+        with Image.open(path) as im:
+            # JPEG decodes at a reduced scale directly: a 4000 px photo costs a fraction.
+            im.draft("RGB", (MAX_SIDE, MAX_SIDE))
+            full = im.size
+            im.load()
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            arr = np.asarray(im)
+    except UnidentifiedImageError:
+        return None, "not an image (unrecognised format)", ""
+    except (OSError, SyntaxError, ValueError) as exc:
+        return None, f"corrupt or truncated image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", ""
+    note = f"downscaled from {full[0]}x{full[1]}" if max(full) > MAX_SIDE else ""
+    return arr, "", note
+
+
+def _downscale(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = MAX_SIDE / max(h, w)
+    if s >= 1:
+        return img
+    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def face_sharpness(image: np.ndarray, landmarks: np.ndarray) -> float:
+    """Variance of the Laplacian of the landmark box (image (H, W, 3) uint8, landmarks (L, 2+)),
+    the box resized to 128 px so the number does not depend on the face's pixel size."""
+    x0, y0 = np.floor(landmarks[:, :2].min(0)).astype(int)
+    x1, y1 = np.ceil(landmarks[:, :2].max(0)).astype(int)
+    h, w = image.shape[:2]
+    crop = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+    if crop.size == 0:
+        return 0.0
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    grey = cv2.resize(grey, (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return float(cv2.Laplacian(grey, cv2.CV_32F).var())
+
+
+def thumbnail(image: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8, letterboxed on black."""
+    h, w = image.shape[:2]
+    s = size / max(h, w)
+    small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    out = np.zeros((size, size, 3), np.uint8)
+    y, x = (size - small.shape[0]) // 2, (size - small.shape[1]) // 2
+    out[y:y + small.shape[0], x:x + small.shape[1]] = small
+    return out
+
+
+def check_sources(items: Sequence[str | Path | np.ndarray], landmarker) -> tuple[list[SourceResult], list[np.ndarray]]:
+    """Decode and check every input; returns one SourceResult each, and the thumbnails of the
+    ok ones (in input order)."""
+    results, thumbs = [], []
+    for i, src in enumerate(items):
+        name = Path(src).name if not isinstance(src, np.ndarray) else f"image {i + 1}"
+        res = SourceResult(name)
+        results.append(res)
+        img, err, note = _decode(src, name)
+        if img is None:
+            res.fail(err)
+            continue
+        if min(img.shape[:2]) < 32:
+            res.fail(f"image too small ({img.shape[1]}x{img.shape[0]})")
+            continue
+        if max(img.shape[:2]) > MAX_SIDE:
+            note = note or f"downscaled from {img.shape[1]}x{img.shape[0]}"
+            img = _downscale(img)
+        if note:
+            res.notes.append(note)
+        lm = landmarker(img)
+        if lm is None:
+            res.fail("no face found")
+            continue
+        side = float(max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1])))
+        if side < MIN_FACE_PX:
+            res.fail(f"face too small ({side:.0f} px, need {MIN_FACE_PX})")
+            continue
+        sharp = face_sharpness(img, lm)
+        if sharp < MIN_SHARPNESS:
+            res.fail(f"face too blurred (sharpness {sharp:.0f}, need {MIN_SHARPNESS:.0f})")
+            continue
+        if landmarker.face_count > 1:
+            res.notes.append(f"{landmarker.face_count} faces found, took the largest")
+        res.image = img.astype(np.float32) / 255.0
+        res.landmarks = lm
+        thumbs.append(thumbnail(img))
+    return results, thumbs
+
+
+def _shape_jacobian(model: HeadModel, shape: np.ndarray, src: SourceResult) -> tuple[np.ndarray, np.ndarray]:
+    """World landmarks (L, 3) at the source's pose and their derivative (S, L, 3) w.r.t. shape.
+    Exact by differences: at fixed pose and expression the posed landmarks are affine in shape."""
+    s = len(shape)
+    batch = np.repeat(shape[None], s + 1, 0)
+    batch[1:] += np.eye(s)
+    f = lambda a: torch.as_tensor(np.repeat(np.asarray(a, np.float32)[None], s + 1, 0))  # noqa: E731
+    with torch.no_grad():
+        lm = model(shape=torch.as_tensor(batch, dtype=torch.float32), expr=f(src.expr), pose=f(src.pose),
+                   translation=f(src.translation)).landmarks.double().numpy()
+    return lm[0], lm[1:] - lm[:1]
+
+
+def fit_identity(data: HeadModelData, sources: list[SourceResult], rounds: int = 3,
+                 check: Callable[[], None] = lambda: None) -> np.ndarray:
+    """Joint fit: shape (S,) shared by all sources, expression/pose/translation per source
+    (written into each SourceResult). Alternates per-source Levenberg-Marquardt fits (identity
+    fixed) with one Gauss-Newton step of the shape over all sources' landmarks (poses fixed)."""
+    model = HeadModel(data)
+    n_shape = data.shapedirs.shape[2]
+    shape = np.zeros(n_shape)
+    params = TrackerParams(fov_y_deg=FOV_Y_DEG, filter=False, static_images=True)
+    states: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(sources)
+    fitters: list[FaceFitter] = []
+    for r in range(rounds + 1):
+        fitters = []
+        for i, src in enumerate(sources):
+            check()
+            h, w = src.image.shape[:2]
+            src.K = intrinsics_for(w, h, FOV_Y_DEG)
+            fitter = FaceFitter(data, src.K, shape, params)
+            if states[i] is not None:
+                fitter.r0, fitter.x = states[i]
+            fit = fitter.fit(src.landmarks, iterations=40 if states[i] is None else 15)
+            states[i] = (fitter.r0, fitter.x.copy())
+            src.expr, src.pose, src.translation, src.residual_px = fit.expr, fit.pose, fit.translation, fit.residual_px
+            fitters.append(fitter)  # for the shape step's projection and landmark weights
+        if r == rounds:
+            break
+        h_acc = np.diag(np.full(n_shape, SHAPE_PRIOR))
+        g_acc = SHAPE_PRIOR * shape
+        for src, fitter in zip(sources, fitters):
+            x0, jac = _shape_jacobian(model, shape, src)
+            uv, p = fitter._project(x0, derivative=True)  # p (2, L, 3)
+            a = np.einsum("cld,sld->cls", p, jac).reshape(-1, n_shape)  # rows all u then all v
+            res = (uv - src.landmarks[:, :2]).T.reshape(-1)
+            wt = np.tile(fitter.weights, 2)
+            h_acc += a.T @ (a * wt[:, None])
+            g_acc += a.T @ (wt * res)
+        shape = np.clip(shape - np.linalg.solve(h_acc, g_acc), -SHAPE_LIMIT, SHAPE_LIMIT)
+    return shape
+
+
+def person_masks(sources: list[SourceResult]) -> None:
+    """MediaPipe selfie segmentation (in the wheel): person probability (H, W) per source."""
+    import mediapipe as mp
+
+    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        for src in sources:
+            img = (src.image * 255 + 0.5).astype(np.uint8)
+            m = seg.process(img).segmentation_mask
+            src.mask = np.zeros(img.shape[:2], np.float32) if m is None else np.asarray(m, np.float32)
+
+
+def _landmark_vertices(data: HeadModelData, landmark_ids: set[int]) -> np.ndarray:
+    """Vertices of the triangles that carry the given MediaPipe landmarks."""
+    ids = np.array(sorted(i for i in landmark_ids if i < len(data.lmk_faces)), np.int64)
+    return np.unique(data.faces[data.lmk_faces[ids]])
+
+
+def feature_regions(data: HeadModelData, radius: float = 0.008) -> HeadModelData:
+    """A copy of data with extra vertex regions eye_area, lip_area and nose_area: face vertices
+    within radius (metres, on the template) of the triangles of MediaPipe's eye, lip and nose
+    landmarks, so init_avatar's region_density can put more Gaussians there."""
+    import mediapipe as mp
+
+    conn = mp.solutions.face_mesh_connections
+    groups = {
+        "eye_area": conn.FACEMESH_LEFT_EYE | conn.FACEMESH_RIGHT_EYE | conn.FACEMESH_LEFT_EYEBROW
+        | conn.FACEMESH_RIGHT_EYEBROW | conn.FACEMESH_IRISES,
+        "lip_area": conn.FACEMESH_LIPS,
+        "nose_area": conn.FACEMESH_NOSE,
+    }
+    face = np.asarray(data.vertex_regions.get("face", np.arange(len(data.v_template))), np.int64)
+    tree = cKDTree(data.v_template[face])
+    regions = dict(data.vertex_regions)
+    for name, edges in groups.items():
+        ids = {i for e in edges for i in e}
+        seeds = data.v_template[_landmark_vertices(data, ids)]
+        near = tree.query_ball_point(seeds, radius)
+        regions[name] = np.unique(face[np.concatenate([np.asarray(n, np.int64) for n in near])])
+    return replace(data, vertex_regions=regions)
+
+
+def rasterize_depth(verts_cam: np.ndarray, faces: np.ndarray, width: int, height: int,
+                    chunk: int = 4096) -> np.ndarray:
+    """Z-buffer (H, W) float32 of camera-space depth (inf where empty).
+
+    verts_cam: (V, 3) OpenCV camera coordinates already projected to (u, v, z) pixels + depth.
+    Each triangle's bounding box is sampled at pixel centres (vectorized over triangles in
+    chunks), barycentric depth kept where inside, minimum per pixel.
+    """
+    zbuf = np.full(height * width, np.inf, np.float32)
+    tri = verts_cam[faces]  # (F, 3, 3)
+    keep = (tri[:, :, 2] > 1e-3).all(1)
+    lo = np.floor(tri[:, :, :2].min(1))
+    hi = np.ceil(tri[:, :, :2].max(1))
+    keep &= (hi[:, 0] >= 0) & (hi[:, 1] >= 0) & (lo[:, 0] < width) & (lo[:, 1] < height)
+    tri, lo, hi = tri[keep], lo[keep], hi[keep]
+    ext = (hi - lo).max(1)
+    # Triangles grouped by box size so small ones (nearly all) do not pay for the largest box.
+    for size in np.unique(np.minimum(2 ** np.ceil(np.log2(np.maximum(ext, 1))), 256)).astype(int):
+        sel = np.flatnonzero(np.minimum(2 ** np.ceil(np.log2(np.maximum(ext, 1))), 256) == size)
+        g = np.arange(size + 1)
+        gx, gy = np.meshgrid(g, g)
+        gx, gy = gx.ravel(), gy.ravel()
+        for s in range(0, len(sel), max(1, chunk * 64 // len(gx))):
+            idx = sel[s:s + max(1, chunk * 64 // len(gx))]
+            t, o = tri[idx], lo[idx]
+            px = o[:, 0:1] + gx[None] + 0.5  # (n, P)
+            py = o[:, 1:2] + gy[None] + 0.5
+            a, b, c = t[:, 0], t[:, 1], t[:, 2]
+            det = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
+            det = np.where(np.abs(det) < 1e-12, 1e-12, det)[:, None]
+            w1 = ((px - a[:, 0:1]) * (c[:, 1:2] - a[:, 1:2]) - (c[:, 0:1] - a[:, 0:1]) * (py - a[:, 1:2])) / det
+            w2 = ((b[:, 0:1] - a[:, 0:1]) * (py - a[:, 1:2]) - (px - a[:, 0:1]) * (b[:, 1:2] - a[:, 1:2])) / det
+            w0 = 1 - w1 - w2
+            inside = (w0 >= -1e-4) & (w1 >= -1e-4) & (w2 >= -1e-4) & (px >= 0) & (py >= 0) & (px < width) & (py < height)
+            z = w0 * a[:, 2:3] + w1 * b[:, 2:3] + w2 * c[:, 2:3]
+            pix = (py.astype(np.int64) * width + px.astype(np.int64))[inside]
+            np.minimum.at(zbuf, pix, z[inside].astype(np.float32))
+    return zbuf.reshape(height, width)
+
+
+def _project(points_world: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Tracking-world points (N, 3) -> (N, 3) pixel u, v and camera depth z."""
+    xc = points_world @ FLIP.T
+    z = np.maximum(xc[:, 2], 1e-6)
+    return np.stack([K[0, 0] * xc[:, 0] / z + K[0, 2], K[1, 1] * xc[:, 1] / z + K[1, 2], xc[:, 2]], 1)
+
+
+def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Sample image (H, W, C) or (H, W) at pixel positions uv (N, 2) (pixel centres at +0.5)."""
+    mx = (uv[:, 0] - 0.5).astype(np.float32)[None]
+    my = (uv[:, 1] - 0.5).astype(np.float32)[None]
+    out = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out[0]
+
+
+def lift_colours(avatar: GaussianAvatar, model: HeadModel, src: SourceResult) -> tuple[np.ndarray, np.ndarray]:
+    """One source's colour (N, 3) for every Gaussian and its weight (N,) in [0, 1]:
+    visible (depth test against the posed mesh) x (cos of the viewing angle)^2 x person mask.
+    Weight 0 where the source does not see the Gaussian."""
+    f = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
+    with torch.no_grad():
+        verts = model(shape=avatar.shape[None], expr=f(src.expr), pose=f(src.pose),
+                      translation=f(src.translation)).vertices[0]
+        g = deform(avatar, verts, model.faces)
+        R, _, _ = face_frames(verts, model.faces)
+    means = g.means.double().numpy()
+    normals = R[:, :, 1].double().numpy()[avatar.face.numpy()]
+    h, w = src.image.shape[:2]
+    uvz = _project(means, src.K)
+    zbuf = rasterize_depth(_project(verts.double().numpy(), src.K), model.faces.numpy(), w, h)
+    ui = np.clip(uvz[:, 0].astype(np.int64), 0, w - 1)
+    vi = np.clip(uvz[:, 1].astype(np.int64), 0, h - 1)
+    inside = (uvz[:, 0] >= 0) & (uvz[:, 0] < w) & (uvz[:, 1] >= 0) & (uvz[:, 1] < h)
+    visible = inside & (uvz[:, 2] <= zbuf[vi, ui] + DEPTH_TOL)
+    to_cam = -means / np.linalg.norm(means, axis=1, keepdims=True)
+    cos = np.clip((normals * to_cam).sum(1), 0.0, 1.0)
+    # Grazing views smear a pixel over a long strip of surface; below cos 0.15 nothing is kept.
+    angle = np.clip((cos - 0.15) / 0.85, 0.0, 1.0) ** 2
+    # The mask is eroded a few pixels so silhouette pixels (mixed with background) are not used.
+    k = max(3, int(round(0.006 * max(h, w))) | 1)
+    mask = cv2.erode(src.mask, np.ones((k, k), np.uint8))
+    weight = visible * angle * np.clip(_bilinear(mask, uvz[:, :2]), 0.0, 1.0)
+    colour = _bilinear(src.image, uvz[:, :2]).astype(np.float64)
+    return colour, weight
+
+
+def _face_labels(data: HeadModelData) -> tuple[np.ndarray, list[str]]:
+    """Region index (F,) of each face (its first vertex's region; -1 outside all) and the names."""
+    names = list(data.vertex_regions)
+    label = np.full(len(data.v_template), -1, np.int64)
+    for i, n in enumerate(names):
+        label[np.asarray(data.vertex_regions[n], np.int64)] = i
+    return label[data.faces[:, 0]], names
+
+
+def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mouth: np.ndarray,
+                default: np.ndarray, neighbours: int = 8, smooth: int = 10) -> np.ndarray:
+    """Colours (N, 3) for Gaussians no source saw, from those it did.
+
+    positions: (N, 3) on the neutral head (x = 0 is the symmetry plane); colour (N, 3) valid
+    where seen (N,) bool; mouth (N,) bool: mouth cavity and teeth, which take default (N, 3)
+    (the model's colours) unless seen, and neither give nor take propagated colour.
+    1. mirror: the seen Gaussians near (-x, y, z); 2. propagation: unseen Gaussians repeatedly
+    take the mean of their already coloured nearest neighbours (a front moving out from the seen
+    area), then a few smoothing passes over the filled ones only.
+    """
+    out = colour.copy()
+    known = seen.copy()
+    out[mouth & ~seen] = default[mouth & ~seen]
+    known |= mouth
+    donors = np.flatnonzero(seen & ~mouth)
+    todo = np.flatnonzero(~known)
+    if len(donors) and len(todo):
+        mirrored = positions[todo] * np.array([-1.0, 1.0, 1.0])
+        dist, j = cKDTree(positions[donors]).query(mirrored, k=4)
+        near = dist < MIRROR_RADIUS
+        hit = near.any(1)
+        wts = near / np.maximum(dist, 1e-4)
+        col = (wts[:, :, None] * out[donors[j]]).sum(1) / np.maximum(wts.sum(1), 1e-12)[:, None]
+        out[todo[hit]] = col[hit]
+        known[todo[hit]] = True
+    skin = np.flatnonzero(~mouth)
+    if not len(skin):
+        return out
+    _, nb = cKDTree(positions[skin]).query(positions[skin], k=min(neighbours + 1, len(skin)))
+    nb = skin[np.atleast_2d(nb)[:, 1:]]  # (M, k) global indices, self dropped
+    filled = np.zeros(len(out), bool)
+    for _ in range(500):
+        pending = np.flatnonzero(~known[skin])
+        if not len(pending):
+            break
+        rows = nb[pending]
+        k = known[rows]
+        have = k.any(1)
+        if not have.any():
+            break
+        mean = (k[:, :, None] * out[rows]).sum(1) / np.maximum(k.sum(1), 1)[:, None]
+        gi = skin[pending[have]]
+        out[gi] = mean[have]
+        known[gi] = True
+        filled[gi] = True
+    rest = ~known
+    out[rest] = default[rest]  # islands no front reached
+    smooth_idx = np.flatnonzero(filled[skin])
+    for _ in range(smooth):
+        if not len(smooth_idx):
+            break
+        out[skin[smooth_idx]] = out[nb[smooth_idx]].mean(1)
+    return out
+
+
+def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
+                 progress: Callable[[float, str], None] | None = None,
+                 cancel: threading.Event | None = None, data: HeadModelData | None = None,
+                 seed: int = 0) -> tuple[GaussianAvatar, list[SourceResult]]:
+    """Portraits (file paths or (H, W, 3) RGB arrays, any number, any order) -> (avatar of
+    `count` Gaussians on the open head model, one SourceResult per input in input order).
+
+    progress(fraction in [0, 1], stage name) is called between stages; setting cancel stops at
+    the next check with BuildCancelled. Raises BuildError when no input is usable.
+    """
+    from savatar.core.face_landmarks import FaceLandmarker
+
+    if data is None:
+        from savatar.core.open_head import load_open_head_data
+        data = load_open_head_data()
+
+    def step(fraction: float, stage: str) -> None:
+        if cancel is not None and cancel.is_set():
+            raise BuildCancelled("build cancelled")
+        if progress is not None:
+            progress(fraction, stage)
+
+    step(0.0, "landmarks")
+    with FaceLandmarker(static_images=True, max_faces=4) as landmarker:
+        results, thumbs = check_sources(list(sources), landmarker)
+    good = [r for r in results if r.ok]
+    if not good:
+        detail = "; ".join(r.line() for r in results) or "no input given"
+        raise BuildError(f"no usable portrait: {detail}")
+    step(0.2, "fit")
+    shape = fit_identity(data, good, check=lambda: step(0.2, "fit"))
+    step(0.45, "segmentation")
+    person_masks(good)
+    step(0.55, "layout")
+    density = {"face": 3.0, "left_eyeball": 2.0, "right_eyeball": 2.0, "mouth_cavity": 0.5,
+               "upper_teeth": 1.0, "lower_teeth": 1.0, "scalp": 1.0, "neck": 0.7, "eye_socket": 0.3,
+               **FEATURE_DENSITY}
+    avatar = init_avatar(feature_regions(data), count, seed=seed, region_density=density)
+    avatar.shape = torch.as_tensor(shape, dtype=torch.float32)
+    model = HeadModel(data)
+    default = (avatar.sh[:, 0].double().numpy() * 0.28209479177387814 + 0.5).clip(0, 1)
+    acc_c = np.zeros((count, 3))
+    acc_w = np.zeros(count)
+    # A plain sum of weighted colours: the same for any order of the sources.
+    for i, src in enumerate(good):
+        step(0.6 + 0.3 * i / len(good), "colour")
+        c, w = lift_colours(avatar, model, src)
+        acc_c += w[:, None] * c
+        acc_w += w
+    step(0.9, "fill")
+    seen = acc_w > MIN_SEEN_WEIGHT
+    colour = np.where(seen[:, None], acc_c / np.maximum(acc_w, 1e-12)[:, None], default)
+    labels, names = _face_labels(data)
+    mouth_ids = [names.index(n) for n in MOUTH_REGIONS if n in names]
+    mouth = np.isin(labels[avatar.face.numpy()], mouth_ids)
+    with torch.no_grad():
+        neutral = model(shape=avatar.shape[None]).vertices[0]
+        positions = deform(avatar, neutral, model.faces).means.double().numpy()
+    colour = fill_unseen(positions, colour, seen, mouth, default)
+    avatar.sh[:, 0] = rgb_to_sh0(torch.as_tensor(colour.clip(0, 1), dtype=torch.float32))
+    avatar.default_expr = torch.zeros(data.exprdirs.shape[2])
+    avatar.metadata["thumbnails"] = np.stack(thumbs)
+    avatar.metadata["build"] = {"seen_fraction": float(seen.mean()), "sources": len(good)}
+    step(1.0, "done")
+    return avatar, results

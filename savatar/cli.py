@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from savatar.cli_args import UserError
-from savatar.commands import avatar, head, render
+from savatar.commands import avatar, drive, head, render
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="savatar", description="SpatialAvatar: 3D Gaussian head avatars from the command line.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (head, avatar, render):
+    for module in (head, avatar, render, drive):
         module.register(sub)
     return parser
 

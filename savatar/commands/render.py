@@ -49,8 +49,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
         raise UserError(f"{out}: the output must be one of {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}")
     video = suffix in VIDEO_SUFFIXES
-    if not video and (args.orbit or args.motion):
-        raise UserError("--orbit and --motion make a video: give an .mp4 output")
+    if not video and (args.orbit or args.motion or args.audio):
+        raise UserError("--orbit, --motion and --audio make a video: give an .mp4 output")
     rig = make_rig(load_avatar_arg(args.avatar), args.flame)
     names = rig.data.expr_names
     base_expr = parse_expr(args.expr, names) + rig.avatar.default_expr.numpy()
@@ -83,7 +83,31 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({drawer.backend})")
         return 0
     write_video(out, (frame(i) for i in range(count)), count, fps, args.width, args.height, drawer.backend)
+    if args.audio:
+        attach_audio(out, Path(args.audio))
     return 0
+
+
+def attach_audio(video: Path, audio: Path) -> None:
+    """Mux the audio into the video with ffmpeg when it is on PATH, else copy it beside."""
+    import shutil
+    import subprocess
+
+    if not audio.is_file():
+        raise UserError(f"{audio}: no such file")
+    if shutil.which("ffmpeg"):
+        muxed = video.with_name(f".{video.stem}.mux{video.suffix}")
+        proc = subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(video), "-i", str(audio), "-c:v", "copy",
+                               "-c:a", "aac", "-shortest", str(muxed)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            muxed.replace(video)
+            print(f"muxed {audio.name} into {video}")
+            return
+        muxed.unlink(missing_ok=True)
+        print(f"ffmpeg could not mux the audio ({proc.stderr.strip().splitlines()[-1:]}); copying it beside")
+    beside = video.with_suffix(audio.suffix)
+    shutil.copyfile(audio, beside)
+    print(f"no ffmpeg on PATH: wrote the audio beside the video as {beside}")
 
 
 def write_video(out: Path, frames, count: int, fps: float, width: int, height: int, label: str) -> None:
@@ -139,6 +163,7 @@ def register(sub) -> None:
     add_view_args(p)
     p.add_argument("--motion", metavar="M.npz", help="motion file to play (video output)")
     p.add_argument("--orbit", action="store_true", help="turn the camera once around the head (video output)")
+    p.add_argument("--audio", metavar="FILE", help="sound for the video: muxed with ffmpeg if present, else copied beside")
     p.add_argument("--frames", type=int, default=90, help="frames of an --orbit video without --motion")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of an --orbit video without --motion")
     p.add_argument("--backend", default="gl", choices=["auto", "gl", "cpu", "gsplat"],

@@ -1,0 +1,49 @@
+"""`savatar build`: an avatar from one or a few portraits (savatar.core.build)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from savatar.cli_args import UserError
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build, print one status line per input, save; UserError when no input is usable."""
+    from savatar.core.avatar_file import save_avatar
+    from savatar.core.build import BuildError, build_avatar
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise UserError(f"{out}: the output must be an .h5 file")
+    if not 1 <= args.count <= 2_000_000:
+        raise UserError("--count must be between 1 and 2000000")
+    bar = tqdm(total=100, desc="build", unit="%", file=sys.stderr, leave=False)
+
+    def progress(fraction: float, stage: str) -> None:
+        bar.set_description(stage, refresh=False)
+        bar.update(round(100 * fraction) - bar.n)
+
+    try:
+        avatar, results = build_avatar(args.images, count=args.count, progress=progress)
+    except BuildError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        bar.close()
+    for r in results:
+        print(r.line())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_avatar(avatar, out)
+    used = sum(r.ok for r in results)
+    print(f"wrote {out} ({len(avatar)} Gaussians from {used} of {len(results)} portraits)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("build", help="build an avatar from one or a few portraits")
+    p.add_argument("images", nargs="+", help="portrait images (any number, any order)")
+    p.add_argument("-o", "--output", required=True, help="output avatar .h5")
+    p.add_argument("--count", type=int, default=60000, help="number of Gaussians (default 60000)")
+    p.set_defaults(func=cmd_build)

@@ -111,9 +111,9 @@ def _decode(src: str | Path | np.ndarray, name: str) -> tuple[np.ndarray | None,
         return None, "no such file", ""
     try:
         with Image.open(path) as im:
+            full = im.size
             # JPEG decodes at a reduced scale directly: a 4000 px photo costs a fraction.
             im.draft("RGB", (MAX_SIDE, MAX_SIDE))
-            full = im.size
             im.load()
             im = ImageOps.exif_transpose(im).convert("RGB")
             arr = np.asarray(im)

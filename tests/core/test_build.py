@@ -1,0 +1,190 @@
+"""Building an avatar from portraits (savatar.core.build) on scikit-image's astronaut: quality at
+the source camera, faces found in novel views, order independence, bad inputs, and held-out views
+of sources rendered from a known avatar."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from savatar.core.build import BuildError, SourceResult, build_avatar, fill_unseen, rasterize_depth
+from savatar.core.camera import Camera, orbit_camera
+from savatar.core.face_landmarks import FaceLandmarker
+from savatar.core.gaussians import GaussianAvatar
+from savatar.core.rig import Rig
+from savatar.core.tracking import TRACKING_VIEWMAT
+
+OUT = Path("/tmp/savatar_build_test")
+
+
+def render(avatar: GaussianAvatar, camera: Camera, expr=None, pose=None, translation=None,
+           background=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb (H, W, 3), alpha (H, W)) with the GL splatter, or the CPU renderer without GL."""
+    world = Rig.of(avatar).world(expr, pose, translation)
+    try:
+        from savatar.gl.splat_renderer import SplatRenderer
+        out = SplatRenderer().render(world, camera, background)
+        return out.rgb, out.alpha[..., 0]
+    except Exception:  # no EGL/GL on this machine: the reference renderer gives the same image
+        from savatar.core.render import render as cpu_render
+        with torch.no_grad():
+            out = cpu_render(world, torch.tensor(camera.viewmat, dtype=torch.float32),
+                             torch.tensor(camera.K, dtype=torch.float32), camera.width, camera.height,
+                             torch.tensor(background, dtype=torch.float32))
+        return out.rgb.numpy(), out.alpha.numpy().reshape(camera.height, camera.width)
+
+
+def source_camera(src: SourceResult) -> Camera:
+    h, w = src.image.shape[:2]
+    return Camera(TRACKING_VIEWMAT, src.K, w, h)
+
+
+def masked_scores(ref: np.ndarray, img: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """PSNR and mean SSIM over mask (H, W) bool (SSIM map computed on the mask's bounding box)."""
+    psnr = peak_signal_noise_ratio(ref[mask], img[mask], data_range=1.0)
+    ys, xs = np.nonzero(mask)
+    box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    _, full = structural_similarity(ref[box], img[box], channel_axis=2, data_range=1.0, full=True)
+    return float(psnr), float(full.mean(2)[mask[box]].mean())
+
+
+def save_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return skdata.astronaut()
+
+
+@pytest.fixture(scope="module")
+def built(astronaut):
+    return build_avatar([astronaut], count=15000)
+
+
+def test_source_view_psnr_ssim(built):
+    avatar, results = built
+    (src,) = results
+    assert src.ok and src.residual_px < 3.0
+    rgb, alpha = render(avatar, source_camera(src), src.expr, src.pose, src.translation)
+    # Head mask: the person segmentation where the avatar covers the image (the avatar has no
+    # body, and its hair stops at the scalp surface).
+    mask = (src.mask > 0.5) & (alpha > 0.95)
+    assert mask.sum() > 8000
+    psnr, ssim = masked_scores(src.image, rgb, mask)
+    print(f"source view: PSNR {psnr:.2f} dB, SSIM {ssim:.3f} over {mask.sum()} px")
+    save_png(OUT / "source_view.png", np.concatenate([rgb, src.image * mask[..., None]], 1))
+    # Measured 21.1 dB / 0.57 at 15K Gaussians: colours are point samples on flat discs of about
+    # 2 px, so fine texture (eyelashes, hair strands) is blurred; 19 dB / 0.45 leaves room for
+    # the GL/CPU difference while still failing on a misplaced fit (which drops below 15 dB).
+    assert psnr > 19.0
+    assert ssim > 0.45
+    assert avatar.metadata["thumbnails"].shape == (1, 128, 128, 3)
+    assert torch.all(avatar.default_expr == 0)
+
+
+def test_novel_views_have_a_face(built):
+    avatar, _ = built
+    rig = Rig.of(avatar)
+    verts = rig.vertices().numpy()
+    target = np.array([0.0, verts[:, 1].min() + 0.6 * np.ptp(verts[:, 1]), verts[:, 2].mean()])
+    views = []
+    with FaceLandmarker() as landmarker:
+        for yaw in (0, 30, -30):
+            rgb, _ = render(avatar, orbit_camera(yaw, 0, 0.75, target, 512, 512, 30), background=(1.0, 1.0, 1.0))
+            save_png(OUT / f"yaw_{yaw:+d}.png", rgb)
+            views.append(rgb)
+            assert landmarker(rgb) is not None, f"no face found at yaw {yaw}"
+    save_png(OUT / "yaws.png", np.concatenate(views, 1))
+
+
+def test_order_independent(astronaut):
+    a = astronaut
+    b = np.ascontiguousarray(np.clip(astronaut[:, ::-1].astype(np.int16) + 20, 0, 255).astype(np.uint8))
+    av1, r1 = build_avatar([a, b], count=3000)
+    av2, r2 = build_avatar([b, a], count=3000)
+    assert all(r.ok for r in r1 + r2)
+    np.testing.assert_allclose(av1.shape.numpy(), av2.shape.numpy(), atol=1e-5)
+    np.testing.assert_allclose(av1.sh.numpy(), av2.sh.numpy(), atol=1e-4)
+    assert torch.equal(av1.face, av2.face)
+
+
+def write(path: Path, rgb: np.ndarray) -> Path:
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def test_bad_inputs_reported_build_goes_on(astronaut, tmp_path):
+    good = write(tmp_path / "good.png", astronaut)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture\n")
+    full = write(tmp_path / "full.jpg", astronaut).read_bytes()
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(full[:len(full) // 2])
+    blank = write(tmp_path / "blank.png", np.full((512, 512, 3), 200, np.uint8))
+    canvas = np.full((512, 512, 3), 128, np.uint8)
+    canvas[224:288, 224:288] = cv2.resize(astronaut, (64, 64), interpolation=cv2.INTER_AREA)
+    tiny = write(tmp_path / "tiny.png", canvas)
+    # MediaPipe misses the 64 px astronaut altogether; alone at 300 px it finds a 62 px face.
+    small = write(tmp_path / "small.png", cv2.resize(astronaut, (300, 300), interpolation=cv2.INTER_AREA))
+    blurred = write(tmp_path / "blurred.png", cv2.GaussianBlur(astronaut, (0, 0), 4.0))
+    huge = write(tmp_path / "huge.jpg", cv2.resize(astronaut, (4000, 4000), interpolation=cv2.INTER_LINEAR))
+    paths = [text, good, truncated, blank, tiny, small, blurred, huge]
+    avatar, results = build_avatar(paths, count=2000)
+    by_name = {r.name: r for r in results}
+    assert [r.name for r in results] == [p.name for p in paths]
+    for r in results:
+        print(r.line())
+    assert by_name["good.png"].ok
+    assert "not an image" in by_name["notes.jpg"].reason
+    assert "truncated" in by_name["truncated.jpg"].reason
+    assert by_name["blank.png"].reason == "no face found"
+    assert by_name["tiny.png"].reason.startswith(("no face found", "face too small"))
+    assert by_name["small.png"].reason.startswith("face too small")
+    assert "blurred" in by_name["blurred.png"].reason
+    huge_r = by_name["huge.jpg"]
+    assert huge_r.ok and "downscaled from 4000x4000" in huge_r.line()
+    assert max(huge_r.image.shape[:2]) <= 1024
+    assert avatar.metadata["thumbnails"].shape[0] == 2
+    with pytest.raises(BuildError, match="notes.jpg.*not an image"):
+        build_avatar([text, blank, truncated], count=100)
+
+
+def test_several_faces_take_largest(astronaut):
+    face = astronaut[20:260, 130:330]  # the head, (240, 200)
+    canvas = np.full((512, 512, 3), 90, np.uint8)
+    canvas[20:260, 20:220] = face
+    small = cv2.resize(face, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)
+    canvas[260:260 + small.shape[0], 300:300 + small.shape[1]] = small
+    _, (r,) = build_avatar([canvas], count=500)
+    assert r.ok
+    assert "2 faces found, took the largest" in r.line()
+    assert r.landmarks[:, 0].max() < 260  # the full-size face on the left
+
+
+def test_rasterize_depth_is_nearest_surface():
+    # Two screen-filling quads at depths 2 and 1: the z-buffer holds 1 wherever both cover.
+    quad = lambda z: np.array([[0, 0, z], [64, 0, z], [64, 64, z], [0, 64, z]], float)  # noqa: E731
+    verts = np.concatenate([quad(2.0), quad(1.0)])
+    faces = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    z = rasterize_depth(verts, faces, 64, 64)
+    assert np.all(z == 1.0)
+
+
+def test_fill_mirror_and_propagation():
+    # A line of Gaussians along x: the left half seen red, the right half unseen; mirror copies.
+    x = np.linspace(-0.05, 0.05, 101)
+    pos = np.stack([x, np.zeros_like(x), np.zeros_like(x)], 1)
+    colour = np.zeros((101, 3))
+    seen = x < -0.001
+    colour[seen] = [1.0, 0.0, 0.0]
+    colour[seen & (x < -0.03)] = [0.0, 0.0, 1.0]
+    out = fill_unseen(pos, colour, seen, np.zeros(101, bool), np.full((101, 3), 0.5))
+    np.testing.assert_allclose(out[x > 0.035], [[0.0, 0.0, 1.0]] * int((x > 0.035).sum()), atol=1e-6)
+    np.testing.assert_allclose(out[(x > 0.005) & (x < 0.025)], [[1.0, 0.0, 0.0]] * int(((x > 0.005) & (x < 0.025)).sum()), atol=1e-6)

@@ -8,7 +8,8 @@ Layout (format "savatar-avatar", version 1):
 - /gaussians: face (int32), mean, rot, log_scale, opacity_logit, sh (float32), each with attrs
   `units` and `convention`
 - /metadata: attr `created` (ISO 8601); optional dataset `thumbnails` (T, H, W, 3) uint8 and
-  group `refinement` (attr `iterations`, dataset `losses`)
+  group `refinement` (attr `iterations`, dataset `losses`, optional attr `stats`: JSON object
+  with the last anti-spike statistics and guard events)
 - /motions/NAME (optional): attr `fps`, datasets expr (T, E), pose (T, 15), translation (T, 3)
 
 Loading checks everything and raises AvatarFormatError naming the path inside the file; saving is
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -132,6 +134,8 @@ def _write(f: h5py.File, avatar: GaussianAvatar, head: HeadModelData | None, hea
         g_ref = g_meta.create_group("refinement")
         g_ref.attrs["iterations"] = int(ref.get("iterations", 0))
         g_ref.create_dataset("losses", data=np.asarray(ref.get("losses", []), np.float32))
+        if ref.get("stats") is not None:
+            g_ref.attrs["stats"] = json.dumps(ref["stats"])
     if meta.get("motions"):
         g_mot = f.create_group("motions")
         for name, motion in meta["motions"].items():
@@ -281,7 +285,7 @@ def load_avatar(path: str | Path) -> GaussianAvatar:
 
     The returned avatar's metadata holds: "created" (str), "head_data" (HeadModelData, for an
     embedded open head model), "head_file_sha256" (FLAME), "num_faces", and when present
-    "thumbnails" ((T, H, W, 3) uint8), "refinement" ({"iterations", "losses"}) and "motions"
+    "thumbnails" ((T, H, W, 3) uint8), "refinement" ({"iterations", "losses", optionally "stats"}) and "motions"
     ({name: {"fps", "expr", "pose", "translation"}}).
     Raises AvatarFormatError (a ValueError) naming the in-file path on any problem.
     """
@@ -359,6 +363,14 @@ def _read(r: _Reader) -> GaussianAvatar:
         r.group("/metadata/refinement")
         meta["refinement"] = {"iterations": int(r.attr("/metadata/refinement", "iterations")),
                               "losses": r.array("/metadata/refinement/losses", "f", (None,))}
+        if "stats" in r.f["/metadata/refinement"].attrs:
+            try:
+                stats = json.loads(r.attr("/metadata/refinement", "stats"))
+            except ValueError as e:
+                raise r.fail("/metadata/refinement", f"attribute 'stats' is not JSON ({e})") from e
+            if not isinstance(stats, dict):
+                raise r.fail("/metadata/refinement", "attribute 'stats' must be a JSON object")
+            meta["refinement"]["stats"] = stats
     if "/motions" in r.f:
         motions = {}
         for name in r.group("/motions"):

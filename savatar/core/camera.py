@@ -24,6 +24,15 @@ class Camera:
         return -r.T @ t
 
 
+def scaled_camera(camera: Camera, scale: float) -> Camera:
+    """The same view at scale times the resolution (at least 16 x 16 pixels)."""
+    w, h = max(16, round(camera.width * scale)), max(16, round(camera.height * scale))
+    k = camera.K.copy()
+    k[0] *= w / camera.width
+    k[1] *= h / camera.height
+    return Camera(camera.viewmat, k, w, h)
+
+
 def intrinsics_from_fov(width: int, height: int, fov_y_deg: float) -> np.ndarray:
     """K (3, 3) for a vertical field of view, square pixels, principal point at the centre."""
     f = 0.5 * height / math.tan(math.radians(fov_y_deg) / 2)

@@ -74,7 +74,7 @@ class SplatRenderer:
         self.instances = self.ctx.buffer(reserve=_INSTANCE_FLOATS * 4 * 1024, dynamic=True)
         self.vao = self._vertex_array()
         self.empty_vao = self.ctx.vertex_array(self.composite, [])
-        self._targets: dict[tuple, tuple] = {}
+        self._targets: dict[str, tuple] = {}
         self.count = 0
 
     def _vertex_array(self) -> moderngl.VertexArray:
@@ -98,23 +98,24 @@ class SplatRenderer:
         self.prog["image_size"].value = (camera.width, camera.height)
         self.prog["clip_range"].value = (GL_NEAR, GL_FAR)
 
-    def _target(self, size: tuple[int, int], exact: bool) -> tuple:
-        """(colour texture, depth texture or None, framebuffer). exact: float32 colour plus the
-        depth attachment (offscreen renders, tests); else half floats and colour only, half
-        the memory traffic for the window."""
-        key = (size, exact)
-        if key not in self._targets:
-            for old in [k for k in self._targets if k[1] == exact]:
-                for obj in self._targets.pop(old):
-                    if obj is not None:
-                        obj.release()
-            color = self.ctx.texture(size, 4, dtype="f4" if exact else "f2")
-            depth = self.ctx.texture(size, 4, dtype="f4") if exact else None
-            self._targets[key] = (color, depth, self.ctx.framebuffer([color] + ([depth] if depth else [])))
-        return self._targets[key]
+    def _cached_target(self, kind: str, size: tuple[int, int], make: Callable[[tuple[int, int]], tuple]) -> tuple:
+        """One offscreen target per kind, remade when the size changes."""
+        old = self._targets.get(kind)
+        if old is None or old[0].size != size:
+            for obj in old or ():
+                obj.release()
+            self._targets[kind] = make(size)
+        return self._targets[kind]
 
-    def _accumulate(self, camera: Camera, exact: bool) -> tuple:
-        targets = self._target((camera.width, camera.height), exact)
+    def _exact_target(self, size: tuple[int, int]) -> tuple:
+        """float32 colour and expected-depth accumulation for offscreen renders and tests."""
+        def make(sz):
+            color, depth = self.ctx.texture(sz, 4, dtype="f4"), self.ctx.texture(sz, 4, dtype="f4")
+            return color, depth, self.ctx.framebuffer([color, depth])
+        return self._cached_target("exact", size, make)
+
+    def _accumulate(self, camera: Camera) -> tuple:
+        targets = self._exact_target((camera.width, camera.height))
         fbo = targets[2]
         fbo.use()
         self.ctx.viewport = (0, 0, camera.width, camera.height)
@@ -132,7 +133,7 @@ class SplatRenderer:
                sh_degree: int | None = None, scale_modifier: float = 1.0) -> SplatImage:
         """Offscreen render read back as float arrays."""
         self.upload(g, camera, sh_degree, scale_modifier=scale_modifier)
-        color, depth, _ = self._accumulate(camera, exact=True)
+        color, depth, _ = self._accumulate(camera)
         h, w = camera.height, camera.width
         acc = np.frombuffer(color.read(), np.float32).reshape(h, w, 4)[::-1]
         dep = np.frombuffer(depth.read(), np.float32).reshape(h, w, 4)[::-1]
@@ -142,7 +143,7 @@ class SplatRenderer:
         return SplatImage(rgb.copy(), alpha.copy(), depth.astype(np.float32))
 
     def draw_to(self, target: moderngl.Framebuffer, camera: Camera, background=(1.0, 1.0, 1.0),
-                occluder: Callable[[], None] | None = None) -> None:
+                occluder: Callable[[], None] | None = None, transparent: bool = False) -> None:
         """Draw the last upload(..., front_to_back=False) straight into target (e.g. the window),
         back to front with premultiplied "over" blending. 8-bit targets and no float
         accumulation pass: llvmpipe blends float targets several times slower.
@@ -153,7 +154,8 @@ class SplatRenderer:
         """
         target.use()
         self.ctx.viewport = (0, 0, camera.width, camera.height)
-        target.clear(*background, 1.0, depth=1.0)
+        # transparent: premultiplied colour and coverage over nothing, composited later.
+        target.clear(*((0.0, 0.0, 0.0, 0.0) if transparent else (*background, 1.0)), depth=1.0)
         self.ctx.disable(moderngl.CULL_FACE)
         if occluder is not None:
             target.color_mask = (False, False, False, False)
@@ -171,3 +173,24 @@ class SplatRenderer:
             self.vao.render(moderngl.TRIANGLE_STRIP, vertices=4, instances=self.count)
         self.ctx.disable(moderngl.BLEND | moderngl.DEPTH_TEST)
         target.depth_mask = True
+
+    def draw_upscaled(self, target: moderngl.Framebuffer, low: Camera, size: tuple[int, int],
+                      background=(1.0, 1.0, 1.0), occluder: Callable[[], None] | None = None) -> None:
+        """Draw the last upload (made for the low-resolution camera `low`) into an offscreen
+        target of low's size, then stretch it over target's size (W, H) with bilinear filtering
+        and composite it over the background: a quarter of the fill at half resolution, for
+        frames in motion."""
+        def make(sz):
+            color = self.ctx.texture(sz, 4)
+            color.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            depth = self.ctx.depth_renderbuffer(sz)
+            return color, depth, self.ctx.framebuffer([color], depth)
+
+        color, _, fbo = self._cached_target("upscale", (low.width, low.height), make)
+        self.draw_to(fbo, low, background, occluder, transparent=True)
+        target.use()
+        self.ctx.viewport = (0, 0, *size)
+        color.use(location=0)
+        self.composite["accum"].value = 0
+        self.composite["background"].value = tuple(float(c) for c in background)
+        self.empty_vao.render(moderngl.TRIANGLES, vertices=3)

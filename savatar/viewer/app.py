@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from savatar.core.antispike import AntiSpikeConfig, spike_mask, statistics
+from savatar.core.camera import scaled_camera
 from savatar.core.gaussians import GaussianAvatar
 from savatar.core.mesh_ops import vertex_normals
 from savatar.core.motion import Motion, load_motion, save_motion
@@ -28,6 +29,9 @@ LIVE_SOURCES = ("webcam", "microphone", "audio file")
 # How far inside the avatar's surface the occluding mesh sits: deeper than the splats' own
 # offsets from the mesh, shallow enough to hide the far side of the head.
 OCCLUDER_INSET = 0.004
+# With splat resolution "auto", frames are drawn at half resolution while something moves and
+# once more at full resolution when nothing has changed for this long.
+STILL_AFTER_S = 0.25
 
 
 def shrink(verts: np.ndarray, faces: np.ndarray, inset: float) -> np.ndarray:
@@ -57,6 +61,8 @@ class App:
         self._mesh_verts: np.ndarray | None = None
         self._occluder: np.ndarray | None = None
         self._last_look: tuple | None = None
+        self._last_scene: tuple | None = None
+        self._last_motion = 0.0
         self.live = None  # the running webcam / microphone / audio-file source
         self._last_recording: Motion | None = None
         self._pending_screenshot: str | None = None
@@ -88,8 +94,8 @@ class App:
             self.playback.motion = self.playback.motion.remap(rig.data.expr_names)
         self.spikes = spike_mask(rig.avatar, self.spike_cfg).numpy()
         data = rig.data
-        colors = data.vertex_colors if data.vertex_colors is not None else np.full((len(data.v_template), 3), 0.8)
-        self.stage.set_mesh(data.faces, colors)
+        # One light-blue tint, so the overlay reads as the mesh and not as more skin.
+        self.stage.set_mesh(data.faces, np.tile(np.float32([0.35, 0.6, 1.0]), (len(data.v_template), 1)))
         self._last_key = None
         if path:
             self.settings.add_recent(path)
@@ -354,6 +360,7 @@ class App:
         r.show_mesh, r.show_centres = c.value(c.show_mesh), c.value(c.show_centres)
         r.highlight_spikes = c.value(c.highlight)
         r.occlusion = c.value(c.occlusion)
+        r.quality = c.value(c.quality)
         self.stage.orbit.fov = c.value(c.fov)
 
     def step(self, dt: float) -> None:
@@ -377,8 +384,14 @@ class App:
         self.timings.record("drive", (t1 - t0) * 1e3)
 
         camera = self.stage.camera()
-        key = (tuple(np.concatenate(params).round(6)), camera.viewmat.round(7).tobytes(), camera.width, camera.height,
-               self.render.sh_degree, self.render.highlight_spikes, self.render.scale_modifier, id(self.rig))
+        scene = (tuple(np.concatenate(params).round(6)), camera.viewmat.round(7).tobytes(), camera.width, camera.height)
+        now = time.perf_counter()
+        if scene != self._last_scene:
+            self._last_scene, self._last_motion = scene, now
+        moving = now - self._last_motion < STILL_AFTER_S
+        scale = self.render.splat_scale(moving)
+        splat_camera = scaled_camera(camera, scale) if scale < 1 else camera
+        key = scene + (scale, self.render.sh_degree, self.render.highlight_spikes, self.render.scale_modifier, id(self.rig))
         if key != self._last_key:
             if self._last_key is None or key[0] != self._last_key[0] or key[-1] != self._last_key[-1]:
                 verts, self._world = self.rig.pose(*params)
@@ -386,7 +399,7 @@ class App:
                 self._occluder = shrink(self._mesh_verts, self.rig.data.faces, OCCLUDER_INSET)
                 self.timings.record("deform", (time.perf_counter() - t1) * 1e3)
             t2 = time.perf_counter()
-            self.stage.upload(self._world, camera, self.render, self.spikes)
+            self.stage.upload(self._world, splat_camera, self.render, self.spikes)
             self.timings.record("sort", (time.perf_counter() - t2) * 1e3)
             self._last_key = key
         # A still scene is not redrawn: the window keeps showing the last frame.
@@ -395,7 +408,8 @@ class App:
         if look != self._last_look or self.stage.needs_redraw or self._pending_screenshot or self.recorder.recording:
             self.stage.hud_text = self._hud()
             centres = self._world.means.numpy() if r.show_centres else None
-            self.stage.draw(camera, r, self._mesh_verts, centres, self.timings, self._occluder if r.occlusion else None)
+            self.stage.draw(camera, r, self._mesh_verts, centres, self.timings, self._occluder if r.occlusion else None,
+                            splat_camera)
             if self._pending_screenshot:
                 self.stage.screenshot(self._pending_screenshot)
                 self.log.info(f"saved {self._pending_screenshot}")

@@ -206,6 +206,8 @@ class Console:
         self.resolution = dpg.add_combo(["512x512", "720x720", "1024x768", "1280x720"], default_value="720x720",
                                         label="stage size", width=160,
                                         callback=lambda s, a: self.actions.set_stage_size(*map(int, a.split("x"))))
+        self.quality = dpg.add_combo(["auto", "full", "half"], default_value="auto", label="splat resolution", width=160)
+        dpg.add_text("auto: half resolution while the avatar or camera moves, full when still", wrap=480)
         self.sh_degree = dpg.add_slider_int(label="SH degree", default_value=3, min_value=0, max_value=3)
         self.scale_mod = dpg.add_slider_float(label="scale modifier", default_value=1.0, min_value=0.1, max_value=2.0)
         self.fov = dpg.add_slider_float(label="field of view", default_value=30.0, min_value=10.0, max_value=70.0)

@@ -127,17 +127,24 @@ class Stage:
                           scale_modifier=settings.scale_modifier)
 
     def draw(self, camera: Camera, settings: RenderSettings, mesh_verts: np.ndarray | None,
-             centres: np.ndarray | None, timings: StageTimings, occluder_verts: np.ndarray | None = None) -> None:
+             centres: np.ndarray | None, timings: StageTimings, occluder_verts: np.ndarray | None = None,
+             splat_camera: Camera | None = None) -> None:
         """occluder_verts (V, 3): the head mesh shrunk inside the avatar; splats behind it
-        are skipped by the depth test (see SplatRenderer.draw_to)."""
+        are skipped by the depth test (see SplatRenderer.draw_to). splat_camera: a lower
+        resolution version of camera that the last upload was made for; the splats are then
+        drawn at that resolution and stretched over the window."""
         self.window.switch_to()
         fb = self.ctx.detect_framebuffer()
         w, h = self.framebuffer_size()
         t0 = time.perf_counter()
+        low = splat_camera if splat_camera is not None and splat_camera.width < w else None
         occluder = None
         if occluder_verts is not None and self.mesh is not None:
-            occluder = lambda: self.mesh.draw(occluder_verts, camera)  # noqa: E731
-        self.splat.draw_to(fb, camera, settings.background, occluder)
+            occluder = lambda: self.mesh.draw(occluder_verts, low or camera)  # noqa: E731
+        if low is None:
+            self.splat.draw_to(fb, camera, settings.background, occluder)
+        else:
+            self.splat.draw_upscaled(fb, low, (w, h), settings.background, occluder)
         self.ctx.viewport = (0, 0, w, h)
         if settings.show_mesh and mesh_verts is not None and self.mesh is not None:
             self.ctx.enable(moderngl.BLEND)

@@ -133,6 +133,10 @@ class RenderSettings:
     highlight_spikes: bool = False
     show_hud: bool = True
     occlusion: bool = True  # skip splats hidden behind the (shrunk) head mesh
+    quality: str = "auto"  # splat resolution: "auto" (half while moving, full when still), "full", "half"
+
+    def splat_scale(self, moving: bool) -> float:
+        return {"full": 1.0, "half": 0.5}.get(self.quality, 0.5 if moving else 1.0)
 
 
 class StageTimings:

@@ -1,0 +1,574 @@
+"""Layout-preserving refinement of a bound avatar against frames (issue 7, design.md "Anti-spike
+regularization").
+
+The Refiner optimizes the face-local attributes (mean, rot, log_scale, opacity_logit, sh) with
+Adam, and optionally a per-frame expression and pose correction. The binding (`face`) and the
+Gaussian count never change: there is no densification or pruning, and every step checks it
+(LayoutError). The three anti-spike penalties take the place of densification's size control.
+
+Loss = L1 + lambda_dssim * (1 - SSIM) + sum of the weighted anti-spike hinges.
+
+Learning rates (RefineConfig), in the avatar's face-local units (positions and scales relative
+to the parent face scale k_f, about 3 mm on the open head). They follow GaussianAvatars, which
+also optimizes face-local attributes with 3DGS's Adam setup:
+- mean: 5e-3 face units decaying exponentially to 5e-5 over the run (3DGS's position schedule;
+  3DGS's 1.6e-4 x scene extent is in world units, and a face unit is ~1/100 of a head, so the
+  face-unit rate is larger by that ratio, then shrunk because a refined avatar starts close);
+- log_scale 1.7e-2 (3DGS 5e-3 on world log-scales; face units change nothing for a log);
+- rot 1e-3, opacity_logit 5e-2, sh degree 0 2.5e-3 and higher degrees 20x smaller (3DGS);
+- per-frame expression/pose corrections 1e-3 (small: the tracker already fitted them).
+All of them are multiplied by `lr_scale`, halved on every divergence roll-back.
+
+Frame sources: frames_from_motion (render a ground-truth rig, for tests and benches) and
+frames_from_images (a folder of images with a params.npz, layout in its docstring). Video needs
+the face tracker's camera model to be pinned down first: frames_from_video raises
+NotImplementedError.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from savatar.core.antispike import AntiSpikeConfig, QuantityStats, penalties, statistics
+from savatar.core.binding import deform
+from savatar.core.gaussians import GaussianAvatar
+from savatar.core.head_model import HeadModel
+from savatar.core.render import render, resolve_backend
+
+# Attributes the refiner optimizes; `face` is deliberately absent.
+PARAMS = ("mean", "rot", "log_scale", "opacity_logit", "sh")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class LayoutError(AssertionError):
+    """The Gaussian count or binding changed during refinement (densification or pruning)."""
+
+
+@dataclass
+class Frame:
+    """One training view. image: (H, W, 3) float in [0, 1]; expr: (E,); pose: (15,);
+    translation: (3,); viewmat: (4, 4) world-to-camera (OpenCV); K: (3, 3) pixels;
+    mask: optional (H, W) or (H, W, 1) in [0, 1], 1 where the head is (pixels outside it do not
+    count in the loss)."""
+
+    image: torch.Tensor
+    expr: torch.Tensor
+    pose: torch.Tensor
+    translation: torch.Tensor
+    viewmat: torch.Tensor
+    K: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclass
+class RefineConfig:
+    """Everything a refinement run needs besides the data; learning rates: module docstring."""
+
+    iterations: int = 10000
+    lr_mean: float = 5e-3
+    lr_mean_final: float = 5e-5
+    lr_rot: float = 1e-3
+    lr_log_scale: float = 1.7e-2
+    lr_opacity: float = 5e-2
+    lr_sh: float = 2.5e-3
+    lr_frame: float = 1e-3
+    lambda_dssim: float = 0.2
+    antispike: AntiSpikeConfig = field(default_factory=AntiSpikeConfig)
+    regularize: bool = True
+    report_every: int = 100
+    checkpoint_every: int = 1000
+    # Snapshots for the divergence guard: often enough to lose little work, rarely enough that
+    # copying 30K Gaussians and their Adam moments costs nothing next to the steps between.
+    good_state_every: int = 50
+    divergence_factor: float = 10.0
+    backend: str = "auto"
+    held_out: tuple[int, ...] = ()
+    seed: int = 0
+    tune_frames: bool = False
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    histogram_bins: int = 40
+
+
+@dataclass
+class Report:
+    """Live statistics after `iteration` steps. losses: term -> value (l1, dssim, anisotropy,
+    size, offset, total; averaged since the last report); psnr: mean held-out PSNR in dB (None
+    without held-out frames); stats: per anti-spike quantity; event: what the guard did, if
+    anything."""
+
+    iteration: int
+    iterations: int
+    losses: dict[str, float]
+    psnr: float | None
+    it_per_s: float
+    eta_s: float
+    elapsed_s: float
+    lr_scale: float
+    stats: dict[str, QuantityStats]
+    event: str | None = None
+
+    @property
+    def spike_fraction(self) -> float:
+        """Largest fraction over threshold among the three quantities."""
+        return max((s.fraction_over for s in self.stats.values()), default=0.0)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-x * x / (2 * sigma * sigma))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+_WINDOW = _gaussian_window()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of two (H, W, C) images in [0, 1] (Gaussian window 11, sigma 1.5, zero padded
+    like the 3DGS reference); differentiable."""
+    c = a.shape[-1]
+    x = a.permute(2, 0, 1)[None]
+    y = b.permute(2, 0, 1)[None]
+    w = _WINDOW.to(a).expand(c, 1, -1, -1)
+    pad = w.shape[-1] // 2
+    blur = lambda t: F.conv2d(t, w, padding=pad, groups=c)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    sxx = blur(x * x) - mx * mx
+    syy = blur(y * y) - my * my
+    sxy = blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return m.mean()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+class Refiner:
+    """Refines `avatar` (not modified; read the result with `current_avatar()`) against
+    `frames`. head: a Rig or the HeadModel the avatar is bound to. output: where checkpoints go
+    (.h5), or None.
+
+    step() runs one iteration; run(callback) loops until done or stop(), honouring pause() and
+    resume() from other threads, and calls callback(Report) every report_every iterations, on
+    guard events and at the end.
+    """
+
+    def __init__(self, avatar: GaussianAvatar, head, frames: Sequence[Frame], config: RefineConfig | None = None,
+                 output: str | Path | None = None):
+        self.config = cfg = config or RefineConfig()
+        self.model: HeadModel = getattr(head, "model", head)
+        self.source = avatar
+        self.output = None if output is None else Path(output)
+        self.backend = resolve_backend(cfg.backend)
+        self.frames = list(frames)
+        held = sorted(set(cfg.held_out))
+        if any(not 0 <= i < len(self.frames) for i in held):
+            raise ValueError(f"held-out indices {held} outside 0..{len(self.frames) - 1}")
+        self.held_out = held
+        self.train = [i for i in range(len(self.frames)) if i not in held]
+        if not self.train:
+            raise ValueError("no training frames (all are held out)")
+        self.face = avatar.face.clone()
+        self.count = len(avatar)
+        self.params = {k: torch.nn.Parameter(getattr(avatar, k).detach().clone().float()) for k in PARAMS}
+        self.frame_delta: dict[str, torch.nn.Parameter] = {}
+        if cfg.tune_frames:
+            n = len(self.frames)
+            self.frame_delta = {"expr": torch.nn.Parameter(torch.zeros(n, len(self.frames[0].expr))),
+                                "pose": torch.nn.Parameter(torch.zeros(n, 15))}
+        self.background = torch.tensor(cfg.background, dtype=torch.float32)
+        # Posed vertices are fixed unless frames are tuned: compute them once, not per step.
+        self._verts = [self._vertices(f) for f in self.frames]
+        self.lr_scale = 1.0
+        self.iteration = 0
+        self.optimizer = torch.optim.Adam(self._groups(), eps=1e-15)
+        self._gen = np.random.default_rng(cfg.seed)
+        self._order: list[int] = []
+        self.loss_history: list[float] = []
+        self._recent: deque[float] = deque(maxlen=50)
+        self._sums: dict[str, float] = {}
+        self._sum_count = 0
+        self._good: dict | None = None
+        self._save_good()
+        self.last_report: Report | None = None
+        self.events: list[str] = []
+        self.pre_step_hooks: list[Callable[["Refiner"], None]] = []
+        self._running = threading.Event()
+        self._running.set()
+        self._stop = threading.Event()
+        self._t_last = time.perf_counter()
+        self._it_last = 0
+        self._t_start = self._t_last
+        self._rate = 0.0
+
+    # --- parameters and schedule -------------------------------------------------------------
+
+    def _groups(self) -> list[dict]:
+        cfg, p = self.config, self.params
+        groups = [{"params": [p["mean"]], "name": "mean", "base_lr": cfg.lr_mean},
+                  {"params": [p["rot"]], "name": "rot", "base_lr": cfg.lr_rot},
+                  {"params": [p["log_scale"]], "name": "log_scale", "base_lr": cfg.lr_log_scale},
+                  {"params": [p["opacity_logit"]], "name": "opacity_logit", "base_lr": cfg.lr_opacity},
+                  {"params": [p["sh"]], "name": "sh", "base_lr": cfg.lr_sh}]
+        groups += [{"params": [t], "name": f"frame_{k}", "base_lr": cfg.lr_frame} for k, t in self.frame_delta.items()]
+        for g in groups:
+            g["lr"] = g["base_lr"]
+        return groups
+
+    def _set_lrs(self) -> None:
+        cfg = self.config
+        t = min(self.iteration / max(cfg.iterations, 1), 1.0)
+        for g in self.optimizer.param_groups:
+            lr = g["base_lr"]
+            if g["name"] == "mean":
+                # 3DGS: log-linear from the initial to the final rate over the run.
+                lr = math.exp((1 - t) * math.log(cfg.lr_mean) + t * math.log(cfg.lr_mean_final))
+            g["lr"] = lr * self.lr_scale
+
+    def _sh_grad_scale(self) -> None:
+        """Higher SH bands learn 20x slower than the DC term (3DGS's feature_rest rate)."""
+        g = self.params["sh"].grad
+        if g is not None and g.shape[1] > 1:
+            g[:, 1:] /= 20.0
+
+    def current_avatar(self) -> GaussianAvatar:
+        """The refined avatar (detached copies), with the source's identity and metadata."""
+        s = self.source
+        values = {k: v.detach().clone() for k, v in self.params.items()}
+        return GaussianAvatar(face=self.face.clone(), head_model=s.head_model, shape=s.shape,
+                              static_offset=s.static_offset, default_expr=s.default_expr,
+                              metadata=dict(s.metadata), **values)
+
+    def _live(self) -> GaussianAvatar:
+        """Avatar view on the live parameters (for deform and penalties, with gradients)."""
+        s = self.source
+        return GaussianAvatar(face=self.face, head_model=s.head_model, shape=s.shape,
+                              static_offset=s.static_offset, default_expr=s.default_expr, **self.params)
+
+    def _vertices(self, f: Frame, index: int | None = None) -> torch.Tensor:
+        """(V, 3) posed mesh for a frame; with gradients into the frame's correction if tuned."""
+        expr, pose = f.expr.float(), f.pose.float()
+        if index is not None and self.frame_delta:
+            expr = expr + self.frame_delta["expr"][index]
+            pose = pose + self.frame_delta["pose"][index]
+        with torch.set_grad_enabled(index is not None and bool(self.frame_delta)):
+            out = self.model(shape=self.source.shape[None], expr=expr[None], pose=pose[None],
+                             translation=f.translation.float()[None], static_offset=self.source.static_offset)
+        return out.vertices[0]
+
+    def check_layout(self) -> None:
+        """Raise LayoutError when any attribute's count or the binding changed."""
+        for k, p in self.params.items():
+            if p.shape[0] != self.count:
+                raise LayoutError(f"{k} has {p.shape[0]} Gaussians, the avatar had {self.count}: "
+                                  "refinement must not densify or prune")
+        if self.face.shape[0] != self.count or not torch.equal(self.face, self.source.face):
+            raise LayoutError("the face binding changed during refinement")
+
+    # --- one iteration -----------------------------------------------------------------------
+
+    def _next_frame(self) -> int:
+        if not self._order:
+            self._order = list(self._gen.permutation(self.train))
+        return int(self._order.pop())
+
+    def _render(self, index: int, grad: bool) -> torch.Tensor:
+        f = self.frames[index]
+        verts = self._vertices(f, index) if (grad and self.frame_delta) else self._verts[index]
+        g = deform(self._live(), verts, self.model.faces)
+        out = render(g, f.viewmat.float(), f.K.float(), f.width, f.height, self.background, backend=self.backend)
+        return out.rgb
+
+    def step(self) -> dict[str, float]:
+        """One Adam step on one training frame; returns this step's loss terms. On a non-finite
+        or exploding loss or parameter, rolls back instead (see _roll_back)."""
+        for hook in self.pre_step_hooks:
+            hook(self)
+        cfg = self.config
+        self.check_layout()
+        self._set_lrs()
+        index = self._next_frame()
+        f = self.frames[index]
+        pred = self._render(index, grad=True)
+        target = f.image.float()
+        if f.mask is not None:
+            m = f.mask.float().reshape(f.height, f.width, 1)
+            pred = pred * m + target * (1 - m)
+        l1 = (pred - target).abs().mean()
+        dssim = 1 - ssim(pred, target)
+        terms = {"l1": l1, "dssim": dssim}
+        total = l1 + cfg.lambda_dssim * dssim
+        pen = penalties(self._live(), cfg.antispike)
+        for k, v in pen.items():
+            terms[k] = v
+            if cfg.regularize:
+                total = total + v
+        terms["total"] = total
+        value = float(total.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        if math.isfinite(value):
+            total.backward()
+            self._sh_grad_scale()
+            self.optimizer.step()
+        with torch.no_grad():
+            self.params["rot"].data = F.normalize(self.params["rot"].data, dim=1)
+        self.iteration += 1
+        out = {k: float(v) for k, v in terms.items()}
+        problem = self._problem(value)
+        if problem:
+            self._roll_back(problem)
+            return out
+        self.loss_history.append(value)
+        self._recent.append(value)
+        for k, v in out.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._sum_count += 1
+        if self.iteration % cfg.good_state_every == 0:
+            self._save_good()
+        return out
+
+    def _problem(self, value: float) -> str | None:
+        if not math.isfinite(value):
+            return f"non-finite loss ({value})"
+        for k, p in list(self.params.items()) + list(self.frame_delta.items()):
+            if not torch.isfinite(p).all():
+                return f"non-finite {k}"
+        # A minimum history: the first few losses of a run vary too much to judge a jump.
+        if len(self._recent) >= 10 and value > self.config.divergence_factor * (sum(self._recent) / len(self._recent)):
+            return f"loss {value:.4g} > {self.config.divergence_factor:g}x the running mean"
+        return None
+
+    def _save_good(self) -> None:
+        self._good = {"params": {k: p.detach().clone() for k, p in self.params.items()},
+                      "frame": {k: p.detach().clone() for k, p in self.frame_delta.items()},
+                      "optim": copy.deepcopy(self.optimizer.state_dict()),
+                      "iteration": self.iteration}
+
+    def _roll_back(self, problem: str) -> None:
+        """Restore the last good parameters and Adam moments and halve every learning rate. The
+        iteration count keeps going so the run still ends when planned."""
+        good = self._good
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(good["params"][k])
+            for k, p in self.frame_delta.items():
+                p.copy_(good["frame"][k])
+        self.optimizer.load_state_dict(copy.deepcopy(good["optim"]))
+        self.lr_scale *= 0.5
+        self.events.append(f"iteration {self.iteration}: {problem}; rolled back to iteration "
+                           f"{good['iteration']}, learning rates x{self.lr_scale:g}")
+
+    # --- reports, checkpoints, control --------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean PSNR (dB) over the held-out frames, None without any."""
+        if not self.held_out:
+            return None
+        return float(np.mean([psnr(self._render(i, grad=False).clamp(0, 1), self.frames[i].image.float())
+                              for i in self.held_out]))
+
+    def stats(self) -> dict[str, QuantityStats]:
+        return statistics(self._live(), self.config.antispike, bins=self.config.histogram_bins)
+
+    def report(self, event: str | None = None) -> Report:
+        now = time.perf_counter()
+        done = self.iteration - self._it_last
+        if done > 0:
+            self._rate = done / max(now - self._t_last, 1e-9)
+        self._t_last, self._it_last = now, self.iteration
+        n = max(self._sum_count, 1)
+        losses = {k: v / n for k, v in self._sums.items()}
+        self._sums, self._sum_count = {}, 0
+        left = max(self.config.iterations - self.iteration, 0)
+        r = Report(self.iteration, self.config.iterations, losses, self.evaluate(), self._rate,
+                   left / self._rate if self._rate > 0 else float("inf"), now - self._t_start,
+                   self.lr_scale, self.stats(), event)
+        self.last_report = r
+        return r
+
+    def checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write the current avatar with its refinement history atomically to path (default:
+        the output given to the constructor)."""
+        from savatar.core.avatar_file import save_avatar
+
+        path = Path(path or self.output)
+        avatar = self.current_avatar()
+        stats = self.stats()
+        avatar.metadata["refinement"] = {
+            "iterations": self.iteration,
+            "losses": np.asarray(self.loss_history, np.float32),
+            "stats": {"lr_scale": self.lr_scale, "events": list(self.events),
+                      "antispike": {k: asdict(v) for k, v in stats.items()}},
+        }
+        save_avatar(avatar, path)
+        return path
+
+    def resume_from(self, path: str | Path) -> None:
+        """Continue from a checkpoint: its Gaussians, iteration count, loss history and learning
+        rate scale (Adam's moments are not stored and restart from zero)."""
+        from savatar.core.avatar_file import load_avatar
+
+        a = load_avatar(path)
+        if len(a) != self.count or not torch.equal(a.face, self.face):
+            raise LayoutError(f"{path}: the checkpoint's binding differs from the avatar being refined")
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(getattr(a, k))
+        ref = a.metadata.get("refinement") or {}
+        self.iteration = int(ref.get("iterations", 0))
+        self.loss_history = [float(x) for x in ref.get("losses", [])]
+        self.lr_scale = float((ref.get("stats") or {}).get("lr_scale", 1.0))
+        self.events = list((ref.get("stats") or {}).get("events", []))
+        self.optimizer = torch.optim.Adam(self._groups(), eps=1e-15)
+        self._it_last = self.iteration
+        self._save_good()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def run(self, callback: Callable[[Report], None] | None = None) -> Report:
+        """Iterate until config.iterations or stop(); returns the last report. Checkpoints go to
+        `output` every checkpoint_every iterations and at the end (also after stop())."""
+        cfg = self.config
+        emit = callback or (lambda r: None)
+        self._t_last, self._it_last = time.perf_counter(), self.iteration
+        seen_events = len(self.events)
+        while self.iteration < cfg.iterations and not self._stop.is_set():
+            if not self._running.is_set():
+                self._running.wait()
+                # Paused time is not refinement time: restart the rate clock.
+                self._t_last, self._it_last = time.perf_counter(), self.iteration
+                continue
+            self.step()
+            if len(self.events) > seen_events:
+                emit(self.report("; ".join(self.events[seen_events:])))
+                seen_events = len(self.events)
+            elif self.iteration % cfg.report_every == 0:
+                emit(self.report())
+            if self.output is not None and cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
+                self.checkpoint()
+        final = self.report("stopped" if self._stop.is_set() and self.iteration < cfg.iterations else None)
+        emit(final)
+        if self.output is not None:
+            self.checkpoint()
+        return final
+
+
+# --- frame sources ---------------------------------------------------------------------------
+
+def frames_from_motion(rig_gt, expr: np.ndarray, pose: np.ndarray, translation: np.ndarray, cameras: Sequence,
+                       backend: str = "cpu", background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[Frame]:
+    """Render training frames from a ground-truth Rig. expr: (T, E); pose: (T, 15);
+    translation: (T, 3); frame t is seen by cameras[t % len(cameras)] (savatar.core.camera.Camera)."""
+    bg = torch.tensor(background, dtype=torch.float32)
+    frames = []
+    for t in range(len(expr)):
+        cam = cameras[t % len(cameras)]
+        vm = torch.tensor(cam.viewmat, dtype=torch.float32)
+        K = torch.tensor(cam.K, dtype=torch.float32)
+        with torch.no_grad():
+            img = render(rig_gt.world(expr[t], pose[t], translation[t]), vm, K, cam.width, cam.height, bg,
+                         backend=backend).rgb.clamp(0, 1)
+        frames.append(Frame(img, torch.as_tensor(np.asarray(expr[t], np.float32)),
+                            torch.as_tensor(np.asarray(pose[t], np.float32)),
+                            torch.as_tensor(np.asarray(translation[t], np.float32)), vm, K))
+    return frames
+
+
+def frames_from_images(directory: str | Path) -> list[Frame]:
+    """Frames from a folder: images plus `params.npz` holding
+    - `files` (T,) image file names in the folder (default: the sorted .png/.jpg files),
+    - `expr` (T, E), `pose` (T, 15), `translation` (T, 3) head parameters,
+    - `viewmat` (4, 4) or (T, 4, 4) world-to-camera (OpenCV), `K` (3, 3) or (T, 3, 3) pixels,
+    - optional `masks` (T, H, W) in [0, 1].
+    Raises ValueError naming what is missing or inconsistent.
+    """
+    from PIL import Image
+
+    d = Path(directory)
+    params = d / "params.npz"
+    if not params.is_file():
+        raise ValueError(f"{d}: no params.npz (expr, pose, translation, viewmat, K)")
+    with np.load(params, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    for k in ("expr", "pose", "translation", "viewmat", "K"):
+        if k not in data:
+            raise ValueError(f"{params}: missing array {k!r}")
+    files = [str(x) for x in data["files"]] if "files" in data else sorted(
+        p.name for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    t = len(files)
+    if t == 0:
+        raise ValueError(f"{d}: no images")
+    if len(data["expr"]) != t or data["pose"].shape != (t, 15) or data["translation"].shape != (t, 3):
+        raise ValueError(f"{params}: expr, pose (T, 15) and translation (T, 3) must have one row per image ({t})")
+    per = lambda a, shape: np.broadcast_to(a, (t,) + shape) if a.shape == shape else a  # noqa: E731
+    vms, Ks = per(data["viewmat"], (4, 4)), per(data["K"], (3, 3))
+    if vms.shape != (t, 4, 4) or Ks.shape != (t, 3, 3):
+        raise ValueError(f"{params}: viewmat must be (4, 4) or (T, 4, 4) and K (3, 3) or (T, 3, 3)")
+    frames = []
+    for i, name in enumerate(files):
+        path = d / name
+        if not path.is_file():
+            raise ValueError(f"{path}: listed in params.npz but missing")
+        img = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+        mask = torch.from_numpy(np.asarray(data["masks"][i], np.float32)) if "masks" in data else None
+        f32 = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731
+        frames.append(Frame(torch.from_numpy(img), f32(data["expr"][i]), f32(data["pose"][i]),
+                            f32(data["translation"][i]), f32(vms[i]), f32(Ks[i]), mask))
+    return frames
+
+
+def frames_from_video(path: str | Path, data) -> list[Frame]:
+    """Not yet: tracking gives head parameters, but the tracker's camera (intrinsics from a
+    fixed field of view, translation relative to the first frame) is not yet tied to a render
+    camera, so tracked frames cannot be compared with renders."""
+    raise NotImplementedError("refining from a video is not available yet (the tracker's camera is not "
+                              "wired to the renderer); use --images with a params.npz")
+
+
+def report_line(r: Report) -> dict[str, str]:
+    """Short postfix fields for a progress bar."""
+    return {"loss": f"{r.losses.get('total', float('nan')):.4f}",
+            "psnr": "-" if r.psnr is None else f"{r.psnr:.2f}",
+            "spikes": f"{100 * r.spike_fraction:.2f}%"}
+
+
+def report_json(r: Report) -> str:
+    return json.dumps(r.to_json(), allow_nan=True)

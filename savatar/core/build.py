@@ -341,10 +341,15 @@ def _project(points_world: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Sample image (H, W, C) or (H, W) at pixel positions uv (N, 2) (pixel centres at +0.5)."""
-    mx = (uv[:, 0] - 0.5).astype(np.float32)[None]
-    my = (uv[:, 1] - 0.5).astype(np.float32)[None]
-    out = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out[0]
+    n = len(uv)
+    # cv2.remap maps must stay under 32767 on a side: the points go in as rows of 1024.
+    cols = 1024
+    rows = max(1, -(-n // cols))
+    maps = np.zeros((2, rows * cols), np.float32)
+    maps[:, :n] = (uv[:, :2] - 0.5).T
+    out = cv2.remap(image, maps[0].reshape(rows, cols), maps[1].reshape(rows, cols), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(rows * cols, *image.shape[2:])[:n]
 
 
 def lift_colours(avatar: GaussianAvatar, model: HeadModel, src: SourceResult) -> tuple[np.ndarray, np.ndarray]:

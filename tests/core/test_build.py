@@ -248,3 +248,15 @@ def test_cancel_stops_the_build(astronaut):
     with pytest.raises(BuildCancelled):
         build_avatar([astronaut], count=500, progress=progress, cancel=cancel)
     assert "colour" not in stages
+
+
+def test_bilinear_sampling_many_points():
+    # More points than cv2.remap takes on one side (32767), as with the default 60K Gaussians.
+    from savatar.core.build import _bilinear
+
+    image = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)
+    uv = np.tile([[3.5, 2.5], [4.0, 2.5]], (20000, 1))  # a pixel centre, then halfway to the next
+    out = _bilinear(image, uv)
+    assert out.shape == (40000,)
+    np.testing.assert_allclose(out[0::2], image[2, 3])
+    np.testing.assert_allclose(out[1::2], 0.5 * (image[2, 3] + image[2, 4]))

@@ -20,8 +20,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import h5py
 import numpy as np
 import torch
 
+from savatar.core.atomic import atomic_path
 from savatar.core.gaussians import GaussianAvatar
 from savatar.core.head_model import HeadModelData
 
@@ -163,39 +162,8 @@ def save_avatar(avatar: GaussianAvatar, path: str | Path, head: HeadModelData | 
         head = load_open_head_data()
     head_sha256 = _sha256(head_file) if head_file is not None else avatar.metadata.get("head_file_sha256")
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write(f, avatar, head, head_sha256)
-        # h5py's close flushes HDF5's buffers; fsync makes the bytes durable before the rename.
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the OS allows opening a directory (not on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _write(f, avatar, head, head_sha256)
 
 
 class _Reader:

@@ -7,14 +7,13 @@ on one model can be mapped by name onto another.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from savatar.core.atomic import atomic_path
 from savatar.core.head_model import POSE_DIM
 
 
@@ -63,20 +62,11 @@ class Motion:
 
 
 def save_motion(motion: Motion, path: str | Path) -> None:
-    """Write atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, fps=np.float32(motion.fps), expr=motion.expr.astype(np.float32),
-                                pose=motion.pose.astype(np.float32), translation=motion.translation.astype(np.float32),
-                                expr_names=np.array(motion.expr_names))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (see savatar.core.atomic)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, fps=np.float32(motion.fps), expr=motion.expr.astype(np.float32),
+                            pose=motion.pose.astype(np.float32), translation=motion.translation.astype(np.float32),
+                            expr_names=np.array(motion.expr_names))
 
 
 def load_motion(path: str | Path) -> Motion:

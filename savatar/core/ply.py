@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from savatar.core.atomic import atomic_path
 from savatar.core.binding import deform, face_frames, matrix_to_quat, quat_multiply
 from savatar.core.gaussians import GaussianAvatar, WorldGaussians, sh_degree_of
 from savatar.core.head_model import HeadModel, HeadModelData
@@ -65,24 +64,10 @@ def _normalize_quats(q: np.ndarray) -> np.ndarray:
 
 
 def _write_atomic(path: Path, header: bytes, body: np.ndarray) -> None:
-    """Write header + body to a temp file in path's directory, fsync, then rename over path, so
-    a reader never sees a half-written file and a crash leaves the old file intact."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(header)
-            body.tofile(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates the file 0600; an exported scene is meant to be shared like any file.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """header + body, atomically (see savatar.core.atomic)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(header)
+        body.tofile(fh)
 
 
 def export_ply(g: WorldGaussians, path: str | Path, min_sh_degree: int = 3) -> None:

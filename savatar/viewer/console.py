@@ -9,7 +9,6 @@ from typing import Protocol
 import dearpygui.dearpygui as dpg
 import numpy as np
 
-from savatar.core.head_model import JOINT_NAMES
 from savatar.viewer.glx_context import SavedContext
 from savatar.viewer.state import DRIVE_SOURCES
 

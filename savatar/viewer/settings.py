@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from savatar.core.atomic import atomic_path
 
 MAX_RECENT = 10
 
@@ -65,11 +66,5 @@ def save_settings(s: Settings, path: Path | None = None) -> None:
     """Atomic write; errors are the caller's to log."""
     path = path or config_dir() / "settings.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(s), fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(asdict(s), indent=2))

@@ -292,30 +292,32 @@ def feature_regions(data: HeadModelData, radius: float = 0.008) -> HeadModelData
     return replace(data, vertex_regions=regions)
 
 
-def rasterize_depth(verts_cam: np.ndarray, faces: np.ndarray, width: int, height: int,
+def rasterize_depth(verts_uvz: np.ndarray, faces: np.ndarray, width: int, height: int,
                     chunk: int = 4096) -> np.ndarray:
     """Z-buffer (H, W) float32 of camera-space depth (inf where empty).
 
-    verts_cam: (V, 3) OpenCV camera coordinates already projected to (u, v, z) pixels + depth.
+    verts_uvz: (V, 3) vertices projected to pixel u, v and camera depth z; faces (F, 3).
     Each triangle's bounding box is sampled at pixel centres (vectorized over triangles in
     chunks), barycentric depth kept where inside, minimum per pixel.
     """
     zbuf = np.full(height * width, np.inf, np.float32)
-    tri = verts_cam[faces]  # (F, 3, 3)
+    tri = verts_uvz[faces]  # (F, 3, 3)
     keep = (tri[:, :, 2] > 1e-3).all(1)
     lo = np.floor(tri[:, :, :2].min(1))
     hi = np.ceil(tri[:, :, :2].max(1))
     keep &= (hi[:, 0] >= 0) & (hi[:, 1] >= 0) & (lo[:, 0] < width) & (lo[:, 1] < height)
     tri, lo, hi = tri[keep], lo[keep], hi[keep]
-    ext = (hi - lo).max(1)
-    # Triangles grouped by box size so small ones (nearly all) do not pay for the largest box.
-    for size in np.unique(np.minimum(2 ** np.ceil(np.log2(np.maximum(ext, 1))), 256)).astype(int):
-        sel = np.flatnonzero(np.minimum(2 ** np.ceil(np.log2(np.maximum(ext, 1))), 256) == size)
+    # Triangles grouped by box size (powers of two) so small ones, nearly all of them, do not pay
+    # for the largest box; boxes are capped at 256 px (a triangle that big is a close-up anyway).
+    bucket = np.minimum(2 ** np.ceil(np.log2(np.maximum((hi - lo).max(1), 1))), 256).astype(int)
+    for size in np.unique(bucket):
+        sel = np.flatnonzero(bucket == size)
         g = np.arange(size + 1)
         gx, gy = np.meshgrid(g, g)
         gx, gy = gx.ravel(), gy.ravel()
-        for s in range(0, len(sel), max(1, chunk * 64 // len(gx))):
-            idx = sel[s:s + max(1, chunk * 64 // len(gx))]
+        step = max(1, chunk * 64 // len(gx))  # about chunk x 64 samples per pass
+        for s in range(0, len(sel), step):
+            idx = sel[s:s + step]
             t, o = tri[idx], lo[idx]
             px = o[:, 0:1] + gx[None] + 0.5  # (n, P)
             py = o[:, 1:2] + gy[None] + 0.5

@@ -338,7 +338,7 @@ class Refiner:
         with torch.no_grad():
             self.params["rot"].data = F.normalize(self.params["rot"].data, dim=1)
         self.iteration += 1
-        out = {k: float(v) for k, v in terms.items()}
+        out = {k: float(v.detach()) for k, v in terms.items()}
         problem = self._problem(value)
         if problem:
             self._roll_back(problem)

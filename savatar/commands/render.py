@@ -111,22 +111,20 @@ def attach_audio(video: Path, audio: Path) -> None:
 
 
 def write_video(out: Path, frames, count: int, fps: float, width: int, height: int, label: str) -> None:
-    """Encode RGB uint8 frames with OpenCV into a temp file, then rename (no half-written video)."""
-    import cv2
+    """Encode RGB uint8 frames with a progress bar; the file appears only once complete."""
+    from savatar.core.video_file import VideoFileError, VideoWriter
 
-    tmp = out.with_name(f".{out.name}.part{out.suffix}")
-    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if out.suffix.lower() == ".mp4" else "MJPG"))
-    writer = cv2.VideoWriter(str(tmp), fourcc, float(fps), (width, height))
-    if not writer.isOpened():
-        raise UserError(f"{out}: OpenCV cannot write this video format here")
+    try:
+        writer = VideoWriter(out, fps, width, height)
+    except VideoFileError as exc:
+        raise UserError(str(exc)) from None
     try:
         for img in tqdm(frames, total=count, desc=f"render ({label})", unit="frame"):
-            writer.write(np.ascontiguousarray(img[..., ::-1]))
-        writer.release()
-        tmp.replace(out)
-    finally:
-        writer.release()
-        tmp.unlink(missing_ok=True)
+            writer.write(img)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     print(f"wrote {out}: {count} frames at {fps:g} fps")
 
 

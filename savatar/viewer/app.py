@@ -21,6 +21,7 @@ from savatar.core.motion import Motion, load_motion, save_motion
 from savatar.core.rig import Rig
 from savatar.viewer.drops import DropKind, classify
 from savatar.viewer.log import Log
+from savatar.viewer.orbit import Orbit
 from savatar.viewer.settings import Settings, load_settings, save_settings
 from savatar.viewer.state import DRIVE_SOURCES, Drive, Playback, Recorder, RenderSettings, StageTimings
 from savatar.viewer.workers import Jobs
@@ -70,7 +71,6 @@ class App:
         self.stage = Stage(size, StageCallbacks(self.handle_drop, self.handle_key, self.quit), visible,
                            tuple(self.settings.stage_pos) if self.settings.stage_pos else None)
         if self.settings.camera:
-            from savatar.viewer.orbit import Orbit
             self.stage.orbit = Orbit.from_dict(self.settings.camera)
         self._set_avatar(Rig.of(avatar), avatar_path)
         self.console = Console(self, self.rig.data.expr_names, tuple(self.settings.console_size),
@@ -151,40 +151,41 @@ class App:
                          lambda e: self._failed(f"cannot export {path}", e))
 
     def export_video(self, path: str, frames: int = 90) -> None:
-        """An orbit (or the loaded motion) rendered on the main thread, one frame per loop
-        iteration, with the stage's GL context: the UI stays live and workers stay off GL."""
-        from savatar.commands.render import write_video
-        from savatar.commands.common import to_uint8
+        """The loaded motion (or an orbit) rendered at 512x512, one frame per loop iteration with
+        the stage's GL context: the UI stays live and workers stay off GL."""
+        from savatar.core.video_file import VideoFileError, VideoWriter
 
         motion = self.playback.motion
         count = len(motion) if motion else frames
-        fps = motion.fps if motion else 30.0
         size = 512
-        orbit = self.stage.orbit
+        try:
+            writer = VideoWriter(path, motion.fps if motion else 30.0, size, size)
+        except VideoFileError as exc:
+            self.log.error(str(exc))
+            return
+        orbit = Orbit.from_dict(self.stage.orbit.to_dict())
+        params = self.drive.current
 
-        def frames_gen():
-            for i in range(count):
-                if motion is not None:
-                    expr, pose, trans = motion.expr[i], motion.pose[i], motion.translation[i]
-                else:
-                    expr, pose, trans = self.drive.current
-                cam = orbit.camera(size, size) if motion else type(orbit)(yaw=orbit.yaw + 360.0 * i / count, pitch=orbit.pitch,
-                                                                          distance=orbit.distance, target=orbit.target,
-                                                                          fov=orbit.fov).camera(size, size)
-                img = self.stage.splat.render(self.rig.world(expr, pose, trans), cam, self.render.background).rgb
-                self.console.set_job(f"exporting {Path(path).name}: frame {i + 1}/{count}")
-                yield to_uint8(img)
-
-        def run():
+        def steps():
             try:
-                write_video(Path(path), frames_gen(), count, fps, size, size, "viewer")
-                self.log.info(f"exported {path}")
-            except Exception as exc:  # reported, the viewer keeps running
+                for i in range(count):
+                    if motion is not None:
+                        p = (motion.expr[i], motion.pose[i], motion.translation[i])
+                    else:
+                        p = params
+                        orbit.yaw = self.stage.orbit.yaw + 360.0 * i / count
+                    img = self.stage.splat.render(self.rig.world(*p), orbit.camera(size, size), self.render.background).rgb
+                    writer.write((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
+                    self.console.set_job(f"exporting {Path(path).name}: frame {i + 1}/{count}")
+                    yield
+                writer.close()
+                self.log.info(f"exported {path} ({count} frames)")
+            except Exception as exc:  # reported; the viewer keeps running
+                writer.abort()
                 self._failed(f"cannot export {path}", exc)
             self.console.set_job("")
-            yield
 
-        self.export = run()
+        self.export = steps()
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.console.set_job("")

@@ -103,6 +103,27 @@ def test_file_drops(app, tmp_path):
     assert app.drive.source == "motion file"
 
 
+def test_save_as_export_ply_and_mp4_from_the_console(app, tmp_path):
+    import cv2
+    from plyfile import PlyData
+
+    from savatar.core.avatar_file import load_avatar
+
+    app.save_avatar(str(tmp_path / "saved.h5"))
+    app.export_ply(str(tmp_path / "scene.ply"))
+    app.export_video(str(tmp_path / "orbit.mp4"), frames=4)
+    pump(app, until=lambda: not app.jobs.busy and app.export is None)
+    pump(app)
+    assert len(load_avatar(tmp_path / "saved.h5")) == len(app.rig.avatar)
+    assert PlyData.read(str(tmp_path / "scene.ply"))["vertex"].count == len(app.rig.avatar)
+    cap = cv2.VideoCapture(str(tmp_path / "orbit.mp4"))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == (len(app.playback.motion) if app.playback.motion else 4)
+    assert app.avatar_path == str(tmp_path / "saved.h5")
+
+
 def test_missing_webcam_is_reported_and_sliders_stay(app):
     import dearpygui.dearpygui as dpg
 

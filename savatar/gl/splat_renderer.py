@@ -158,14 +158,18 @@ class SplatRenderer:
         target.clear(*((0.0, 0.0, 0.0, 0.0) if transparent else (*background, 1.0)), depth=1.0)
         self.ctx.disable(moderngl.CULL_FACE)
         if occluder is not None:
+            # moderngl applies a framebuffer's masks when it is bound: rebind after each change.
             target.color_mask = (False, False, False, False)
             target.depth_mask = True
+            target.use()
             occluder()
             target.color_mask = (True, True, True, True)
+            target.use()
             self.ctx.enable(moderngl.DEPTH_TEST)
         else:
             self.ctx.disable(moderngl.DEPTH_TEST)
         target.depth_mask = False
+        target.use()
         self._set_uniforms(camera)
         self.ctx.enable(moderngl.BLEND)
         self.ctx.blend_func = (moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA, moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA)
@@ -173,6 +177,7 @@ class SplatRenderer:
             self.vao.render(moderngl.TRIANGLE_STRIP, vertices=4, instances=self.count)
         self.ctx.disable(moderngl.BLEND | moderngl.DEPTH_TEST)
         target.depth_mask = True
+        target.use()
 
     def draw_upscaled(self, target: moderngl.Framebuffer, low: Camera, size: tuple[int, int],
                       background=(1.0, 1.0, 1.0), occluder: Callable[[], None] | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,28 +17,50 @@ import torch
 from savatar.core.antispike import AntiSpikeConfig, spike_mask, statistics
 from savatar.core.camera import scaled_camera
 from savatar.core.gaussians import GaussianAvatar
-from savatar.core.mesh_ops import vertex_normals
 from savatar.core.motion import Motion, load_motion, save_motion
 from savatar.core.rig import Rig
 from savatar.viewer.drops import DropKind, classify
 from savatar.viewer.log import Log
 from savatar.viewer.orbit import Orbit
+from savatar.viewer.portraits import Portrait
 from savatar.viewer.settings import Settings, load_settings, save_settings
 from savatar.viewer.state import DRIVE_SOURCES, Drive, Playback, Recorder, RenderSettings, StageTimings
 from savatar.viewer.workers import Jobs
 
 LIVE_SOURCES = ("webcam", "microphone", "audio file")
-# How far inside the avatar's surface the occluding mesh sits: deeper than the splats' own
-# offsets from the mesh, shallow enough to hide the far side of the head.
-OCCLUDER_INSET = 0.004
+# How far behind the avatar's surface, along the view rays, the occluding mesh sits: more than
+# the splats' own offsets from the mesh (also at silhouettes, where an inset along the surface
+# normal would not move it back at all), much less than the head's depth.
+OCCLUDER_DEPTH_MARGIN = 0.025
+OCCLUDER_REGIONS = ("scalp", "neck")
+OCCLUDER_FACE_CLEARANCE = 0.03  # metres kept between the occluder and the face region
 # With splat resolution "auto", frames are drawn at half resolution while something moves and
 # once more at full resolution when nothing has changed for this long.
 STILL_AFTER_S = 0.25
 
 
-def shrink(verts: np.ndarray, faces: np.ndarray, inset: float) -> np.ndarray:
-    """verts (V, 3) moved inset metres against their normals."""
-    return verts - inset * vertex_normals(verts, faces)
+def occluder_faces(data) -> np.ndarray | None:
+    """Triangles of the cranium and neck: opaque, and what hides the most splats (the far
+    side of the head). Thin parts (lips, eyelids, ears' rims) and the mouth are left out: they
+    hide little and sit too close to the splats in front of them."""
+    from scipy.spatial import cKDTree
+
+    keep = np.zeros(len(data.v_template), bool)
+    for name in OCCLUDER_REGIONS:
+        keep[data.vertex_regions.get(name, [])] = True
+    face_part = data.vertex_regions.get("face", [])
+    if len(face_part):
+        # Near the face's border the skull surface may pass in front of the face's own edge.
+        dist, _ = cKDTree(data.v_template[face_part]).query(data.v_template)
+        keep &= dist > OCCLUDER_FACE_CLEARANCE
+    faces = data.faces[keep[data.faces].all(1)]
+    return faces if len(faces) else None
+
+
+def push_back(verts: np.ndarray, eye: np.ndarray, margin: float) -> np.ndarray:
+    """verts (V, 3) moved margin metres further from the camera at eye (3,) along their rays."""
+    rays = verts - eye
+    return verts + margin * rays / np.maximum(np.linalg.norm(rays, axis=1, keepdims=True), 1e-9)
 
 
 class App:
@@ -54,13 +77,14 @@ class App:
         self.playback = Playback()
         self.recorder = Recorder()
         self.spike_cfg = AntiSpikeConfig()
-        self.portraits: list[str] = []
+        self.portraits: list[Portrait] = []
+        self._build_cancel: threading.Event | None = None
+        self._build_progress: tuple[float, str] = (0.0, "")
         self.running = True
         self.export = None  # generator advanced one frame per loop iteration
         self._last_key: tuple | None = None
         self._world = None
         self._mesh_verts: np.ndarray | None = None
-        self._occluder: np.ndarray | None = None
         self._last_look: tuple | None = None
         self._last_scene: tuple | None = None
         self._last_motion = 0.0
@@ -95,7 +119,8 @@ class App:
         self.spikes = spike_mask(rig.avatar, self.spike_cfg).numpy()
         data = rig.data
         # One light-blue tint, so the overlay reads as the mesh and not as more skin.
-        self.stage.set_mesh(data.faces, np.tile(np.float32([0.35, 0.6, 1.0]), (len(data.v_template), 1)))
+        self.stage.set_mesh(data.faces, np.tile(np.float32([0.35, 0.6, 1.0]), (len(data.v_template), 1)),
+                            occluder_faces(data))
         self._last_key = None
         if path:
             self.settings.add_recent(path)
@@ -314,18 +339,79 @@ class App:
                 self.log.error(f"{Path(path).name}: not an avatar (.h5), motion (.npz) or image file")
 
     def _queue_portrait(self, path: str) -> None:
-        def check() -> str:
-            from PIL import Image
-            with Image.open(path) as img:
-                img.verify()
-            return path
+        from savatar.viewer.portraits import check_portrait
 
-        def done(p: str) -> None:
+        def done(p: Portrait) -> None:
             self.portraits.append(p)
-            self.console.set_portraits([Path(x).name for x in self.portraits])
-            self.log.info(f"queued portrait {Path(p).name} for Build")
+            self.console.set_portraits(self.portraits)
+            (self.log.info if p.ok else self.log.warning)(f"portrait {p.status}")
 
-        self.jobs.submit("portrait", check, done, lambda e: self._failed(f"{Path(path).name} is not a readable image", e))
+        self.jobs.submit("portrait", lambda: check_portrait(path), done,
+                         lambda e: self._failed(f"{Path(path).name} could not be checked", e))
+
+    def move_portrait(self, index: int, step: int) -> None:
+        j = index + step
+        if 0 <= index < len(self.portraits) and 0 <= j < len(self.portraits):
+            self.portraits[index], self.portraits[j] = self.portraits[j], self.portraits[index]
+            self.console.set_portraits(self.portraits)
+
+    def remove_portrait(self, index: int) -> None:
+        if 0 <= index < len(self.portraits):
+            del self.portraits[index]
+            self.console.set_portraits(self.portraits)
+
+    def clear_portraits(self) -> None:
+        self.portraits.clear()
+        self.console.set_portraits(self.portraits)
+
+    def build(self) -> None:
+        """Build an avatar from the queued portraits on a worker; progress and cancel live."""
+        from savatar.core.build import BuildCancelled, build_avatar
+
+        if self._build_cancel is not None:
+            self.log.warning("a build is already running")
+            return
+        paths = [p.path for p in self.portraits]
+        if not paths:
+            self.log.warning("no portraits queued: drop some on the stage first")
+            return
+        count = int(self.console.value(self.console.build_count))
+        cancel = threading.Event()
+        self._build_cancel = cancel
+        self._build_progress = (0.0, "starting")
+
+        def progress(fraction: float, stage: str) -> None:  # called on the worker
+            self._build_progress = (fraction, stage)
+
+        def run():
+            avatar, results = build_avatar(paths, count=count, progress=progress, cancel=cancel)
+            return Rig.of(avatar), results
+
+        def done(out) -> None:
+            rig, results = out
+            self._build_cancel = None
+            for r in results:
+                (self.log.info if r.ok else self.log.warning)(f"build: {r.line()}")
+            self._set_avatar(rig, None)
+            self._refresh_info()
+            self._build_progress = (1.0, f"built {len(rig.avatar)} Gaussians from "
+                                         f"{sum(r.ok for r in results)} of {len(results)} portraits: Save as... to keep it")
+            self.log.info(self._build_progress[1])
+
+        def failed(exc: BaseException) -> None:
+            self._build_cancel = None
+            if isinstance(exc, BuildCancelled):
+                self._build_progress = (0.0, "cancelled")
+                self.log.info("build cancelled")
+            else:
+                self._build_progress = (0.0, f"failed: {exc}")
+                self._failed("build failed", exc)
+
+        self.jobs.submit("build", run, done, failed)
+
+    def cancel_build(self) -> None:
+        if self._build_cancel is not None:
+            self._build_cancel.set()
 
     def handle_key(self, key: str) -> None:
         if key == "reset":
@@ -338,7 +424,7 @@ class App:
             path = f"savatar-{time.strftime('%Y%m%d-%H%M%S')}.png"
             self._pending_screenshot = path
         elif key == "hud":
-            self.render.show_hud = not self.render.show_hud
+            self.console.toggle(self.console.show_hud)
         elif key == "fullscreen":
             self.stage.window.set_fullscreen(not self.stage.window.fullscreen)
         elif key == "quit":
@@ -359,6 +445,7 @@ class App:
         r.scale_modifier = c.value(c.scale_mod)
         r.background = tuple(x / 255.0 for x in c.value(c.bg_color)[:3])
         r.show_mesh, r.show_centres = c.value(c.show_mesh), c.value(c.show_centres)
+        r.show_hud = c.value(c.show_hud)
         r.highlight_spikes = c.value(c.highlight)
         r.occlusion = c.value(c.occlusion)
         r.quality = c.value(c.quality)
@@ -397,7 +484,6 @@ class App:
             if self._last_key is None or key[0] != self._last_key[0] or key[-1] != self._last_key[-1]:
                 verts, self._world = self.rig.pose(*params)
                 self._mesh_verts = verts.numpy()
-                self._occluder = shrink(self._mesh_verts, self.rig.data.faces, OCCLUDER_INSET)
                 self.timings.record("deform", (time.perf_counter() - t1) * 1e3)
             t2 = time.perf_counter()
             self.stage.upload(self._world, splat_camera, self.render, self.spikes)
@@ -409,8 +495,8 @@ class App:
         if look != self._last_look or self.stage.needs_redraw or self._pending_screenshot or self.recorder.recording:
             self.stage.hud_text = self._hud()
             centres = self._world.means.numpy() if r.show_centres else None
-            self.stage.draw(camera, r, self._mesh_verts, centres, self.timings, self._occluder if r.occlusion else None,
-                            splat_camera)
+            occluder = push_back(self._mesh_verts, camera.center, OCCLUDER_DEPTH_MARGIN) if r.occlusion else None
+            self.stage.draw(camera, r, self._mesh_verts, centres, self.timings, occluder, splat_camera)
             if self._pending_screenshot:
                 self.stage.screenshot(self._pending_screenshot)
                 self.log.info(f"saved {self._pending_screenshot}")
@@ -448,6 +534,7 @@ class App:
         c.set_record(self.recorder.recording, self.recorder.frame_count)
         c.set_source_shown(self.drive.source, self.live.status() if self.live is not None and
                            self.drive.source in LIVE_SOURCES else "")
+        c.set_build(*self._build_progress)
         c.update_log(self.log)
 
     def run(self, smoke: int | None = None, screenshot: str | None = None) -> int:
@@ -483,6 +570,7 @@ class App:
     def shutdown(self) -> int:
         """Stop every thread, keep the settings, close both windows."""
         self._stop_live()
+        self.cancel_build()
         self.jobs.join(timeout=2.0)
         s = self.settings
         s.camera = self.stage.orbit.to_dict()

@@ -39,6 +39,11 @@ class Actions(Protocol):
     def seek(self, fraction: float) -> None: ...
     def frame_face(self) -> None: ...
     def set_stage_size(self, width: int, height: int) -> None: ...
+    def build(self) -> None: ...
+    def cancel_build(self) -> None: ...
+    def clear_portraits(self) -> None: ...
+    def move_portrait(self, index: int, step: int) -> None: ...
+    def remove_portrait(self, index: int) -> None: ...
 
 
 class Console:
@@ -61,20 +66,15 @@ class Console:
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
+        panels = (("Avatar", self._avatar_panel), ("Drive", self._drive_panel), ("Motion", self._motion_panel),
+                  ("Render", self._render_panel), ("Build", self._build_panel), ("Refine", self._refine_panel))
+        self.tabs: dict[str, int] = {}
         with dpg.window(label="SpatialAvatar") as self.root:
-            with dpg.tab_bar():
-                with dpg.tab(label="Avatar"):
-                    self._avatar_panel()
-                with dpg.tab(label="Drive"):
-                    self._drive_panel()
-                with dpg.tab(label="Motion"):
-                    self._motion_panel()
-                with dpg.tab(label="Render"):
-                    self._render_panel()
-                with dpg.tab(label="Build"):
-                    self._build_panel()
-                with dpg.tab(label="Refine"):
-                    self._refine_panel()
+            with dpg.tab_bar() as self.tab_bar:
+                for name, build in panels:
+                    with dpg.tab(label=name) as tab:
+                        build()
+                    self.tabs[name] = tab
             dpg.add_separator()
             dpg.add_text("Log")
             with dpg.child_window(height=170, horizontal_scrollbar=True) as self.log_box:
@@ -219,9 +219,43 @@ class Console:
         self.spike_text = dpg.add_text("")
 
     def _build_panel(self) -> None:
-        dpg.add_text("Drop portraits on the stage to queue them.", wrap=480)
-        self.portrait_list = dpg.add_listbox(items=[], num_items=6, width=-1)
-        self.build_status = dpg.add_text("Building avatars from portraits arrives with the build work.", wrap=480)
+        dpg.add_text("Drop portraits on the stage (any number, any order), then Build.", wrap=480)
+        with dpg.child_window(height=250) as self.portrait_box:
+            pass
+        self.build_count = dpg.add_input_int(label="Gaussians", default_value=60000, min_value=1000, max_value=500000,
+                                             min_clamped=True, max_clamped=True, step=10000, width=160)
+        with dpg.group(horizontal=True):
+            dpg.add_button(label="Build", callback=lambda: self.actions.build())
+            dpg.add_button(label="Cancel", callback=lambda: self.actions.cancel_build())
+            dpg.add_button(label="Clear", callback=lambda: self.actions.clear_portraits())
+        self.build_progress = dpg.add_progress_bar(default_value=0.0, width=-1)
+        self.build_status = dpg.add_text("", wrap=480)
+        with dpg.texture_registry():
+            self._texture_parent = dpg.last_container()
+        self._textures: dict[str, int] = {}
+
+    def set_portraits(self, portraits) -> None:
+        """Rows of (thumbnail, name, status, up/down/remove) for viewer.app.Portrait items."""
+        dpg.delete_item(self.portrait_box, children_only=True)
+        live = {p.path for p in portraits}
+        for path in [k for k in self._textures if k not in live]:
+            dpg.delete_item(self._textures.pop(path))
+        for i, p in enumerate(portraits):
+            if p.path not in self._textures:
+                h, w = p.preview.shape[:2]
+                self._textures[p.path] = dpg.add_static_texture(w, h, p.preview.ravel().tolist(), parent=self._texture_parent)
+            with dpg.group(horizontal=True, parent=self.portrait_box):
+                dpg.add_image(self._textures[p.path], width=64, height=64)
+                with dpg.group():
+                    dpg.add_text(p.status, color=(160, 230, 160) if p.ok else (255, 120, 120), wrap=300)
+                    with dpg.group(horizontal=True):
+                        dpg.add_button(label="up", callback=lambda s, a, u: self.actions.move_portrait(u, -1), user_data=i)
+                        dpg.add_button(label="down", callback=lambda s, a, u: self.actions.move_portrait(u, 1), user_data=i)
+                        dpg.add_button(label="remove", callback=lambda s, a, u: self.actions.remove_portrait(u), user_data=i)
+
+    def set_build(self, fraction: float, text: str) -> None:
+        dpg.set_value(self.build_progress, fraction)
+        dpg.set_value(self.build_status, text)
 
     def _refine_panel(self) -> None:
         self.refine_status = dpg.add_text("Refinement arrives with the refinement work.", wrap=480)
@@ -237,14 +271,17 @@ class Console:
         for k, item in enumerate(self.trans_sliders):
             dpg.set_value(item, float(translation[k]))
 
+    def toggle(self, checkbox: int) -> None:
+        dpg.set_value(checkbox, not dpg.get_value(checkbox))
+
+    def show_tab(self, name: str) -> None:
+        dpg.set_value(self.tab_bar, self.tabs[name])
+
     def set_info(self, text: str) -> None:
         dpg.set_value(self.info_text, text)
 
     def set_recent(self, files: list[str]) -> None:
         dpg.configure_item(self.recent_list, items=files)
-
-    def set_portraits(self, names: list[str]) -> None:
-        dpg.configure_item(self.portrait_list, items=names)
 
     def set_job(self, text: str) -> None:
         dpg.set_value(self.job_text, text)

@@ -49,6 +49,7 @@ class Stage:
         self.ctx = moderngl.create_context()
         self.splat = SplatRenderer(self.ctx)
         self.mesh: MeshRenderer | None = None
+        self.occluder: MeshRenderer | None = None
         self._points_prog = program(self.ctx, "points.vert", "points.frag")
         self._points_vbo = self.ctx.buffer(reserve=12 * 1024, dynamic=True)
         self._points_vao = self.ctx.vertex_array(self._points_prog, [(self._points_vbo, "3f", "in_pos")])
@@ -134,13 +135,13 @@ class Stage:
         resolution version of camera that the last upload was made for; the splats are then
         drawn at that resolution and stretched over the window."""
         self.window.switch_to()
-        fb = self.ctx.detect_framebuffer()
+        fb = self.ctx.screen
         w, h = self.framebuffer_size()
         t0 = time.perf_counter()
         low = splat_camera if splat_camera is not None and splat_camera.width < w else None
         occluder = None
-        if occluder_verts is not None and self.mesh is not None:
-            occluder = lambda: self.mesh.draw(occluder_verts, low or camera)  # noqa: E731
+        if occluder_verts is not None and self.occluder is not None:
+            occluder = lambda: self.occluder.draw(occluder_verts, low or camera)  # noqa: E731
         if low is None:
             self.splat.draw_to(fb, camera, settings.background, occluder)
         else:
@@ -170,8 +171,10 @@ class Stage:
         self.ctx.point_size = 2.0
         self._points_vao.render(moderngl.POINTS, vertices=len(data))
 
-    def set_mesh(self, faces: np.ndarray, colors: np.ndarray) -> None:
+    def set_mesh(self, faces: np.ndarray, colors: np.ndarray, occluder_faces: np.ndarray | None = None) -> None:
+        """The overlay mesh, and the triangles (a subset) that may occlude splats."""
         self.mesh = MeshRenderer(faces, colors, ctx=self.ctx)
+        self.occluder = MeshRenderer(occluder_faces, colors, ctx=self.ctx) if occluder_faces is not None and len(occluder_faces) else None
 
     def flip(self) -> None:
         self.window.flip()
@@ -179,7 +182,7 @@ class Stage:
     def screenshot(self, path: str | Path) -> None:
         """The last drawn frame as a PNG (reads the back buffer before flip)."""
         w, h = self.framebuffer_size()
-        data = self.ctx.detect_framebuffer().read(viewport=(0, 0, w, h), components=3)
+        data = self.ctx.screen.read(viewport=(0, 0, w, h), components=3)
         from PIL import Image
         img = np.frombuffer(data, np.uint8).reshape(h, w, 3)[::-1]
         Image.fromarray(img).save(path)

@@ -35,6 +35,7 @@ def pump(app, frames=3, until=None, timeout=20.0):
     while until is not None and not until() and time.time() - t0 < timeout:
         app.stage.dispatch_events()
         app.step(1 / 30)
+    app.step(1 / 30)  # hands over what the worker finished after the last frame
     return app
 
 
@@ -55,6 +56,27 @@ def test_moving_a_slider_changes_the_render(app, tmp_path):
     assert 0.002 < changed.mean() < 0.3  # the face changed, the whole frame did not
     app.reset_drive()
     pump(app)
+
+
+@pytest.mark.parametrize("yaw", [0.0, 70.0, 160.0])
+def test_occlusion_prepass_hides_nothing_visible(app, tmp_path, yaw):
+    import dearpygui.dearpygui as dpg
+
+    app.stage.orbit.yaw = yaw
+    dpg.set_value(app.console.quality, "full")
+    dpg.set_value(app.console.show_hud, False)  # its timings differ from frame to frame
+    images = []
+    for on in (True, False):
+        dpg.set_value(app.console.occlusion, on)
+        pump(app)
+        images.append(stage_image(app, tmp_path, f"occl{on}") / 255.0)
+    dpg.set_value(app.console.occlusion, True)
+    dpg.set_value(app.console.quality, "auto")
+    dpg.set_value(app.console.show_hud, True)
+    Image.fromarray((np.abs(images[0] - images[1]) * 255 * 4).clip(0, 255).astype(np.uint8)).save(f"/tmp/occl_diff_{int(yaw)}.png")
+    app.stage.orbit.yaw = 0.0
+    mse = float(((images[0] - images[1]) ** 2).mean())
+    assert 10 * np.log10(1 / max(mse, 1e-12)) > 40
 
 
 def test_screenshots_of_both_windows(app, tmp_path):
@@ -97,7 +119,8 @@ def test_file_drops(app, tmp_path):
     drop(app, [tmp_path / "face.png", tmp_path / "small.h5", tmp_path / "m.npz"])
     pump(app, until=lambda: not app.jobs.busy)
     pump(app)
-    assert any(p.endswith("face.png") for p in app.portraits)
+    assert any(p.path.endswith("face.png") for p in app.portraits)
+    assert not app.portraits[-1].ok and "no face" in app.portraits[-1].status  # a flat grey square
     assert len(app.rig.avatar) == 2000
     assert app.playback.motion is not None and len(app.playback.motion) == t
     assert app.drive.source == "motion file"
@@ -122,6 +145,26 @@ def test_save_as_export_ply_and_mp4_from_the_console(app, tmp_path):
         frames += 1
     assert frames == (len(app.playback.motion) if app.playback.motion else 4)
     assert app.avatar_path == str(tmp_path / "saved.h5")
+
+
+def test_build_from_a_dropped_portrait(app, tmp_path):
+    import dearpygui.dearpygui as dpg
+    import skimage.data
+
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
+    app.clear_portraits()
+    drop(app, [tmp_path / "astronaut.png"])
+    pump(app, until=lambda: not app.jobs.busy)
+    assert len(app.portraits) == 1 and app.portraits[0].ok, app.portraits[0].status
+    assert app.portraits[0].preview[..., 1].max() > 0.9  # landmarks drawn in green
+    dpg.set_value(app.console.build_count, 5000)
+    before = app.rig
+    app.build()
+    pump(app, until=lambda: app._build_cancel is None and not app.jobs.busy, timeout=120)
+    pump(app)
+    assert app.rig is not before and len(app.rig.avatar) == 5000
+    assert "thumbnails" in app.rig.avatar.metadata
+    assert app._build_progress[0] == 1.0
 
 
 def test_missing_webcam_is_reported_and_sliders_stay(app):

@@ -1,0 +1,121 @@
+"""`savatar refine`: layout-preserving refinement of an avatar against video, images or its
+source portraits, with a live progress bar and an optional JSON log (one object per report)."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from pathlib import Path
+
+from tqdm import tqdm
+
+from savatar.cli_args import UserError
+from savatar.commands.common import load_avatar_arg, make_rig
+
+
+def register(sub) -> None:
+    p = sub.add_parser("refine", help="refine an avatar against frames (count and binding never change)")
+    p.add_argument("avatar", help="avatar .h5 to refine")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", metavar="V", help="monocular video, tracked first with the face tracker")
+    src.add_argument("--images", metavar="DIR", help="folder of images with params.npz (see savatar.core.refine)")
+    src.add_argument("--sources", action="store_true", help="the portraits the avatar was built from")
+    p.add_argument("--iters", type=int, default=10000, help="total iterations (default 10000)")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "gsplat"))
+    p.add_argument("--held-out", type=int, action="append", metavar="I", help="frame index kept for PSNR, repeatable")
+    p.add_argument("--report-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--no-regularization", action="store_true", help="switch the anti-spike penalties off")
+    p.add_argument("--tune-frames", action="store_true", help="also fine-tune each frame's expression and pose")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flame", metavar="DIR", help="folder with your FLAME files (or set SAVATAR_FLAME_DIR)")
+    p.add_argument("-o", "--output", required=True, help="output avatar .h5 (checkpoints go here too)")
+    p.add_argument("--json-log", metavar="FILE", help="write one JSON object per report")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
+    p.set_defaults(func=cmd_refine)
+
+
+def _frames(args: argparse.Namespace, avatar):
+    from savatar.core.refine import frames_from_images, frames_from_video
+
+    if args.images:
+        if not Path(args.images).is_dir():
+            raise UserError(f"{args.images}: no such folder")
+        try:
+            return frames_from_images(args.images)
+        except (ValueError, OSError) as exc:
+            raise UserError(str(exc).splitlines()[0]) from None
+    if args.video:
+        if not Path(args.video).is_file():
+            raise UserError(f"{args.video}: no such file")
+        try:
+            return frames_from_video(args.video, avatar)
+        except NotImplementedError as exc:
+            raise UserError(str(exc)) from None
+    raise UserError("this avatar file holds no source portraits (building from portraits does not store "
+                    "them yet); use --images")
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from savatar.core.refine import Refiner, RefineConfig, report_line
+    from savatar.core.render import resolve_backend
+
+    if args.iters < 1 or args.report_every < 1 or args.checkpoint_every < 0:
+        raise UserError("--iters and --report-every must be >= 1, --checkpoint-every >= 0")
+    out = Path(args.output)
+    if out.suffix.lower() != ".h5":
+        raise UserError(f"{out}: the output must be an .h5 avatar file")
+    if args.resume and not out.is_file():
+        raise UserError(f"--resume: {out} does not exist yet")
+    try:
+        resolve_backend(args.backend)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(str(exc)) from None
+    avatar = load_avatar_arg(args.avatar)
+    rig = make_rig(avatar, args.flame)
+    frames = _frames(args, avatar)
+    held = tuple(args.held_out or ())
+    if any(not 0 <= i < len(frames) for i in held):
+        raise UserError(f"--held-out: indices must be in 0..{len(frames) - 1}")
+    if len(held) >= len(frames):
+        raise UserError("--held-out leaves no training frames")
+    if len(frames[0].expr) != len(avatar.default_expr):
+        raise UserError(f"the frames have {len(frames[0].expr)} expression coefficients, the avatar's head model "
+                        f"{len(avatar.default_expr)}")
+    cfg = RefineConfig(iterations=args.iters, backend=args.backend, held_out=held, report_every=args.report_every,
+                       checkpoint_every=args.checkpoint_every, regularize=not args.no_regularization,
+                       tune_frames=args.tune_frames, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    refiner = Refiner(avatar, rig, frames, cfg, output=out)
+    if args.resume:
+        from savatar.core.avatar_file import AvatarFormatError
+        try:
+            refiner.resume_from(out)
+        except (AvatarFormatError, AssertionError) as exc:
+            raise UserError(str(exc).splitlines()[0]) from None
+    log = open(args.json_log, "w") if args.json_log else None
+    bar = tqdm(total=args.iters, initial=refiner.iteration, desc=f"refine ({refiner.backend})", unit="it")
+
+    def on_report(r) -> None:
+        bar.update(r.iteration - bar.n)
+        bar.set_postfix(report_line(r), refresh=False)
+        if r.event:
+            bar.write(f"refine: {r.event}")
+        if log is not None:
+            log.write(json.dumps(r.to_json()) + "\n")
+            log.flush()
+
+    # Ctrl-C stops at the end of the current step and still writes the checkpoint.
+    previous = signal.signal(signal.SIGINT, lambda *_: refiner.stop())
+    try:
+        final = refiner.run(on_report)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+        if log is not None:
+            log.close()
+    psnr = "-" if final.psnr is None else f"{final.psnr:.2f} dB"
+    state = "stopped" if final.iteration < args.iters else "done"
+    print(f"wrote {out}: {state} at iteration {final.iteration}, loss {final.losses.get('total', float('nan')):.4f}, "
+          f"held-out PSNR {psnr}, spikes {100 * final.spike_fraction:.2f}%")
+    return 0

@@ -25,7 +25,7 @@ from savatar.viewer.orbit import Orbit
 from savatar.viewer.portraits import Portrait
 from savatar.viewer.settings import Settings, load_settings, save_settings
 from savatar.viewer.state import DRIVE_SOURCES, Drive, Playback, Recorder, RenderSettings, StageTimings
-from savatar.viewer.workers import Jobs
+from savatar.viewer.workers import Jobs, LatestSlot
 
 LIVE_SOURCES = ("webcam", "microphone", "audio file")
 # How far behind the avatar's surface, along the view rays, the occluding mesh sits: more than
@@ -80,6 +80,10 @@ class App:
         self.portraits: list[Portrait] = []
         self._build_cancel: threading.Event | None = None
         self._build_progress: tuple[float, str] = (0.0, "")
+        self._build_results: list = []
+        self.refiner = None
+        self._refine_slot: LatestSlot = LatestSlot()
+        self._refine_history: list = []
         self.running = True
         self.export = None  # generator advanced one frame per loop iteration
         self._last_key: tuple | None = None
@@ -390,6 +394,7 @@ class App:
         def done(out) -> None:
             rig, results = out
             self._build_cancel = None
+            self._build_results = results
             for r in results:
                 (self.log.info if r.ok else self.log.warning)(f"build: {r.line()}")
             self._set_avatar(rig, None)
@@ -408,6 +413,84 @@ class App:
                 self._failed("build failed", exc)
 
         self.jobs.submit("build", run, done, failed)
+
+    def start_refine(self) -> None:
+        """Refine the shown avatar on a worker thread; reports come back through a slot and the
+        stage shows the avatar as it improves. torch runs single-threaded in the viewer, so the
+        refinement takes one core and the interface keeps the other."""
+        from savatar.core.antispike import AntiSpikeConfig
+        from savatar.core.build import refine_frames
+        from savatar.core.refine import RefineConfig, Refiner, frames_from_images
+
+        if self.refiner is not None:
+            self.log.warning("a refinement is already running: stop it first")
+            return
+        st = self.console.refine_settings()
+        try:
+            if st["data"] == "image folder":
+                frames = frames_from_images(st["folder"])
+            else:
+                frames = refine_frames(self._build_results)
+                if not frames:
+                    raise ValueError("no portraits from a build in this session: build first, or choose an image folder")
+        except (ValueError, OSError) as exc:
+            self.log.error(f"cannot refine: {exc}")
+            return
+        spike = AntiSpikeConfig(max_anisotropy=st["anisotropy_threshold"], max_size=st["size_threshold"],
+                                max_offset=st["offset_threshold"], weight_anisotropy=st["anisotropy_weight"],
+                                weight_size=st["size_weight"], weight_offset=st["offset_weight"])
+        held = (len(frames) - 1,) if len(frames) > 2 else ()
+        cfg = RefineConfig(iterations=st["iterations"], lambda_dssim=st["lambda_dssim"], antispike=spike,
+                           regularize=st["regularize"], held_out=held, checkpoint_every=0,
+                           report_every=max(1, min(10, st["iterations"] // 5)),
+                           backend="auto")
+        try:
+            refiner = Refiner(self.rig.avatar, self.rig, frames, cfg)
+        except ValueError as exc:
+            self.log.error(f"cannot refine: {exc}")
+            return
+        self.refiner, self._refine_history = refiner, []
+        self.log.info(f"refining {len(self.rig.avatar)} Gaussians on {len(frames)} frames for {cfg.iterations} iterations")
+
+        def on_report(report) -> None:  # worker thread: hand over, never touch the GUI
+            self._refine_slot.put((report, refiner.current_avatar()))
+
+        def done(report) -> None:
+            self.refiner = None
+            self.log.info(f"refinement ended at iteration {report.iteration}"
+                          + (f", held-out PSNR {report.psnr:.2f} dB" if report.psnr is not None else ""))
+
+        def failed(exc: BaseException) -> None:
+            self.refiner = None
+            self._failed("refinement failed", exc)
+
+        self.jobs.submit("refine", lambda: refiner.run(on_report), done, failed)
+
+    def pause_refine(self) -> None:
+        if self.refiner is None:
+            return
+        if self.refiner.paused:
+            self.refiner.resume()
+        else:
+            self.refiner.pause()
+
+    def stop_refine(self) -> None:
+        if self.refiner is not None:
+            self.refiner.stop()
+
+    def _take_refine_report(self) -> bool:
+        """Main thread: newest report to the plots, newest avatar to the stage; True if new."""
+        got = self._refine_slot.take()
+        if got is None:
+            return False
+        report, avatar = got
+        self._refine_history.append(report)
+        if report.event:
+            self.log.warning(f"refinement: {report.event}")
+        self.rig = Rig(avatar, self.rig.model)
+        self.spikes = spike_mask(avatar, self.spike_cfg).numpy()
+        self._last_key = None
+        return True
 
     def cancel_build(self) -> None:
         if self._build_cancel is not None:
@@ -535,6 +618,14 @@ class App:
         c.set_source_shown(self.drive.source, self.live.status() if self.live is not None and
                            self.drive.source in LIVE_SOURCES else "")
         c.set_build(*self._build_progress)
+        fresh = self._take_refine_report()
+        r = self._refine_history[-1] if self._refine_history else None
+        if self.refiner is not None or fresh:
+            status = "" if r is None else (f"iteration {r.iteration}/{r.iterations}, {r.it_per_s:.1f} it/s, "
+                                           f"ETA {r.eta_s / 60:.1f} min, spikes {100 * r.spike_fraction:.2f}%"
+                                           + (f", PSNR {r.psnr:.2f} dB" if r.psnr is not None else ""))
+            c.set_refine(self._refine_history if fresh else None, r, bool(self.refiner and self.refiner.paused),
+                         status if self.refiner is not None else f"finished: {status}")
         c.update_log(self.log)
 
     def run(self, smoke: int | None = None, screenshot: str | None = None) -> int:
@@ -571,6 +662,7 @@ class App:
         """Stop every thread, keep the settings, close both windows."""
         self._stop_live()
         self.cancel_build()
+        self.stop_refine()
         self.jobs.join(timeout=2.0)
         s = self.settings
         s.camera = self.stage.orbit.to_dict()

@@ -43,6 +43,9 @@ class Actions(Protocol):
     def cancel_build(self) -> None: ...
     def clear_portraits(self) -> None: ...
     def move_portrait(self, index: int, step: int) -> None: ...
+    def start_refine(self) -> None: ...
+    def pause_refine(self) -> None: ...
+    def stop_refine(self) -> None: ...
     def remove_portrait(self, index: int) -> None: ...
 
 
@@ -258,7 +261,83 @@ class Console:
         dpg.set_value(self.build_status, text)
 
     def _refine_panel(self) -> None:
-        self.refine_status = dpg.add_text("Refinement arrives with the refinement work.", wrap=480)
+        self.refine_data = dpg.add_combo(["portraits of the last build", "image folder"], width=260, label="data",
+                                         default_value="portraits of the last build")
+        self.refine_folder = dpg.add_input_text(label="image folder (with params.npz)", width=260)
+        self.refine_iters = dpg.add_input_int(label="iterations", default_value=10000, min_value=10, max_value=100000,
+                                              min_clamped=True, step=1000, width=160)
+        with dpg.collapsing_header(label="Loss weights and anti-spike thresholds"):
+            self.refine_dssim = dpg.add_input_float(label="D-SSIM weight", default_value=0.2, width=120, step=0)
+            self.refine_fields = {}
+            for name, weight, threshold in (("anisotropy", 0.1, 10.0), ("size", 1.0, 2.0), ("offset", 1.0, 1.5)):
+                with dpg.group(horizontal=True):
+                    w = dpg.add_input_float(label=f"{name} weight", default_value=weight, width=90, step=0)
+                    t = dpg.add_input_float(label="threshold", default_value=threshold, width=90, step=0)
+                self.refine_fields[name] = (w, t)
+            self.refine_regularize = dpg.add_checkbox(label="anti-spike regularization", default_value=True)
+        with dpg.group(horizontal=True):
+            dpg.add_button(label="Start", callback=lambda: self.actions.start_refine())
+            self.refine_pause_button = dpg.add_button(label="Pause", callback=lambda: self.actions.pause_refine())
+            dpg.add_button(label="Stop", callback=lambda: self.actions.stop_refine())
+        self.refine_progress = dpg.add_progress_bar(default_value=0.0, width=-1)
+        self.refine_status = dpg.add_text("", wrap=480)
+        self.refine_series: dict[str, int] = {}
+        with dpg.plot(label="losses", height=150, width=-1):
+            dpg.add_plot_legend()
+            x = dpg.add_plot_axis(dpg.mvXAxis, label="iteration")
+            with dpg.plot_axis(dpg.mvYAxis, label="loss") as y:
+                for term in ("total", "l1", "dssim", "anisotropy", "size", "offset"):
+                    self.refine_series[term] = dpg.add_line_series([], [], label=term, parent=y)
+            self.refine_axes = [(x, y)]
+        with dpg.plot(label="held-out PSNR and spikes", height=130, width=-1):
+            dpg.add_plot_legend()
+            x = dpg.add_plot_axis(dpg.mvXAxis, label="iteration")
+            with dpg.plot_axis(dpg.mvYAxis, label="PSNR dB / spikes %") as y:
+                self.refine_series["psnr"] = dpg.add_line_series([], [], label="PSNR", parent=y)
+                self.refine_series["spikes"] = dpg.add_line_series([], [], label="over threshold %", parent=y)
+            self.refine_axes.append((x, y))
+        self.refine_hist: dict[str, int] = {}
+        with dpg.group(horizontal=True):
+            for name in ("anisotropy", "size", "offset"):
+                with dpg.plot(label=name, height=120, width=170, no_menus=True):
+                    x = dpg.add_plot_axis(dpg.mvXAxis)
+                    with dpg.plot_axis(dpg.mvYAxis) as y:
+                        self.refine_hist[name] = dpg.add_bar_series([], [], parent=y)
+                    self.refine_axes.append((x, y))
+
+    def refine_settings(self) -> dict:
+        """What the Refine panel asks for (read on the main thread)."""
+        g = dpg.get_value
+        return {"data": g(self.refine_data), "folder": g(self.refine_folder), "iterations": g(self.refine_iters),
+                "lambda_dssim": g(self.refine_dssim), "regularize": g(self.refine_regularize),
+                **{f"{n}_weight": g(w) for n, (w, _) in self.refine_fields.items()},
+                **{f"{n}_threshold": g(t) for n, (_, t) in self.refine_fields.items()}}
+
+    def set_refine(self, history: list, report, paused: bool, status: str) -> None:
+        """history: all Reports so far when a new one arrived (plots redrawn), else None;
+        report: the newest one or None."""
+        dpg.configure_item(self.refine_pause_button, label="Resume" if paused else "Pause")
+        dpg.set_value(self.refine_status, status)
+        if report is None or history is None:
+            return
+        dpg.set_value(self.refine_progress, report.iteration / max(report.iterations, 1))
+        its = [float(r.iteration) for r in history]
+        for term, series in self.refine_series.items():
+            if term == "psnr":
+                pts = [(float(r.iteration), r.psnr) for r in history if r.psnr is not None]
+                dpg.set_value(series, [[p[0] for p in pts], [p[1] for p in pts]])
+            elif term == "spikes":
+                dpg.set_value(series, [its, [100.0 * r.spike_fraction for r in history]])
+            else:
+                dpg.set_value(series, [its, [r.losses.get(term, 0.0) for r in history]])
+        for name, series in self.refine_hist.items():
+            st = report.stats[name]
+            edges = st.hist_edges
+            dpg.set_value(series, [[0.5 * (a + b) for a, b in zip(edges[:-1], edges[1:])], [float(c) for c in st.hist_counts]])
+            dpg.configure_item(series, weight=(edges[1] - edges[0]) if len(edges) > 1 else 1.0)
+        for x, y in self.refine_axes:
+            dpg.fit_axis_data(x)
+            dpg.fit_axis_data(y)
 
     # ------------------------------------------------------------------ updates from the app
     def set_values(self, expr: np.ndarray, pose: np.ndarray, translation: np.ndarray) -> None:

@@ -167,6 +167,31 @@ def test_build_from_a_dropped_portrait(app, tmp_path):
     assert app._build_progress[0] == 1.0
 
 
+def test_refine_the_built_avatar_live(app):
+    import dearpygui.dearpygui as dpg
+
+    assert app._build_results, "runs after test_build_from_a_dropped_portrait"
+    faces = app.rig.avatar.face.clone()
+    dpg.set_value(app.console.refine_iters, 6)
+    app.start_refine()
+    assert app.refiner is not None
+    app.pause_refine()
+    assert app.refiner.paused
+    app.pause_refine()
+    pump(app, until=lambda: app.refiner is None and not app.jobs.busy, timeout=180)
+    pump(app)
+    assert app._refine_history and app._refine_history[-1].iteration == 6
+    assert all(np.isfinite(r.losses["total"]) for r in app._refine_history if "total" in r.losses)
+    assert any("total" in r.losses for r in app._refine_history)
+    assert torch_equal(app.rig.avatar.face, faces)  # binding and count unchanged
+    assert "finished" in dpg.get_value(app.console.refine_status)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return bool(torch.equal(a, b))
+
+
 def test_missing_webcam_is_reported_and_sliders_stay(app):
     import dearpygui.dearpygui as dpg
 

@@ -402,6 +402,8 @@ class App:
             self._build_progress = (1.0, f"built {len(rig.avatar)} Gaussians from "
                                          f"{sum(r.ok for r in results)} of {len(results)} portraits: Save as... to keep it")
             self.log.info(self._build_progress[1])
+            if self.console.value(self.console.refine_after):
+                self.start_refine(after_build=True)
 
         def failed(exc: BaseException) -> None:
             self._build_cancel = None
@@ -414,7 +416,7 @@ class App:
 
         self.jobs.submit("build", run, done, failed)
 
-    def start_refine(self) -> None:
+    def start_refine(self, after_build: bool = False) -> None:
         """Refine the shown avatar on a worker thread; reports come back through a slot and the
         stage shows the avatar as it improves. torch runs single-threaded in the viewer, so the
         refinement takes one core and the interface keeps the other."""
@@ -425,7 +427,7 @@ class App:
         if self.refiner is not None:
             self.log.warning("a refinement is already running: stop it first")
             return
-        st = self.console.refine_settings()
+        st = self.console.refine_settings(after_build)
         try:
             if st["data"] == "image folder":
                 frames = frames_from_images(st["folder"])

@@ -228,6 +228,11 @@ class Console:
         self.build_count = dpg.add_input_int(label="Gaussians", default_value=60000, min_value=1000, max_value=500000,
                                              min_clamped=True, max_clamped=True, step=10000, width=160)
         with dpg.group(horizontal=True):
+            self.refine_after = dpg.add_checkbox(label="refine after build for")
+            self.refine_after_iters = dpg.add_input_int(default_value=300, min_value=10, max_value=100000,
+                                                        min_clamped=True, step=100, width=100)
+            dpg.add_text("iterations")
+        with dpg.group(horizontal=True):
             dpg.add_button(label="Build", callback=lambda: self.actions.build())
             dpg.add_button(label="Cancel", callback=lambda: self.actions.cancel_build())
             dpg.add_button(label="Clear", callback=lambda: self.actions.clear_portraits())
@@ -305,10 +310,13 @@ class Console:
                         self.refine_hist[name] = dpg.add_bar_series([], [], parent=y)
                     self.refine_axes.append((x, y))
 
-    def refine_settings(self) -> dict:
-        """What the Refine panel asks for (read on the main thread)."""
+    def refine_settings(self, after_build: bool = False) -> dict:
+        """What the Refine panel asks for (read on the main thread); after_build: the Build
+        panel's source and iteration count instead of the Refine panel's."""
         g = dpg.get_value
-        return {"data": g(self.refine_data), "folder": g(self.refine_folder), "iterations": g(self.refine_iters),
+        data = "portraits of the last build" if after_build else g(self.refine_data)
+        iterations = g(self.refine_after_iters) if after_build else g(self.refine_iters)
+        return {"data": data, "folder": g(self.refine_folder), "iterations": iterations,
                 "lambda_dssim": g(self.refine_dssim), "regularize": g(self.refine_regularize),
                 **{f"{n}_weight": g(w) for n, (w, _) in self.refine_fields.items()},
                 **{f"{n}_threshold": g(t) for n, (_, t) in self.refine_fields.items()}}

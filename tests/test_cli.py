@@ -178,3 +178,25 @@ def test_track_and_lipsync_user_errors(tmp_path, monkeypatch, capsys, args, mess
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1]  # progress bars may come before it
     assert message in last and last.startswith("savatar ") and "Traceback" not in err
+
+
+def test_build_with_a_generator_checkpoint(tmp_path):
+    import skimage.data
+    import torch
+    from PIL import Image
+
+    from savatar.core.avatar_file import load_avatar
+    from savatar.core.generator import Generator, GeneratorConfig
+    from savatar.core.generator_train import TrainConfig, save_checkpoint
+
+    gen_cfg = GeneratorConfig(count=800, image_size=32, features=8, hidden=32)
+    g = Generator(gen_cfg)
+    ckpt = tmp_path / "gen.pt"
+    save_checkpoint(ckpt, g, torch.optim.Adam(g.parameters()), 0, TrainConfig(generator=gen_cfg, checkpoint=str(ckpt)))
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "a.png")
+    (tmp_path / "junk.jpg").write_text("no image")
+    out = tmp_path / "g.h5"
+    assert main(["build", str(tmp_path / "a.png"), str(tmp_path / "junk.jpg"), "--generator", str(ckpt),
+                 "-o", str(out)]) == 0
+    assert len(load_avatar(out)) == 800  # the checkpoint's layout
+    assert main(["build", str(tmp_path / "a.png"), "--generator", str(tmp_path / "none.pt"), "-o", str(out)]) == 2

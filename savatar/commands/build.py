@@ -18,6 +18,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UserError(f"{out}: the output must be an .h5 file")
+    args.count_given = args.count
+    args.count = 60000 if args.count is None else args.count
     if not 1 <= args.count <= 2_000_000:
         raise UserError("--count must be between 1 and 2000000")
     bar = tqdm(total=100, desc="build", unit="%", file=sys.stderr, leave=False)
@@ -27,7 +29,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         bar.update(round(100 * fraction) - bar.n)
 
     try:
-        avatar, results = build_avatar(args.images, count=args.count, progress=progress)
+        if args.generator:
+            avatar, results = _with_generator(args, progress)
+        else:
+            avatar, results = build_avatar(args.images, count=args.count, progress=progress)
     except BuildError as exc:
         raise UserError(str(exc)) from None
     finally:
@@ -41,9 +46,24 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_generator(args: argparse.Namespace, progress):
+    """The learned path: one forward pass of a trained generator (savatar.core.generator)."""
+    from savatar.core.generator import build_from_portraits
+
+    if not Path(args.generator).is_file():
+        raise UserError(f"{args.generator}: no such generator checkpoint")
+    try:
+        return build_from_portraits(args.generator, args.images, args.count_given, progress)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise UserError(f"{args.generator}: not a usable generator checkpoint ({exc})") from None
+
+
 def register(sub) -> None:
     p = sub.add_parser("build", help="build an avatar from one or a few portraits")
     p.add_argument("images", nargs="+", help="portrait images (any number, any order)")
     p.add_argument("-o", "--output", required=True, help="output avatar .h5")
-    p.add_argument("--count", type=int, default=60000, help="number of Gaussians (default 60000)")
+    p.add_argument("--count", type=int, default=None,
+                   help="number of Gaussians (default 60000, or the generator's layout size)")
+    p.add_argument("--generator", metavar="CKPT", help="build with a trained generator checkpoint "
+                   "(savatar train-generator); default: the parameter-free pipeline")
     p.set_defaults(func=cmd_build)

@@ -25,7 +25,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -342,6 +342,27 @@ def build_with_generator(ckpt: str | Path, images: Sequence[str | Path | np.ndar
     avatar.metadata["build"] = {"generator": str(ckpt), "sources": len(views),
                                 "generator_config": asdict(gen.cfg)}
     return avatar
+
+
+def build_from_portraits(ckpt: str | Path, paths: Sequence[str | Path], count: int | None = None,
+                         progress: Callable[[float, str], None] | None = None):
+    """Like savatar.core.build.build_avatar, with a trained generator: every input is checked
+    and reported (SourceResult), the usable ones go through one forward pass. Returns
+    (avatar, results); BuildError when no input is usable."""
+    from savatar.core.build import BuildError, check_sources
+    from savatar.core.face_landmarks import FaceLandmarker
+
+    report = progress or (lambda fraction, stage: None)
+    report(0.1, "checking portraits")
+    with FaceLandmarker() as landmarker:
+        results, _ = check_sources(paths, landmarker)
+    usable = [p for p, r in zip(paths, results) if r.ok]
+    if not usable:
+        raise BuildError("no usable portrait: " + "; ".join(r.line() for r in results))
+    report(0.3, "generator")
+    avatar = build_with_generator(ckpt, usable, count=count)
+    report(1.0, "done")
+    return avatar, results
 
 
 def _fit_portraits(images: Sequence[str | Path | np.ndarray]) -> tuple[Views, torch.Tensor]:

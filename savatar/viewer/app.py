@@ -380,6 +380,7 @@ class App:
             self.log.warning("no portraits queued: drop some on the stage first")
             return
         count = int(self.console.value(self.console.build_count))
+        generator = self.console.value(self.console.build_generator).strip()
         cancel = threading.Event()
         self._build_cancel = cancel
         self._build_progress = (0.0, "starting")
@@ -388,7 +389,11 @@ class App:
             self._build_progress = (fraction, stage)
 
         def run():
-            avatar, results = build_avatar(paths, count=count, progress=progress, cancel=cancel)
+            if generator:
+                from savatar.core.generator import build_from_portraits
+                avatar, results = build_from_portraits(generator, paths, None, progress)
+            else:
+                avatar, results = build_avatar(paths, count=count, progress=progress, cancel=cancel)
             return Rig.of(avatar), results
 
         def done(out) -> None:

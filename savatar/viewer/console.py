@@ -225,6 +225,7 @@ class Console:
         dpg.add_text("Drop portraits on the stage (any number, any order), then Build.", wrap=480)
         with dpg.child_window(height=250) as self.portrait_box:
             pass
+        self.build_generator = dpg.add_input_text(label="generator checkpoint (empty: parameter-free)", width=260)
         self.build_count = dpg.add_input_int(label="Gaussians", default_value=60000, min_value=1000, max_value=500000,
                                              min_clamped=True, max_clamped=True, step=10000, width=160)
         with dpg.group(horizontal=True):

@@ -45,7 +45,8 @@ _GAUSSIAN_FIELDS: dict[str, tuple[tuple[int, ...], str, str]] = {
 }
 # Embedded open-head arrays; names of shape/expression components are string datasets.
 _HEAD_ARRAYS = ("v_template", "faces", "shapedirs", "exprdirs", "posedirs", "j_regressor", "parents",
-                "lbs_weights", "lmk_faces", "lmk_bary", "vertex_colors")
+                "lbs_weights", "lmk_faces", "lmk_bary", "vertex_colors", "lmk_mediapipe")
+_HEAD_OPTIONAL = ("vertex_colors", "lmk_mediapipe")
 _HEAD_FLOAT = {"v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights", "lmk_bary",
                "vertex_colors"}
 # Below this many elements compression costs more (filter overhead, chunk index) than it saves.
@@ -223,9 +224,9 @@ def _read_head(r: _Reader) -> HeadModelData:
     arrays: dict[str, np.ndarray] = {}
     for name in _HEAD_ARRAYS:
         where = f"/head/{name}"
-        if name == "vertex_colors" and where not in r.f:
+        if name in _HEAD_OPTIONAL and where not in r.f:
             continue
-        ndim = {"parents": 1, "lmk_faces": 1, "shapedirs": 3, "exprdirs": 3, "posedirs": 3}.get(name, 2)
+        ndim = {"parents": 1, "lmk_faces": 1, "lmk_mediapipe": 1, "shapedirs": 3, "exprdirs": 3, "posedirs": 3}.get(name, 2)
         arr = r.array(where, "f" if name in _HEAD_FLOAT else "i", (None,) * ndim)
         arrays[name] = arr.astype(np.float32 if name in _HEAD_FLOAT else np.int64, copy=False)
     regions = {}
@@ -234,7 +235,8 @@ def _read_head(r: _Reader) -> HeadModelData:
             regions[name] = r.array(f"/head/regions/{name}", "i", (None,)).astype(np.int64)
     data = HeadModelData(name=str(r.attr("/head", "model")), shape_names=r.strings("/head/shape_names"),
                          expr_names=r.strings("/head/expr_names"), vertex_regions=regions,
-                         vertex_colors=arrays.pop("vertex_colors", None), **arrays)
+                         vertex_colors=arrays.pop("vertex_colors", None),
+                         lmk_mediapipe=arrays.pop("lmk_mediapipe", None), **arrays)
     try:
         data.validate()
     except ValueError as e:

@@ -340,6 +340,7 @@ def flame_to_head_data(
         lbs_weights=f32(weights),
         lmk_faces=np.ascontiguousarray(landmarks.faces, dtype=np.int64),
         lmk_bary=f32(landmarks.bary),
+        lmk_mediapipe=None if landmarks.mediapipe_indices is None else np.asarray(landmarks.mediapipe_indices, np.int64),
         vertex_colors=np.tile(np.asarray(SKIN_RGB, np.float32), (v, 1)),
         shape_names=[f"shape{i:03d}" for i in range(shape.shape[2])],
         expr_names=[f"expr{i:03d}" for i in range(expr.shape[2])],

@@ -28,7 +28,8 @@ class HeadModelData:
     j_regressor: (5, V) float32
     parents: (5,) int64, parent joint index, -1 for the root
     lbs_weights: (V, 5) float32, rows sum to 1
-    lmk_faces: (L,) int64, lmk_bary: (L, 3) float32
+    lmk_faces: (L,) int64, lmk_bary: (L, 3) float32; lmk_mediapipe: (L,) MediaPipe Face Mesh
+    index of each landmark, when the landmarks are MediaPipe's (the tracker needs this)
     vertex_colors: (V, 3) float32 in [0, 1] (base colours for shaded renders)
     """
 
@@ -47,6 +48,7 @@ class HeadModelData:
     shape_names: list[str] = field(default_factory=list)
     expr_names: list[str] = field(default_factory=list)
     vertex_regions: dict[str, np.ndarray] = field(default_factory=dict)
+    lmk_mediapipe: np.ndarray | None = None  # (L,) MediaPipe Face Mesh index of each landmark
 
     def validate(self) -> None:
         """Raise ValueError naming the first array whose shape or values are inconsistent."""
@@ -73,6 +75,10 @@ class HeadModelData:
             raise ValueError(f"{self.name}: lmk_faces and lmk_bary disagree on the landmark count")
         if len(self.lmk_faces) and (self.lmk_faces.min() < 0 or self.lmk_faces.max() >= len(self.faces)):
             raise ValueError(f"{self.name}: lmk_faces index outside 0..{len(self.faces) - 1}")
+        if self.lmk_mediapipe is not None and (len(self.lmk_mediapipe) != len(self.lmk_faces)
+                                               or self.lmk_mediapipe.min(initial=0) < 0
+                                               or self.lmk_mediapipe.max(initial=0) >= 478):
+            raise ValueError(f"{self.name}: lmk_mediapipe must give a MediaPipe index 0..477 for each landmark")
         if self.expr_names and len(self.expr_names) != self.exprdirs.shape[2]:
             raise ValueError(f"{self.name}: {len(self.expr_names)} expression names for {self.exprdirs.shape[2]} components")
 

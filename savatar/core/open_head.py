@@ -35,6 +35,7 @@ def load_open_head_data() -> HeadModelData:
         shape_names=[str(n) for n in a["shape_names"]],
         expr_names=[str(n) for n in a["expr_names"]],
         vertex_regions=regions,
+        lmk_mediapipe=np.arange(len(a["lmk_faces"])),  # landmark i is MediaPipe landmark i
     )
     data.validate()
     return data

@@ -75,6 +75,16 @@ def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out.astype(np.float64)
 
 
+def mediapipe_indices(data: HeadModelData) -> np.ndarray:
+    """(L,) MediaPipe Face Mesh index of each of the head model's landmarks. The open head
+    embeds all 478; FLAME embeds the subset its MediaPipe embedding file lists. A model with
+    no such map cannot be tracked: ValueError says so."""
+    if data.lmk_mediapipe is not None:
+        return np.asarray(data.lmk_mediapipe, np.int64)
+    raise ValueError(f"{data.name}: no MediaPipe landmark embedding; face tracking needs one "
+                     "(for FLAME: mediapipe_landmark_embedding.npz in the FLAME folder)")
+
+
 class LandmarkModel:
     """The head model's landmarks as an explicit function of (root, translation, jaw, eyes, expr).
 
@@ -270,7 +280,7 @@ class FaceFitter:
         self.expr_names = list(data.expr_names)
         n, e = self.model.num_landmarks, self.model.num_expr
         self.weights = np.ones(n)
-        self.weights[FACE_OVAL[FACE_OVAL < n]] = self.params.oval_weight
+        self.weights[np.isin(mediapipe_indices(data), FACE_OVAL)] = self.params.oval_weight
         self._w2 = np.tile(self.weights, 2)[:, None].astype(np.float32)
         self._jw = np.empty((2 * n, 11 + e), np.float32)
         p = self.params
@@ -450,6 +460,7 @@ class FaceTracker:
         from savatar.core.face_landmarks import FaceLandmarker
 
         self.data, self.params, self.shape = data, params or TrackerParams(), shape
+        self._mp_index = mediapipe_indices(data)
         self._fixed_k = K
         self.landmarker = landmarker or FaceLandmarker(static_images=self.params.static_images)
         self.fitter: FaceFitter | None = None
@@ -470,6 +481,8 @@ class FaceTracker:
     def process(self, image: np.ndarray, timestamp: float) -> FitResult:
         t0 = time.perf_counter()
         pts = self.landmarker(image)
+        if pts is not None:
+            pts = pts[self._mp_index]  # the detected landmarks the model embeds, in its order
         t1 = time.perf_counter()
         timings = {"landmarks_ms": (t1 - t0) * 1e3}
         if pts is None:

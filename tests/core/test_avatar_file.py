@@ -167,3 +167,15 @@ def test_interrupted_save_keeps_previous_file(avatar: GaussianAvatar, saved: Pat
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["avatar.h5"]
     assert avatar_file.FORMAT == "savatar-avatar"
+
+
+def test_mediapipe_landmark_map_survives_the_file(tmp_path):
+    """The tracker needs it: an avatar opened from a file must be trackable like the bundled one."""
+    from savatar.core.binding import init_avatar
+    from savatar.core.open_head import load_open_head_data
+    from savatar.core.tracking import mediapipe_indices
+
+    data = load_open_head_data()
+    save_avatar(init_avatar(data, 200), tmp_path / "a.h5", head=data)
+    loaded = load_avatar(tmp_path / "a.h5").metadata["head_data"]
+    assert np.array_equal(mediapipe_indices(loaded), np.arange(478))

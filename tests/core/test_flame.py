@@ -340,13 +340,17 @@ def test_load_flame_from_env_prefers_2023(tmp_path, monkeypatch, fake_chumpy):
     sys.modules.update(saved)
     write_flame_pickle(tmp_path / "flame2023.pkl", a2023, fake_chumpy)
     faces, bary = _lmk(105)
+    mp_ids = np.arange(105) * 4 + 1  # a subset of MediaPipe's 478, as FLAME's embedding is
     np.savez(tmp_path / "mediapipe_landmark_embedding.npz", lmk_face_idx=faces, lmk_b_coords=bary,
-             landmark_indices=np.arange(105))
+             landmark_indices=mp_ids)
     monkeypatch.setenv(flame.ENV_VAR, str(tmp_path))
     data = load_flame()
     np.testing.assert_allclose(data.v_template, a2023["v_template"], rtol=1e-6)
     assert data.exprdirs.shape[2] == 6 and data.lmk_faces.shape == (105,)
     assert data.name == "flame"
+    # The tracker maps detected MediaPipe landmarks onto FLAME's through the embedding's indices.
+    from savatar.core.tracking import mediapipe_indices
+    assert np.array_equal(mediapipe_indices(data), mp_ids)
     out = HeadModel(data)()
     assert out.landmarks.shape == (1, 105, 3)
 
@@ -358,6 +362,9 @@ def test_load_flame_without_embedding(tmp_path, fake_chumpy):
     write_flame_pickle(tmp_path / "generic_model.pkl", make_flame_arrays(k=302), fake_chumpy)
     data = load_flame(tmp_path, num_shape=50, num_expr=1)
     assert data.shapedirs.shape[2] == 50 and data.exprdirs.shape[2] == 1
+    from savatar.core.tracking import mediapipe_indices
+    with pytest.raises(ValueError, match="no MediaPipe landmark embedding"):
+        mediapipe_indices(data)
     assert data.lmk_faces.shape == (0,) and data.lmk_bary.shape == (0, 3)
 
 

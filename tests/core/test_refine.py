@@ -1,0 +1,218 @@
+"""Refinement on a tiny scene: 2000 Gaussians on the open head, 48x48 frames rendered with the
+CPU rasterizer from a ground-truth avatar."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from savatar.core.antispike import AntiSpikeConfig
+from savatar.core.avatar_file import load_avatar, save_avatar
+from savatar.core.binding import init_avatar
+from savatar.core.camera import orbit_camera
+from savatar.core.open_head import load_open_head_data
+from savatar.core.refine import LayoutError, Refiner, RefineConfig, frames_from_motion, ssim
+from savatar.core.rig import Rig
+
+SIZE = 48
+COUNT = 2000
+TARGET = (0.0, -0.05, -0.03)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_open_head_data()
+
+
+@pytest.fixture(scope="module")
+def base(data):
+    """Ground truth. With few Gaussians the initial discs outgrow their faces; clamping them under
+    the size threshold starts every test with no spikes."""
+    a = init_avatar(data, COUNT, bake_light=True)
+    return dataclasses.replace(a, log_scale=a.log_scale.clamp(max=math.log(1.8)))
+
+
+def motion(data, count: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    expr = rng.normal(0, 0.5, (count, data.exprdirs.shape[2])).astype(np.float32)
+    pose = np.zeros((count, 15), np.float32)
+    pose[:, 6] = rng.uniform(0, 0.15, count)  # jaw opening
+    return expr, pose, np.zeros((count, 3), np.float32)
+
+
+def cameras():
+    return [orbit_camera(yaw, 0, 0.75, TARGET, SIZE, SIZE) for yaw in (-30, 0, 30)]
+
+
+@pytest.fixture(scope="module")
+def frames(data, base):
+    return frames_from_motion(Rig.of(base), *motion(data, 6), cameras())
+
+
+def perturbed(a, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return dataclasses.replace(a, sh=a.sh + 0.4 * torch.randn(a.sh.shape, generator=gen),
+                               mean=a.mean + 0.2 * torch.randn(a.mean.shape, generator=gen))
+
+
+def config(**kw) -> RefineConfig:
+    kw.setdefault("backend", "cpu")
+    kw.setdefault("report_every", 1000)
+    return RefineConfig(**kw)
+
+
+def test_ssim_identity_and_gradient():
+    a = torch.rand(20, 20, 3, requires_grad=True)
+    assert float(ssim(a.detach(), a.detach())) == pytest.approx(1.0, abs=1e-5)
+    s = ssim(a, torch.rand(20, 20, 3))
+    s.backward()
+    assert s < 0.5 and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+
+def test_layout_preserved(base, frames):
+    r = Refiner(perturbed(base), Rig.of(base), frames, config(iterations=4))
+    r.run()
+    out = r.current_avatar()
+    assert len(out) == len(base)
+    assert torch.equal(out.face, base.face)
+    assert not torch.equal(out.mean, perturbed(base).mean)  # it did optimize something
+
+
+def test_densification_is_caught(base, frames):
+    r = Refiner(base, Rig.of(base), frames, config(iterations=4))
+    r.step()
+    # What a densification step would do: append clones of some Gaussians.
+    for k, p in r.params.items():
+        r.params[k] = torch.nn.Parameter(torch.cat([p.detach(), p.detach()[:10]]))
+    with pytest.raises(LayoutError):
+        r.step()
+    r2 = Refiner(base, Rig.of(base), frames, config(iterations=4))
+    r2.face[0] = (r2.face[0] + 1) % 100  # rebinding one Gaussian
+    with pytest.raises(LayoutError):
+        r2.step()
+
+
+def test_refinement_raises_held_out_psnr(base, frames):
+    cfg = config(iterations=60, held_out=(1, 4), lr_sh=2e-2, lr_mean=1e-2, lr_mean_final=1e-3)
+    r = Refiner(perturbed(base), Rig.of(base), frames, cfg)
+    before = r.evaluate()
+    final = r.run()
+    assert final.psnr > before + 3.0, (before, final.psnr)
+    assert all(s.fraction_over < 0.01 for s in final.stats.values())
+
+
+def test_regularization_keeps_spikes_under_one_percent(data, base):
+    """The target rewards stretched Gaussians (x scale 3.3: anisotropy ~22, over the bound of
+    10): unregularized refinement follows it, regularized refinement stays under 1% over."""
+    ls = base.log_scale.clone()
+    ls[:, 0] += 1.2
+    frames = frames_from_motion(Rig.of(dataclasses.replace(base, log_scale=ls)), *motion(data, 3), cameras())
+    # Default weights leave ~3% over the size bound after 50 steps against this adversarial
+    # target (they are tuned for real data, where nothing rewards spikes); stronger weights here.
+    strong = AntiSpikeConfig(weight_anisotropy=2.0, weight_size=20.0)
+    fractions = {}
+    for reg in (False, True):
+        r = Refiner(base, Rig.of(base), frames, config(iterations=50, regularize=reg, antispike=strong))
+        assert max(s.fraction_over for s in r.stats().values()) == 0.0
+        final = r.run()
+        fractions[reg] = {k: s.fraction_over for k, s in final.stats.items()}
+    assert max(fractions[True].values()) < 0.01, fractions
+    assert max(fractions[False].values()) > 0.05, fractions
+
+
+def test_pause_resume_stop_from_another_thread(base, frames):
+    r = Refiner(base, Rig.of(base), frames, config(iterations=10 ** 6, report_every=2))
+    reports = []
+    t = threading.Thread(target=lambda: reports.append(r.run(reports.append)))
+    t.start()
+    deadline = time.time() + 120
+    while r.iteration < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    r.pause()
+    time.sleep(0.1)  # the step in flight finishes
+    held = r.iteration
+    time.sleep(1.0)
+    assert r.paused and r.iteration == held
+    r.resume()
+    while r.iteration < held + 2 and time.time() < deadline:
+        time.sleep(0.02)
+    assert r.iteration >= held + 2
+    r.stop()
+    t.join(timeout=60)
+    assert not t.is_alive()
+    assert reports[-1].event == "stopped" and reports[-1].iteration < 10 ** 6
+
+
+def test_checkpoint_and_resume(tmp_path, base, frames):
+    out = tmp_path / "refined.h5"
+    r = Refiner(base, Rig.of(base), frames, config(iterations=6, checkpoint_every=3), output=out)
+    r.run()
+    saved = load_avatar(out)
+    ref = saved.metadata["refinement"]
+    assert ref["iterations"] == 6 and len(ref["losses"]) == 6
+    assert set(ref["stats"]["antispike"]) == {"anisotropy", "size", "offset"}
+    assert torch.equal(saved.face, base.face)
+    assert torch.allclose(saved.mean, r.params["mean"].detach())
+
+    r2 = Refiner(base, Rig.of(base), frames, config(iterations=8), output=out)
+    r2.resume_from(out)
+    assert r2.iteration == 6 and torch.allclose(r2.params["mean"].detach(), saved.mean)
+    r2.run()
+    assert load_avatar(out).metadata["refinement"]["iterations"] == 8
+    assert len(r2.loss_history) == 8
+
+
+def test_nan_injected_mid_run_is_rolled_back(base, frames):
+    r = Refiner(base, Rig.of(base), frames, config(iterations=8, good_state_every=2))
+
+    def inject(ref: Refiner) -> None:
+        if ref.iteration == 5:
+            with torch.no_grad():
+                ref.params["mean"][:10] = float("nan")
+
+    r.pre_step_hooks.append(inject)
+    events = []
+    r.run(lambda rep: rep.event and events.append(rep.event))
+    assert r.iteration == 8
+    assert any("non-finite" in e for e in events), events
+    assert r.lr_scale == 0.5
+    assert all(torch.isfinite(p).all() for p in r.params.values())
+
+
+def test_cli_refine_images(tmp_path, base, frames):
+    from PIL import Image
+
+    from savatar.cli import main
+
+    src = tmp_path / "avatar.h5"
+    save_avatar(base, src)
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, f in enumerate(frames[:3]):
+        Image.fromarray((f.image.numpy() * 255).round().astype(np.uint8)).save(d / f"{i:03d}.png")
+    np.savez(d / "params.npz", expr=np.stack([f.expr.numpy() for f in frames[:3]]),
+             pose=np.stack([f.pose.numpy() for f in frames[:3]]),
+             translation=np.stack([f.translation.numpy() for f in frames[:3]]),
+             viewmat=np.stack([f.viewmat.numpy() for f in frames[:3]]), K=frames[0].K.numpy())
+    out, log = tmp_path / "out.h5", tmp_path / "log.jsonl"
+    args = ["refine", str(src), "--images", str(d), "--iters", "4", "--report-every", "2", "--backend", "cpu",
+            "--held-out", "0", "-o", str(out), "--json-log", str(log)]
+    assert main(args) == 0
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == [2, 4, 4]
+    assert lines[-1]["psnr"] > 0 and "anisotropy" in lines[-1]["stats"]
+    refined = load_avatar(out)
+    assert torch.equal(refined.face, base.face)
+    assert refined.metadata["refinement"]["iterations"] == 4
+
+    assert main(args[:5] + ["6"] + args[6:] + ["--resume"]) == 0
+    assert load_avatar(out).metadata["refinement"]["iterations"] == 6
+
+    assert main(["refine", str(src), "--sources", "-o", str(out)]) == 2
+    assert main(["refine", str(src), "--images", str(tmp_path / "missing"), "-o", str(out)]) == 2

@@ -129,25 +129,29 @@ def test_regularization_keeps_spikes_under_one_percent(data, base):
 def test_pause_resume_stop_from_another_thread(base, frames):
     r = Refiner(base, Rig.of(base), frames, config(iterations=10 ** 6, report_every=2))
     reports = []
-    t = threading.Thread(target=lambda: reports.append(r.run(reports.append)))
+    # Daemon, and stopped in `finally`: a failed assertion must not leave a paused refiner
+    # holding the test process open at exit.
+    t = threading.Thread(target=lambda: reports.append(r.run(reports.append)), daemon=True)
     t.start()
-    deadline = time.time() + 120
-    while r.iteration < 2 and time.time() < deadline:
-        time.sleep(0.02)
-    r.pause()
-    # The step in flight finishes (slow on a busy machine), then nothing moves.
-    held = -1
-    while held != r.iteration and time.time() < deadline:
-        held = r.iteration
-        time.sleep(0.5)
-    time.sleep(1.0)
-    assert r.paused and r.iteration == held
-    r.resume()
-    while r.iteration < held + 2 and time.time() < deadline:
-        time.sleep(0.02)
-    assert r.iteration >= held + 2
-    r.stop()
-    t.join(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while r.iteration < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        r.pause()
+        # The step in flight finishes (slow on a busy machine), then nothing moves.
+        held = -1
+        while held != r.iteration and time.time() < deadline:
+            held = r.iteration
+            time.sleep(0.5)
+        time.sleep(1.0)
+        assert r.paused and r.iteration == held
+        r.resume()
+        while r.iteration < held + 2 and time.time() < deadline:
+            time.sleep(0.02)
+        assert r.iteration >= held + 2
+    finally:
+        r.stop()
+        t.join(timeout=60)
     assert not t.is_alive()
     assert reports[-1].event == "stopped" and reports[-1].iteration < 10 ** 6
 

@@ -44,3 +44,50 @@ def viewer_loop() -> dict[str, float]:
             app.running = False
             app.shutdown()
     return out
+
+
+@entry("viewer_while_refining")
+def viewer_while_refining() -> dict[str, float]:
+    """The viewer loop while a refinement runs in its worker thread (same process): does torch
+    in the worker starve the interface of the GIL? 256x256 training frames, default avatar."""
+    import torch
+
+    torch.set_num_threads(1)
+    with x_display():
+        os.environ.setdefault("SAVATAR_CONFIG_DIR", tempfile.mkdtemp())
+        from savatar.core.binding import default_avatar
+        from savatar.core.camera import orbit_camera
+        from savatar.core.refine import RefineConfig, frames_from_motion
+        from savatar.core.rig import Rig
+        from savatar.viewer.app import App
+
+        avatar = default_avatar()
+        rig = Rig.of(avatar)
+        e = rig.model.num_expr
+        cams = [orbit_camera(y, 0, 0.7, (0, -0.03, -0.02), 256, 256) for y in (-20, 20)]
+        frames = frames_from_motion(rig, np.zeros((2, e), np.float32), np.zeros((2, 15), np.float32),
+                                    np.zeros((2, 3), np.float32), cams, backend="cpu")
+        app = App(avatar, None, (512, 512))
+        app.log.echo = False
+        out: dict[str, float] = {}
+        try:
+            app.refine_with(frames, RefineConfig(iterations=10 ** 6, report_every=2, checkpoint_every=0, backend="cpu"))
+            times = []
+            t_end = time.perf_counter() + 20.0
+            i = 0
+            while time.perf_counter() < t_end:
+                app.stage.orbit.yaw = 10.0 * np.sin(i / 5)  # keep the stage redrawing
+                t0 = time.perf_counter()
+                app.stage.dispatch_events()
+                app.step(1 / 30)
+                times.append(time.perf_counter() - t0)
+                i += 1
+            ms = float(np.median(times[5:]) * 1e3)
+            out["frame_ms"] = ms
+            out["fps"] = 1000.0 / ms
+            out["refine_it_per_s"] = app.refiner.last_report.it_per_s if app.refiner and app.refiner.last_report else 0.0
+        finally:
+            app.stop_refine()
+            app.running = False
+            app.shutdown()
+    return out

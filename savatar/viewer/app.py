@@ -427,7 +427,7 @@ class App:
         refinement takes one core and the interface keeps the other."""
         from savatar.core.antispike import AntiSpikeConfig
         from savatar.core.build import refine_frames
-        from savatar.core.refine import RefineConfig, Refiner, frames_from_images
+        from savatar.core.refine import RefineConfig, frames_from_images
 
         if self.refiner is not None:
             self.log.warning("a refinement is already running: stop it first")
@@ -451,6 +451,12 @@ class App:
                            regularize=st["regularize"], held_out=held, checkpoint_every=0,
                            report_every=max(1, min(10, st["iterations"] // 5)),
                            backend="auto")
+        self.refine_with(frames, cfg)
+
+    def refine_with(self, frames: list, cfg) -> None:
+        """Run a Refiner on the shown avatar in a worker thread (see start_refine)."""
+        from savatar.core.refine import Refiner
+
         try:
             refiner = Refiner(self.rig.avatar, self.rig, frames, cfg)
         except ValueError as exc:

@@ -177,7 +177,7 @@ def sample_sources(base: GaussianAvatar, sources: Views, model: HeadModel) -> So
     faces = model.faces
     h, w = sources.images.shape[1:3]
     idx = base.face.long()
-    rgbs, weights, views, grids = [], [], [], []
+    weights, views, grids = [], [], []
     with torch.no_grad():
         for k in range(len(sources)):
             g = deform(base, verts[k], faces)

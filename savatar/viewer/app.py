@@ -93,6 +93,7 @@ class App:
         self._last_scene: tuple | None = None
         self._last_motion = 0.0
         self.live = None  # the running webcam / microphone / audio-file source
+        self.drive: Drive | None = None
         self._last_recording: Motion | None = None
         self._pending_screenshot: str | None = None
 
@@ -114,7 +115,7 @@ class App:
         """Swap the shown avatar (main thread only)."""
         self.rig = rig
         self.avatar_path = path
-        old = getattr(self, "drive", None)
+        old = self.drive
         self.drive = Drive.neutral(rig.model.num_expr)
         if old is not None:  # the new avatar keeps being driven the same way
             self.drive.source, self.drive.strength, self.drive.smoothing = old.source, old.strength, old.smoothing

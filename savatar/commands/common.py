@@ -81,7 +81,3 @@ def parse_color(text: str) -> tuple[float, float, float]:
     if max(parts) > 1:
         parts = [p / 255 for p in parts]
     return tuple(min(p, 1.0) for p in parts)
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -9,7 +9,8 @@ import torch
 from tqdm import tqdm
 
 from savatar.cli_args import UserError, parse_expr, parse_pose
-from savatar.commands.common import frame_renderer, load_avatar_arg, make_rig, parse_color, to_uint8
+from savatar.commands.common import frame_renderer, load_avatar_arg, make_rig, parse_color
+from savatar.core.pixels import to_uint8
 from savatar.core.camera import orbit_camera
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -28,6 +28,7 @@ from scipy.spatial import cKDTree
 from savatar.core.binding import deform, face_frames, init_avatar
 from savatar.core.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.head_model import HeadModel, HeadModelData
+from savatar.core.pixels import to_uint8
 from savatar.core.tracking import FLIP, FaceFitter, TrackerParams, intrinsics_for
 
 MAX_SIDE = 1024  # larger images are downscaled: landmarks and colours gain nothing above this
@@ -102,7 +103,7 @@ def _decode(src: str | Path | np.ndarray, name: str) -> tuple[np.ndarray | None,
         if img.ndim != 3 or img.shape[2] not in (3, 4):
             return None, f"array of shape {img.shape} is not an (H, W, 3) image", ""
         if img.dtype != np.uint8:
-            img = (np.clip(img[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
+            img = to_uint8(img[..., :3])
         return np.ascontiguousarray(img[..., :3]), "", ""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -257,7 +258,7 @@ def person_masks(sources: list[SourceResult]) -> None:
 
     with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         for src in sources:
-            img = (src.image * 255 + 0.5).astype(np.uint8)
+            img = to_uint8(src.image)
             m = seg.process(img).segmentation_mask
             src.mask = np.zeros(img.shape[:2], np.float32) if m is None else np.asarray(m, np.float32)
 

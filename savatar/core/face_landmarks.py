@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from savatar.core.pixels import to_uint8
+
 
 class FaceLandmarker:
     """Detects the largest face's 478 landmarks.
@@ -21,7 +23,7 @@ class FaceLandmarker:
 
     def __call__(self, image: np.ndarray) -> np.ndarray | None:
         if image.dtype != np.uint8:
-            image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+            image = to_uint8(image)
         result = self._mesh.process(np.ascontiguousarray(image[..., :3]))
         self.face_count = len(result.multi_face_landmarks or ())
         if not self.face_count:

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from savatar.core.head_model import HeadModelData
+from savatar.latest_slot import LatestSlot
 
 
 class DriveSourceError(RuntimeError):
@@ -43,24 +44,6 @@ class DriveSource(Protocol):
     def stop(self) -> None: ...
 
 
-class _Latest:
-    """Newest value only, thread-safe."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._value = None
-        self._seq = 0
-
-    def put(self, value) -> None:
-        with self._lock:
-            self._value = value
-            self._seq += 1
-
-    def get(self):
-        with self._lock:
-            return self._value, self._seq
-
-
 class VideoSource:
     """Webcam (an integer index) or any video file or stream OpenCV opens, tracked with
     MediaPipe Face Mesh and the face fitter. Capture and tracking run on separate threads, so
@@ -69,8 +52,8 @@ class VideoSource:
     def __init__(self, data: HeadModelData, device: int | str = 0, fov_y_deg: float = 50.0, loop_file: bool = True):
         self.data, self.device, self.fov_y_deg, self.loop_file = data, device, fov_y_deg, loop_file
         self.name = f"camera {device}" if isinstance(device, int) else Path(str(device)).name
-        self._frame = _Latest()
-        self._result = _Latest()
+        self._frame = LatestSlot()
+        self._result = LatestSlot()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._origin: np.ndarray | None = None
@@ -119,14 +102,13 @@ class VideoSource:
         from savatar.core.tracking import FaceTracker, TrackerParams
 
         tracker = FaceTracker(self.data, TrackerParams(fov_y_deg=self.fov_y_deg))
-        seen = -1
         try:
             while not self._stop.is_set():
-                (captured, frame, capture_ms), seq = self._frame.get()
-                if seq == seen:
+                newest = self._frame.take()
+                if newest is None:  # no new frame since the last one tracked
                     self._stop.wait(0.002)
                     continue
-                seen = seq
+                captured, frame, capture_ms = newest
                 rgb = np.ascontiguousarray(frame[..., ::-1])
                 fit = tracker.process(rgb, captured)
                 trans = np.asarray(fit.translation, np.float32)
@@ -143,7 +125,7 @@ class VideoSource:
             tracker.close()
 
     def latest(self) -> DriveFrame | None:
-        return self._result.get()[0]
+        return self._result.peek()
 
     def status(self) -> str:
         return f"{self.name}: {self._status}"
@@ -163,7 +145,7 @@ class MicrophoneSource:
         self.data, self.sample_rate, self.device = data, sample_rate, device
         self.name = "microphone"
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=200)
-        self._result = _Latest()
+        self._result = LatestSlot()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stream = None
@@ -205,7 +187,7 @@ class MicrophoneSource:
                                             1.0, "ok", {"audio": (time.perf_counter() - t0) * 1e3}))
 
     def latest(self) -> DriveFrame | None:
-        return self._result.get()[0]
+        return self._result.peek()
 
     def status(self) -> str:
         return f"microphone: {self._status}"

@@ -18,14 +18,16 @@ from savatar.core.antispike import AntiSpikeConfig, spike_mask, statistics
 from savatar.core.camera import scaled_camera
 from savatar.core.gaussians import GaussianAvatar
 from savatar.core.motion import Motion, load_motion, save_motion
+from savatar.core.pixels import to_uint8
 from savatar.core.rig import Rig
+from savatar.latest_slot import LatestSlot
 from savatar.viewer.drops import DropKind, classify
 from savatar.viewer.log import Log
 from savatar.viewer.orbit import Orbit
 from savatar.viewer.portraits import Portrait
 from savatar.viewer.settings import Settings, load_settings, save_settings
 from savatar.viewer.state import DRIVE_SOURCES, Drive, Playback, Recorder, RenderSettings, StageTimings
-from savatar.viewer.workers import Jobs, LatestSlot
+from savatar.viewer.workers import Jobs
 
 LIVE_SOURCES = ("webcam", "microphone", "audio file")
 # How far behind the avatar's surface, along the view rays, the occluding mesh sits: more than
@@ -205,7 +207,7 @@ class App:
                         p = params
                         orbit.yaw = self.stage.orbit.yaw + 360.0 * i / count
                     img = self.stage.splat.render(self.rig.world(*p), orbit.camera(size, size), self.render.background).rgb
-                    writer.write((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
+                    writer.write(to_uint8(img))
                     self.console.set_job(f"exporting {Path(path).name}: frame {i + 1}/{count}")
                     yield
                 writer.close()

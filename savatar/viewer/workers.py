@@ -1,34 +1,10 @@
-"""Hand-over between worker threads and the main loop. Workers never touch GL or Dear PyGui:
-they put results here and the main loop picks them up."""
+"""Background jobs whose results come back to the main loop. Workers never touch GL or Dear
+PyGui: the main loop runs their callbacks (see also savatar.latest_slot)."""
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Generic, TypeVar
-
-T = TypeVar("T")
-
-
-class LatestSlot(Generic[T]):
-    """Holds only the newest value: a producer never waits, a slow consumer skips stale ones."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._value: T | None = None
-        self._fresh = False
-
-    def put(self, value: T) -> None:
-        with self._lock:
-            self._value, self._fresh = value, True
-
-    def take(self) -> T | None:
-        """The newest value if one arrived since the last take, else None."""
-        with self._lock:
-            if not self._fresh:
-                return None
-            self._fresh = False
-            return self._value
-
+from typing import Any, Callable
 
 class Jobs:
     """Background jobs (file loading, exports): each runs fn() on its own daemon-less thread;

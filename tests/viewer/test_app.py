@@ -15,6 +15,7 @@ pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
+    old_config = os.environ.get("SAVATAR_CONFIG_DIR")
     os.environ["SAVATAR_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
     from savatar.core.binding import default_avatar
     from savatar.viewer.app import App
@@ -25,6 +26,10 @@ def app(tmp_path_factory):
     if a.running:
         a.running = False
         a.shutdown()
+    if old_config is None:
+        os.environ.pop("SAVATAR_CONFIG_DIR", None)
+    else:
+        os.environ["SAVATAR_CONFIG_DIR"] = old_config
 
 
 def pump(app, frames=3, until=None, timeout=20.0):

@@ -14,8 +14,10 @@ pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an 
 
 def test_smoke_run_draws_the_head_and_exits_zero(tmp_path):
     prefix = str(tmp_path / "shot_")
+    # Its own settings folder: what other tests (or the user) left there must not move the camera.
+    env = {**os.environ, "SAVATAR_CONFIG_DIR": str(tmp_path / "config")}
     proc = subprocess.run([sys.executable, "-m", "savatar.viewer.app", "--smoke", "8", "--size", "320", "320",
-                           "--screenshot", prefix], capture_output=True, text=True, timeout=120)
+                           "--screenshot", prefix], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     img = np.asarray(Image.open(prefix + "stage.png").convert("RGB")).astype(float)
     assert img.shape[:2] == (320, 320)

@@ -152,24 +152,28 @@ class SplatRenderer:
         mesh shrunk a little inside the avatar); splat fragments behind it are rejected by the
         depth test before shading, which saves the fill of everything hidden behind the face.
         """
-        target.use()
-        self.ctx.viewport = (0, 0, camera.width, camera.height)
+        def bind() -> None:
+            target.use()
+            self.ctx.viewport = (0, 0, camera.width, camera.height)
+
+        bind()
         # transparent: premultiplied colour and coverage over nothing, composited later.
         target.clear(*((0.0, 0.0, 0.0, 0.0) if transparent else (*background, 1.0)), depth=1.0)
         self.ctx.disable(moderngl.CULL_FACE)
         if occluder is not None:
-            # moderngl applies a framebuffer's masks when it is bound: rebind after each change.
+            # moderngl applies a framebuffer's masks when it is bound (and resets the viewport to
+            # the framebuffer's own): rebind, viewport included, after each change.
             target.color_mask = (False, False, False, False)
             target.depth_mask = True
-            target.use()
+            bind()
             occluder()
             target.color_mask = (True, True, True, True)
-            target.use()
+            bind()
             self.ctx.enable(moderngl.DEPTH_TEST)
         else:
             self.ctx.disable(moderngl.DEPTH_TEST)
         target.depth_mask = False
-        target.use()
+        bind()
         self._set_uniforms(camera)
         self.ctx.enable(moderngl.BLEND)
         self.ctx.blend_func = (moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA, moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA)
@@ -177,7 +181,7 @@ class SplatRenderer:
             self.vao.render(moderngl.TRIANGLE_STRIP, vertices=4, instances=self.count)
         self.ctx.disable(moderngl.BLEND | moderngl.DEPTH_TEST)
         target.depth_mask = True
-        target.use()
+        bind()
 
     def draw_upscaled(self, target: moderngl.Framebuffer, low: Camera, size: tuple[int, int],
                       background=(1.0, 1.0, 1.0), occluder: Callable[[], None] | None = None) -> None:

@@ -206,7 +206,7 @@ class App:
                     else:
                         p = params
                         orbit.yaw = self.stage.orbit.yaw + 360.0 * i / count
-                    img = self.stage.splat.render(self.rig.world(*p), orbit.camera(size, size), self.render.background).rgb
+                    img = self.stage.render_offscreen(self.rig.world(*p), orbit.camera(size, size), self.render.background)
                     writer.write(to_uint8(img))
                     self.console.set_job(f"exporting {Path(path).name}: frame {i + 1}/{count}")
                     yield

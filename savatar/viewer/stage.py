@@ -48,6 +48,7 @@ class Stage:
         self.window.switch_to()  # another context (e.g. a headless one) may be current
         self.ctx = moderngl.create_context()
         self.splat = SplatRenderer(self.ctx)
+        self._offscreen: SplatRenderer | None = None
         self.mesh: MeshRenderer | None = None
         self.occluder: MeshRenderer | None = None
         self._points_prog = program(self.ctx, "points.vert", "points.frag")
@@ -117,6 +118,9 @@ class Stage:
 
     def upload(self, g: WorldGaussians, camera: Camera, settings: RenderSettings, spikes: np.ndarray | None) -> None:
         """Sort and upload on the main thread (GL); spikes (N,) bool paints flagged ones red."""
+        # Every GL entry point makes this window's context current: the console's is current
+        # after each of its frames, and a buffer written there would land in the wrong context.
+        self.window.switch_to()
         if settings.highlight_spikes and spikes is not None and spikes.any():
             import torch
             sh = g.sh.clone()
@@ -173,14 +177,24 @@ class Stage:
 
     def set_mesh(self, faces: np.ndarray, colors: np.ndarray, occluder_faces: np.ndarray | None = None) -> None:
         """The overlay mesh, and the triangles (a subset) that may occlude splats."""
+        self.window.switch_to()
         self.mesh = MeshRenderer(faces, colors, ctx=self.ctx)
         self.occluder = MeshRenderer(occluder_faces, colors, ctx=self.ctx) if occluder_faces is not None and len(occluder_faces) else None
+
+    def render_offscreen(self, g: WorldGaussians, camera: Camera, background=(1.0, 1.0, 1.0)) -> np.ndarray:
+        """(H, W, 3) float image of g for camera, e.g. for a video export. A renderer of its own,
+        so the window's sorted splats stay as they are."""
+        self.window.switch_to()
+        if self._offscreen is None:
+            self._offscreen = SplatRenderer(self.ctx)
+        return self._offscreen.render(g, camera, background).rgb
 
     def flip(self) -> None:
         self.window.flip()
 
     def screenshot(self, path: str | Path) -> None:
         """The last drawn frame as a PNG (reads the back buffer before flip)."""
+        self.window.switch_to()
         w, h = self.framebuffer_size()
         data = self.ctx.screen.read(viewport=(0, 0, w, h), components=3)
         from PIL import Image

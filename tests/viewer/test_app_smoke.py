@@ -24,6 +24,9 @@ def test_smoke_run_draws_the_head_and_exits_zero(tmp_path):
     background = img[2, 2]
     head = np.abs(img - background).sum(-1) > 30
     assert 0.1 < head.mean() < 0.8  # a head fills a good part of the stage, not all of it
+    # ...in the middle of it (splats sorted for one camera and drawn with another land off-centre).
+    cols = np.flatnonzero(head[:250].any(0))
+    assert abs((cols.min() + cols.max()) / 2 - 160) < 25
     # Skin tones in the middle of the frame: red above blue.
     centre = img[120:200, 120:200].reshape(-1, 3)
     assert (centre[:, 0] > centre[:, 2] + 20).mean() > 0.5

@@ -9,7 +9,8 @@ import numpy as np
 from bench import entry
 from savatar.core.binding import default_avatar
 from savatar.core.camera import orbit_camera
-from savatar.core.refine import Refiner, RefineConfig, frames_from_motion
+from savatar.core.frame_sources import frames_from_motion
+from savatar.core.refine import Refiner, RefineConfig
 from savatar.core.rig import Rig
 
 SIZE = 256

@@ -40,7 +40,8 @@ from bench import entry
 from savatar.core.binding import init_avatar
 from savatar.core.camera import orbit_camera
 from savatar.core.open_head import load_open_head_data
-from savatar.core.refine import Refiner, RefineConfig, frames_from_motion
+from savatar.core.frame_sources import frames_from_motion
+from savatar.core.refine import Refiner, RefineConfig
 from savatar.core.rig import Rig
 
 TARGET = (0.0, -0.05, -0.03)

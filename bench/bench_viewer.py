@@ -57,7 +57,8 @@ def viewer_while_refining() -> dict[str, float]:
         os.environ.setdefault("SAVATAR_CONFIG_DIR", tempfile.mkdtemp())
         from savatar.core.binding import default_avatar
         from savatar.core.camera import orbit_camera
-        from savatar.core.refine import RefineConfig, frames_from_motion
+        from savatar.core.frame_sources import frames_from_motion
+        from savatar.core.refine import RefineConfig
         from savatar.core.rig import Rig
         from savatar.viewer.app import App
 

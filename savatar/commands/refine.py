@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def _frames(args: argparse.Namespace, avatar):
-    from savatar.core.refine import frames_from_images, frames_from_video
+    from savatar.core.frame_sources import frames_from_images, frames_from_video
 
     if args.images:
         if not Path(args.images).is_dir():

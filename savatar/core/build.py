@@ -516,15 +516,3 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     avatar.metadata["build"] = {"seen_fraction": float(seen.mean()), "sources": len(good)}
     step(1.0, "done")
     return avatar, results
-
-
-def refine_frames(results: Sequence[SourceResult]):
-    """The usable sources of a build as refinement frames (savatar.core.refine.Frame), seen by
-    the cameras the build fitted, with the person mask limiting the loss to the head."""
-    from savatar.core.refine import Frame
-    from savatar.core.tracking import TRACKING_VIEWMAT
-
-    f32 = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731
-    return [Frame(f32(r.image), f32(r.expr), f32(r.pose), f32(r.translation), f32(TRACKING_VIEWMAT), f32(r.K),
-                  None if r.mask is None else f32(r.mask))
-            for r in results if r.ok and r.image is not None]

@@ -429,8 +429,8 @@ class App:
         stage shows the avatar as it improves. torch runs single-threaded in the viewer, so the
         refinement takes one core and the interface keeps the other."""
         from savatar.core.antispike import AntiSpikeConfig
-        from savatar.core.build import refine_frames
-        from savatar.core.refine import RefineConfig, frames_from_images
+        from savatar.core.frame_sources import frames_from_build, frames_from_images
+        from savatar.core.refine import RefineConfig
 
         if self.refiner is not None:
             self.log.warning("a refinement is already running: stop it first")
@@ -440,7 +440,7 @@ class App:
             if st["data"] == "image folder":
                 frames = frames_from_images(st["folder"])
             else:
-                frames = refine_frames(self._build_results)
+                frames = frames_from_build(self._build_results)
                 if not frames:
                     raise ValueError("no portraits from a build in this session: build first, or choose an image folder")
         except (ValueError, OSError) as exc:

@@ -17,7 +17,8 @@ from savatar.core.avatar_file import load_avatar, save_avatar
 from savatar.core.binding import init_avatar
 from savatar.core.camera import orbit_camera
 from savatar.core.open_head import load_open_head_data
-from savatar.core.refine import LayoutError, Refiner, RefineConfig, frames_from_motion, ssim
+from savatar.core.frame_sources import frames_from_motion
+from savatar.core.refine import LayoutError, Refiner, RefineConfig, ssim
 from savatar.core.rig import Rig
 
 SIZE = 48

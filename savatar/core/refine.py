@@ -161,7 +161,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
+    mse = float(((a - b) ** 2).mean().detach())
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
@@ -383,12 +383,13 @@ class Refiner:
     # --- reports, checkpoints, control --------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Mean PSNR (dB) over the held-out frames, None without any."""
-        if not self.held_out:
+    def evaluate(self, indices: Sequence[int] | None = None) -> float | None:
+        """Mean PSNR (dB) over the held-out frames (or the frames at `indices`), None without any."""
+        indices = self.held_out if indices is None else list(indices)
+        if not indices:
             return None
         return float(np.mean([psnr(self._render(i, grad=False).clamp(0, 1), self.frames[i].image.float())
-                              for i in self.held_out]))
+                              for i in indices]))
 
     def stats(self) -> dict[str, QuantityStats]:
         return statistics(self._live(), self.config.antispike, bins=self.config.histogram_bins)

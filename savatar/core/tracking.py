@@ -98,12 +98,15 @@ class LandmarkModel:
 
     GROUPS = (2, 3, 4)  # jaw, left eye, right eye joints
 
-    def __init__(self, data: HeadModelData, shape: np.ndarray | None = None):
+    def __init__(self, data: HeadModelData, shape: np.ndarray | None = None,
+                 static_offset: np.ndarray | None = None):
         f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
         v = f64(data.v_template)
         if shape is not None and len(shape):
             s = f64(shape)
             v = v + f64(data.shapedirs)[:, :, :len(s)] @ s
+        if static_offset is not None:  # the identity's per-vertex offset, added before LBS (HeadModel)
+            v = v + f64(static_offset).reshape(v.shape)
         exprdirs = f64(data.exprdirs)
         self.num_expr = exprdirs.shape[2]
         jreg = f64(data.j_regressor)
@@ -266,16 +269,17 @@ class FitResult:
 
 
 class FaceFitter:
-    """Fits pose, jaw, gaze and expression to (L, 2) landmark pixels for camera K (3, 3).
+    """Fits pose, jaw, gaze and expression to (L, 2) landmark pixels for camera K (3, 3), for the
+    identity shape (S,) and static_offset (V, 3) (both default to the model's mean head).
 
     fit(points) warm-starts from the previous fit; reset() forgets it, so the next fit starts from
     solvePnP on the neutral landmarks.
     """
 
     def __init__(self, data: HeadModelData, K: np.ndarray, shape: np.ndarray | None = None,
-                 params: TrackerParams | None = None):
+                 params: TrackerParams | None = None, static_offset: np.ndarray | None = None):
         self.params = params or TrackerParams()
-        self.model = LandmarkModel(data, shape)
+        self.model = LandmarkModel(data, shape, static_offset)
         self.K = np.asarray(K, dtype=np.float64)
         self.expr_names = list(data.expr_names)
         n, e = self.model.num_landmarks, self.model.num_expr
@@ -453,13 +457,16 @@ class FaceTracker:
     process(image (H, W, 3) RGB uint8 or float, timestamp seconds) -> FitResult. Without a face the
     last parameters are held for hold_s, then pose (except translation) and expression ease to
     neutral over ease_s. K defaults to intrinsics_for(W, H, params.fov_y_deg) of the first frame.
+    shape and static_offset: the identity the fit holds fixed (an avatar's own, so that the avatar
+    posed with the results lines up with the image; default the model's mean head).
     """
 
     def __init__(self, data: HeadModelData, params: TrackerParams | None = None, K: np.ndarray | None = None,
-                 shape: np.ndarray | None = None, landmarker=None):
+                 shape: np.ndarray | None = None, landmarker=None, static_offset: np.ndarray | None = None):
         from savatar.core.face_landmarks import FaceLandmarker
 
         self.data, self.params, self.shape = data, params or TrackerParams(), shape
+        self.static_offset = static_offset
         self._mp_index = mediapipe_indices(data)
         self._fixed_k = K
         self.landmarker = landmarker or FaceLandmarker(static_images=self.params.static_images)
@@ -494,7 +501,7 @@ class FaceTracker:
         h, w = image.shape[:2]
         if self.fitter is None or self._size != (w, h):
             k = self._fixed_k if self._fixed_k is not None else intrinsics_for(w, h, self.params.fov_y_deg)
-            self.fitter = FaceFitter(self.data, k, self.shape, self.params)
+            self.fitter = FaceFitter(self.data, k, self.shape, self.params, self.static_offset)
             self._size = (w, h)
         fit = self.fitter.fit(pts)
         t2 = time.perf_counter()
@@ -531,6 +538,47 @@ class FaceTracker:
         self.landmarker.close()
 
 
+class VideoReader:
+    """Frames of a video file through OpenCV: fps (from the file, 30 when it does not say), count
+    (frames the file claims, 0 when unknown) and frames(stride) yielding (index, RGB uint8
+    (H, W, 3)) for every stride-th frame; the frames in between are skipped without decoding to
+    RGB. OSError when OpenCV cannot open the file. Use as a context manager or call close()."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._cap = cv2.VideoCapture(str(path))
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise OSError(f"{path}: cannot open the video (not a video, or a format OpenCV cannot read)")
+        rate = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(rate) if np.isfinite(rate) and rate > 0 else 30.0
+        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.count = max(int(count), 0) if np.isfinite(count) else 0
+
+    def frames(self, stride: int = 1):
+        stride = max(1, int(stride))
+        i = 0
+        while True:
+            if i % stride:
+                if not self._cap.grab():
+                    return
+            else:
+                ok, frame = self._cap.read()
+                if not ok:
+                    return
+                yield i, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            i += 1
+
+    def close(self) -> None:
+        self._cap.release()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def track_video(path: str | Path, data: HeadModelData, fps: float | None = None,
                 progress: Callable[[int, int], None] | None = None, params: TrackerParams | None = None,
                 relative_translation: bool = True) -> Motion:
@@ -540,29 +588,18 @@ def track_video(path: str | Path, data: HeadModelData, fps: float | None = None,
     head starts where the model's rest pose is (the avatar's render camera frames that).
     progress(done, total) is called after each frame (total 0 when the file does not say).
     """
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise OSError(f"{path}: cannot open the video")
-    rate = fps or cap.get(cv2.CAP_PROP_FPS) or 30.0
-    if not np.isfinite(rate) or rate <= 0:
-        rate = 30.0
-    total = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-    tracker = FaceTracker(data, params)
     rows = []
-    try:
-        i = 0
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            r = tracker.process(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), i / rate)
-            rows.append((r.expr, r.pose, r.translation, r.status == "ok"))
-            i += 1
-            if progress is not None:
-                progress(i, total)
-    finally:
-        cap.release()
-        tracker.close()
+    with VideoReader(path) as video:
+        rate = fps or video.fps
+        tracker = FaceTracker(data, params)
+        try:
+            for i, rgb in video.frames():
+                r = tracker.process(rgb, i / rate)
+                rows.append((r.expr, r.pose, r.translation, r.status == "ok"))
+                if progress is not None:
+                    progress(i + 1, video.count)
+        finally:
+            tracker.close()
     if not rows:
         raise OSError(f"{path}: no frames could be read")
     expr = np.stack([r[0] for r in rows]).astype(np.float32)

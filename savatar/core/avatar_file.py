@@ -11,6 +11,19 @@ Layout (format "savatar-avatar", version 1):
   group `refinement` (attr `iterations`, dataset `losses`, optional attr `stats`: JSON object
   with the last anti-spike statistics and guard events)
 - /motions/NAME (optional): attr `fps`, datasets expr (T, E), pose (T, 15), translation (T, 3)
+- /sources (optional; written by `savatar build`, read by `savatar refine --sources`): the
+  portraits the avatar was built from, prepared for refinement, one group per portrait
+  /sources/000, /sources/001, ... (read in name order), each with attr `name` (the input's
+  file name) and datasets
+    image (H, W, 3) uint8 RGB: a square face crop, at most 512 px a side (gzip);
+    mask (H, W) uint8: 255 where the pixel counts in the refinement loss (the person
+      segmentation times the head mesh's silhouette dilated a little; gzip);
+    K (3, 3) float32 intrinsics in pixels of this image; viewmat (4, 4) float32 world-to-camera
+      (OpenCV; the tracking camera, savatar.core.tracking.TRACKING_VIEWMAT);
+    expr (E,) with E the head model's expression count, pose (15,), translation (3,) float32:
+      the head parameters the build fitted to this portrait (the avatar's identity: /head).
+  The avatar posed with a source's parameters and rendered with its camera lines up with its
+  image. Files written before this group existed load without it.
 
 Loading checks everything and raises AvatarFormatError naming the path inside the file; saving is
 atomic (temp file in the same directory, fsync, os.replace).
@@ -49,6 +62,9 @@ _HEAD_ARRAYS = ("v_template", "faces", "shapedirs", "exprdirs", "posedirs", "j_r
 _HEAD_OPTIONAL = ("vertex_colors", "lmk_mediapipe")
 _HEAD_FLOAT = {"v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights", "lmk_bary",
                "vertex_colors"}
+# Per-source float datasets of /sources/NNN and their shapes (None: the head model's expression count).
+_SOURCE_PARAMS: dict[str, tuple[int | None, ...]] = {"K": (3, 3), "viewmat": (4, 4), "expr": (None,), "pose": (15,),
+                                                     "translation": (3,)}
 # Below this many elements compression costs more (filter overhead, chunk index) than it saves.
 _COMPRESS_MIN = 4096
 
@@ -62,10 +78,13 @@ class AvatarFormatError(ValueError):
         super().__init__(f"{file}: {where}: {message}")
 
 
-def _put(group: h5py.Group, name: str, data: np.ndarray, **attrs: str) -> h5py.Dataset:
+def _put(group: h5py.Group, name: str, data: np.ndarray, compress: bool | None = None, **attrs: str) -> h5py.Dataset:
+    """Dataset with attrs; compressed when compress, or by default when it is float and large."""
     data = np.ascontiguousarray(data)
     kw: dict[str, Any] = {}
-    if data.dtype.kind == "f" and data.size >= _COMPRESS_MIN:
+    if compress is None:
+        compress = data.dtype.kind == "f" and data.size >= _COMPRESS_MIN
+    if compress:
         kw = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
     ds = group.create_dataset(name, data=data, **kw)
     for key, value in attrs.items():
@@ -143,6 +162,31 @@ def _write(f: h5py.File, avatar: GaussianAvatar, head: HeadModelData | None, hea
             gm.attrs["fps"] = float(motion["fps"])
             for key in ("expr", "pose", "translation"):
                 _put(gm, key, np.asarray(motion[key], np.float32))
+    if meta.get("sources"):
+        g_src = f.create_group("sources")
+        for i, rec in enumerate(meta["sources"]):
+            _check_source(i, rec, len(avatar.default_expr))
+            gs = g_src.create_group(f"{i:03d}")
+            gs.attrs["name"] = str(rec["name"])
+            _put(gs, "image", rec["image"], compress=True)
+            _put(gs, "mask", rec["mask"], compress=True)
+            for key in _SOURCE_PARAMS:
+                _put(gs, key, np.asarray(rec[key], np.float32))
+
+
+def _check_source(i: int, rec: dict, num_expr: int) -> None:
+    """Refuse to write a source the loader would reject (ValueError naming the source)."""
+    image, mask = np.asarray(rec.get("image")), np.asarray(rec.get("mask"))
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"metadata['sources'][{i}]['image'] must be (H, W, 3) uint8, got {image.dtype} {image.shape}")
+    if mask.dtype != np.uint8 or mask.shape != image.shape[:2]:
+        raise ValueError(f"metadata['sources'][{i}]['mask'] must be (H, W) uint8 like the image, "
+                         f"got {mask.dtype} {mask.shape}")
+    for key, shape in _SOURCE_PARAMS.items():
+        a = np.asarray(rec.get(key), np.float32)
+        shape = tuple(num_expr if s is None else s for s in shape)
+        if a.shape != shape or not np.isfinite(a).all():
+            raise ValueError(f"metadata['sources'][{i}][{key!r}] must be finite with shape {shape}, got {a.shape}")
 
 
 def save_avatar(avatar: GaussianAvatar, path: str | Path, head: HeadModelData | None = None,
@@ -152,7 +196,9 @@ def save_avatar(avatar: GaussianAvatar, path: str | Path, head: HeadModelData | 
     head: the head model's arrays; embedded for the open head model (default: the bundled one,
     or avatar.metadata["head_data"] from a loaded file). For FLAME only the sha256 of the user's
     model file is stored: pass head_file (hashed here) or set avatar.metadata["head_file_sha256"].
-    Optional avatar.metadata keys written: created, thumbnails, refinement, motions.
+    Optional avatar.metadata keys written: created, thumbnails, refinement, motions, sources
+    (a list of {"name", "image", "mask", "K", "viewmat", "expr", "pose", "translation"}, see
+    the module docstring; ValueError for one the loader would reject).
     """
     path = Path(path)
     if head is None:
@@ -210,6 +256,13 @@ class _Reader:
             raise self.fail(where, "contains NaN or Inf")
         return np.asarray(data)
 
+    def uint8(self, where: str, shape: tuple[int | None, ...]) -> np.ndarray:
+        """uint8 dataset at `where` of `shape` (None = any)."""
+        data = self.array(where, "i", shape)
+        if self.f[where].dtype != np.uint8:
+            raise self.fail(where, f"expected uint8, found {self.f[where].dtype}")
+        return data
+
     def strings(self, where: str) -> list[str]:
         obj = self.f.get(where)
         if not isinstance(obj, h5py.Dataset) or obj.ndim != 1:
@@ -255,8 +308,9 @@ def load_avatar(path: str | Path) -> GaussianAvatar:
 
     The returned avatar's metadata holds: "created" (str), "head_data" (HeadModelData, for an
     embedded open head model), "head_file_sha256" (FLAME), "num_faces", and when present
-    "thumbnails" ((T, H, W, 3) uint8), "refinement" ({"iterations", "losses", optionally "stats"}) and "motions"
-    ({name: {"fps", "expr", "pose", "translation"}}).
+    "thumbnails" ((T, H, W, 3) uint8), "refinement" ({"iterations", "losses", optionally "stats"}), "motions"
+    ({name: {"fps", "expr", "pose", "translation"}}) and "sources" (a list of {"name", "image",
+    "mask", "K", "viewmat", "expr", "pose", "translation"}, see the module docstring).
     Raises AvatarFormatError (a ValueError) naming the in-file path on any problem.
     """
     path = Path(path)
@@ -325,10 +379,7 @@ def _read(r: _Reader) -> GaussianAvatar:
     r.group("/metadata")
     meta["created"] = str(r.attr("/metadata", "created"))
     if "/metadata/thumbnails" in r.f:
-        thumbs = r.array("/metadata/thumbnails", "i", (None, None, None, 3))
-        if r.f["/metadata/thumbnails"].dtype != np.uint8:
-            raise r.fail("/metadata/thumbnails", f"expected uint8, found {r.f['/metadata/thumbnails'].dtype}")
-        meta["thumbnails"] = thumbs
+        meta["thumbnails"] = r.uint8("/metadata/thumbnails", (None, None, None, 3))
     if "/metadata/refinement" in r.f:
         r.group("/metadata/refinement")
         meta["refinement"] = {"iterations": int(r.attr("/metadata/refinement", "iterations")),
@@ -352,9 +403,38 @@ def _read(r: _Reader) -> GaussianAvatar:
                              "pose": r.array(f"{where}/pose", "f", (t, 15)),
                              "translation": r.array(f"{where}/translation", "f", (t, 3))}
         meta["motions"] = motions
+    if "/sources" in r.f:
+        meta["sources"] = _read_sources(r, len(default_expr))
 
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
     return GaussianAvatar(face=torch.from_numpy(face.astype(np.int64)), mean=t(g["mean"]), rot=t(g["rot"]),
                           log_scale=t(g["log_scale"]), opacity_logit=t(g["opacity_logit"]), sh=t(g["sh"]),
                           head_model=model, shape=t(shape), static_offset=t(static_offset),
                           default_expr=t(default_expr), metadata=meta)
+
+
+def _read_sources(r: _Reader, num_expr: int) -> list[dict[str, Any]]:
+    """/sources: every member a complete, consistent source (module docstring), in name order."""
+    g = r.group("/sources")
+    if not len(g):
+        raise r.fail("/sources", "expected at least one source group")
+    out = []
+    for name in sorted(g):
+        where = f"/sources/{name}"
+        r.group(where)
+        image = r.uint8(f"{where}/image", (None, None, 3))
+        h, w = image.shape[:2]
+        if min(h, w) < 1:
+            raise r.fail(f"{where}/image", f"empty image {image.shape}")
+        rec: dict[str, Any] = {"name": str(r.attr(where, "name")), "image": image,
+                               "mask": r.uint8(f"{where}/mask", (h, w))}
+        for key, shape in _SOURCE_PARAMS.items():
+            rec[key] = r.array(f"{where}/{key}", "f", tuple(num_expr if s is None else s for s in shape))
+        k = rec["K"]
+        if not (k[0, 0] > 0 and k[1, 1] > 0 and np.allclose(k[2], [0, 0, 1])):
+            raise r.fail(f"{where}/K", "expected intrinsics with positive focal lengths and last row 0 0 1")
+        vm = rec["viewmat"]
+        if not (np.allclose(vm[3], [0, 0, 0, 1]) and np.allclose(vm[:3, :3] @ vm[:3, :3].T, np.eye(3), atol=1e-4)):
+            raise r.fail(f"{where}/viewmat", "expected a rigid world-to-camera matrix (rotation, last row 0 0 0 1)")
+        out.append(rec)
+    return out

@@ -11,7 +11,9 @@ Cameras live in the tracking world of savatar.core.tracking: camera at the origi
 world -z (viewmat TRACKING_VIEWMAT), intrinsics intrinsics_for(W, H, FOV_Y_DEG). A source's view
 is reproduced with Camera(TRACKING_VIEWMAT, source.K, W, H) and the source's expr, pose and
 translation. The avatar rests at neutral: its layout is on the neutral head and default_expr is
-zero, only the colours come from the (posed) sources.
+zero, only the colours come from the (posed) sources. The avatar keeps face crops of the
+sources with their fitted parameters and loss masks (metadata["sources"],
+savatar.core.frame_sources.stored_sources) for refinement.
 """
 from __future__ import annotations
 
@@ -514,5 +516,9 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     avatar.default_expr = torch.zeros(data.exprdirs.shape[2])
     avatar.metadata["thumbnails"] = np.stack(thumbs)
     avatar.metadata["build"] = {"seen_fraction": float(seen.mean()), "sources": len(good)}
+    step(0.95, "sources")
+    # What `savatar refine --sources` needs, kept in the avatar file (savatar.core.avatar_file).
+    from savatar.core.frame_sources import stored_sources
+    avatar.metadata["sources"] = stored_sources(good, data, shape)
     step(1.0, "done")
     return avatar, results

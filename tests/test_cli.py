@@ -200,3 +200,99 @@ def test_build_with_a_generator_checkpoint(tmp_path):
                  "-o", str(out)]) == 0
     assert len(load_avatar(out)) == 800  # the checkpoint's layout
     assert main(["build", str(tmp_path / "a.png"), "--generator", str(tmp_path / "none.pt"), "-o", str(out)]) == 2
+
+
+def _plain_avatar(path):
+    from savatar.core.avatar_file import save_avatar
+    from savatar.core.binding import init_avatar
+    from savatar.core.open_head import load_open_head_data
+
+    save_avatar(init_avatar(load_open_head_data(), 1000), path)
+    return path
+
+
+def test_refine_from_a_video(tmp_path, capsys):
+    """A clip of the default avatar rendered by `savatar render` (its orbit camera, not the
+    tracker's) is tracked and refined against."""
+    from savatar.core.avatar_file import load_avatar
+    from savatar.core.motion import Motion, save_motion
+    from savatar.core.open_head import load_open_head_data
+
+    names = load_open_head_data().expr_names
+    t = 4
+    pose = np.zeros((t, 15), np.float32)
+    pose[:, 6] = np.linspace(0, 0.2, t)  # jaw opens
+    pose[:, 1] = np.linspace(-0.2, 0.2, t)  # head turns
+    save_motion(Motion(10.0, np.zeros((t, len(names)), np.float32), pose, np.zeros((t, 3), np.float32), names),
+                tmp_path / "m.npz")
+    clip = tmp_path / "clip.mp4"
+    assert main(["render", "--motion", str(tmp_path / "m.npz"), "-W", "320", "-H", "320", "--background", "0.4,0.5,0.6",
+                 "-o", str(clip)]) == 0
+    capsys.readouterr()
+    src, out = _plain_avatar(tmp_path / "a.h5"), tmp_path / "out.h5"
+    assert main(["refine", str(src), "--video", str(clip), "--fov", "30", "--max-frames", "2", "--size", "96",
+                 "--iters", "2", "--backend", "cpu", "-o", str(out)]) == 0
+    assert "tracked 2 frames with a face" in capsys.readouterr().out  # frames 0 and 2 of 4
+    refined = load_avatar(out)
+    assert refined.metadata["refinement"]["iterations"] == 2 and len(refined) == 1000
+
+
+def test_refine_from_the_sources_a_build_kept(tmp_path, capsys):
+    import skimage.data
+
+    from savatar.core.avatar_file import load_avatar
+
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
+    built, out = tmp_path / "built.h5", tmp_path / "refined.h5"
+    assert main(["build", str(tmp_path / "astronaut.png"), "--count", "2000", "-o", str(built)]) == 0
+    assert main(["info", str(built)]) == 0
+    assert "1 portraits kept for refine --sources" in capsys.readouterr().out
+    assert main(["refine", str(built), "--sources", "--iters", "2", "--size", "96", "--backend", "cpu",
+                 "-o", str(out)]) == 0
+    before, after = load_avatar(built), load_avatar(out)
+    assert after.metadata["refinement"]["iterations"] == 2
+    (a,), (b,) = before.metadata["sources"], after.metadata["sources"]
+    assert a["name"] == b["name"] == "astronaut.png"
+    for key in ("image", "mask", "K", "viewmat", "expr", "pose", "translation"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["refine", "plain.h5", "--sources", "-o", "o.h5"], "plain.h5: this avatar holds no source portraits"),
+    (["refine", "plain.h5", "--video", "missing.mp4", "-o", "o.h5"], "missing.mp4: no such file"),
+    (["refine", "plain.h5", "--video", "notes.mp4", "-o", "o.h5"], "notes.mp4: cannot open the video"),
+    (["refine", "plain.h5", "--video", "blank.avi", "-o", "o.h5"], "blank.avi: no face found in any of the 3 frames"),
+    (["refine", "plain.h5", "--video", "blank.avi", "--size", "8", "-o", "o.h5"], "--size"),
+    (["refine", "plain.h5", "--video", "blank.avi", "--stride", "0", "-o", "o.h5"], "--stride"),
+])
+def test_refine_source_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
+    from savatar.core.video_file import VideoWriter
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENCV_FFMPEG_LOGLEVEL", "-8")  # the command sets it; keep it from leaking
+    _plain_avatar(tmp_path / "plain.h5")
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    writer = VideoWriter(tmp_path / "blank.avi", 10, 160, 120)
+    for _ in range(3):
+        writer.write(np.full((120, 160, 3), 128, np.uint8))
+    writer.close()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]  # progress bars and MediaPipe's log may come before it
+    assert message in last and last.startswith("savatar refine: ") and "Traceback" not in err
+    if "--sources" in args:
+        assert "use --images or --video" in last
+
+
+def test_refine_help_lists_the_frame_options(capsys):
+    from savatar.commands import refine as command
+    from savatar.core import frame_sources
+
+    assert (command.VIDEO_SIZE, command.VIDEO_MAX_FRAMES, command.VIDEO_FOV_Y_DEG) == (
+        frame_sources.VIDEO_SIZE, frame_sources.VIDEO_MAX_FRAMES, frame_sources.VIDEO_FOV_Y_DEG)
+    with pytest.raises(SystemExit) as exc:
+        main(["refine", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--video", "--sources", "--images", "--size", "--max-frames", "--stride", "--fov", "--no-crop"):
+        assert option in out

@@ -24,6 +24,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         rows.append(("created", str(meta["created"])))
     if "thumbnails" in meta:
         rows.append(("portraits", f"{len(meta['thumbnails'])}"))
+    if meta.get("sources"):
+        rows.append(("sources", f"{len(meta['sources'])} portraits kept for refine --sources"))
     if "refinement" in meta:
         rows.append(("refinement", f"{meta['refinement'].get('iterations', 0)} iterations"))
     for name, m in meta.get("motions", {}).items():

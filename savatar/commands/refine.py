@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -12,14 +13,32 @@ from tqdm import tqdm
 from savatar.cli_args import UserError
 from savatar.commands.common import load_avatar_arg, make_rig
 
+# Defaults of savatar.core.frame_sources (tests check they agree), repeated so that registering the
+# command does not import OpenCV and the refiner.
+VIDEO_SIZE, VIDEO_MAX_FRAMES, VIDEO_FOV_Y_DEG = 384, 200, 50.0
+
 
 def register(sub) -> None:
     p = sub.add_parser("refine", help="refine an avatar against frames (count and binding never change)")
     p.add_argument("avatar", help="avatar .h5 to refine")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--video", metavar="V", help="monocular video, tracked first with the face tracker")
-    src.add_argument("--images", metavar="DIR", help="folder of images with params.npz (see savatar.core.refine)")
-    src.add_argument("--sources", action="store_true", help="the portraits the avatar was built from")
+    src.add_argument("--video", metavar="V", help="monocular video of the avatar's person, tracked first with "
+                     "the face tracker (the avatar's own head shape, the tracker's camera)")
+    src.add_argument("--images", metavar="DIR",
+                     help="folder of images with params.npz (see savatar.core.frame_sources.frames_from_images)")
+    src.add_argument("--sources", action="store_true",
+                     help="the portraits the avatar was built from (kept in the file by savatar build)")
+    v = p.add_argument_group("frames from --video and --sources")
+    v.add_argument("--size", type=int, default=VIDEO_SIZE, metavar="PX",
+                   help=f"longest side of a frame in pixels (default {VIDEO_SIZE}; refinement time grows with it)")
+    v.add_argument("--max-frames", type=int, default=VIDEO_MAX_FRAMES, metavar="N",
+                   help=f"--video: use at most N frames (default {VIDEO_MAX_FRAMES})")
+    v.add_argument("--stride", type=int, metavar="K",
+                   help="--video: use every K-th frame (default: spread --max-frames over the clip)")
+    v.add_argument("--fov", type=float, default=VIDEO_FOV_Y_DEG, metavar="DEG",
+                   help=f"--video: the camera's vertical field of view in degrees (default {VIDEO_FOV_Y_DEG:g})")
+    v.add_argument("--no-crop", action="store_true",
+                   help="--video: use whole frames instead of a square crop around the face")
     p.add_argument("--iters", type=int, default=10000, help="total iterations (default 10000)")
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "gsplat"))
     p.add_argument("--held-out", type=int, action="append", metavar="I", help="frame index kept for PSNR, repeatable")
@@ -35,8 +54,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_refine)
 
 
-def _frames(args: argparse.Namespace, avatar):
-    from savatar.core.frame_sources import frames_from_images, frames_from_video
+def _frames(args: argparse.Namespace, avatar, rig):
+    from savatar.core.frame_sources import frames_from_images, frames_from_stored_sources
 
     if args.images:
         if not Path(args.images).is_dir():
@@ -46,14 +65,38 @@ def _frames(args: argparse.Namespace, avatar):
         except (ValueError, OSError) as exc:
             raise UserError(str(exc).splitlines()[0]) from None
     if args.video:
-        if not Path(args.video).is_file():
-            raise UserError(f"{args.video}: no such file")
-        try:
-            return frames_from_video(args.video, avatar)
-        except NotImplementedError as exc:
-            raise UserError(str(exc)) from None
-    raise UserError("this avatar file holds no source portraits (building from portraits does not store "
-                    "them yet); use --images")
+        return _video_frames(args, avatar, rig)
+    try:
+        return frames_from_stored_sources(avatar, size=args.size)
+    except ValueError as exc:
+        raise UserError(f"{args.avatar}: {exc}") from None
+
+
+def _video_frames(args: argparse.Namespace, avatar, rig):
+    from savatar.core.frame_sources import frames_from_video
+
+    if not Path(args.video).is_file():
+        raise UserError(f"{args.video}: no such file")
+    if args.max_frames < 1 or (args.stride is not None and args.stride < 1) or not 1 <= args.fov < 179:
+        raise UserError("--max-frames and --stride must be >= 1, --fov between 1 and 179 degrees")
+    # FFmpeg's own complaints about a broken file would come before the one-line error.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    bar = tqdm(desc="track", unit="frame")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total or None
+        bar.n = done
+        bar.refresh()
+
+    try:
+        frames = frames_from_video(args.video, avatar, data=rig.data, size=args.size, max_frames=args.max_frames,
+                                   stride=args.stride, fov_y_deg=args.fov, crop=not args.no_crop, progress=progress)
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc).splitlines()[0]) from None
+    finally:
+        bar.close()
+    print(f"tracked {len(frames)} frames with a face from {args.video}")
+    return frames
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
@@ -62,6 +105,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     if args.iters < 1 or args.report_every < 1 or args.checkpoint_every < 0:
         raise UserError("--iters and --report-every must be >= 1, --checkpoint-every >= 0")
+    if args.size < 16:
+        raise UserError("--size must be at least 16 pixels")
     out = Path(args.output)
     if out.suffix.lower() != ".h5":
         raise UserError(f"{out}: the output must be an .h5 avatar file")
@@ -73,7 +118,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     avatar = load_avatar_arg(args.avatar)
     rig = make_rig(avatar, args.flame)
-    frames = _frames(args, avatar)
+    frames = _frames(args, avatar, rig)
     held = tuple(args.held_out or ())
     if any(not 0 <= i < len(frames) for i in held):
         raise UserError(f"--held-out: indices must be in 0..{len(frames) - 1}")

@@ -9,7 +9,11 @@ Layout (format "savatar-avatar", version 1):
   `units` and `convention`
 - /metadata: attr `created` (ISO 8601); optional dataset `thumbnails` (T, H, W, 3) uint8 and
   group `refinement` (attr `iterations`, dataset `losses`, optional attr `stats`: JSON object
-  with the last anti-spike statistics and guard events)
+  with the last anti-spike statistics and guard events; in an unfinished run's checkpoints a
+  group `resume`: attr `sampler` (JSON: the frame-order generator's state and the frames left
+  this epoch), optimizer/NAME for each optimized attribute NAME (attr `step`, datasets exp_avg
+  and exp_avg_sq float32 shaped like the attribute: Adam's moments) and frame/{expr,pose}
+  (T, E) / (T, 15) per-frame corrections when frames are tuned)
 - /motions/NAME (optional): attr `fps`, datasets expr (T, E), pose (T, 15), translation (T, 3)
 - /sources (optional; written by `savatar build`, read by `savatar refine --sources`): the
   portraits the avatar was built from, prepared for refinement, one group per portrait
@@ -155,6 +159,8 @@ def _write(f: h5py.File, avatar: GaussianAvatar, head: HeadModelData | None, hea
         g_ref.create_dataset("losses", data=np.asarray(ref.get("losses", []), np.float32))
         if ref.get("stats") is not None:
             g_ref.attrs["stats"] = json.dumps(ref["stats"])
+        if ref.get("resume"):
+            _write_resume(g_ref.create_group("resume"), ref["resume"])
     if meta.get("motions"):
         g_mot = f.create_group("motions")
         for name, motion in meta["motions"].items():
@@ -392,6 +398,8 @@ def _read(r: _Reader) -> GaussianAvatar:
             if not isinstance(stats, dict):
                 raise r.fail("/metadata/refinement", "attribute 'stats' must be a JSON object")
             meta["refinement"]["stats"] = stats
+        if "/metadata/refinement/resume" in r.f:
+            meta["refinement"]["resume"] = _read_resume(r, {k: v.shape for k, v in g.items()})
     if "/motions" in r.f:
         motions = {}
         for name in r.group("/motions"):
@@ -411,6 +419,50 @@ def _read(r: _Reader) -> GaussianAvatar:
                           log_scale=t(g["log_scale"]), opacity_logit=t(g["opacity_logit"]), sh=t(g["sh"]),
                           head_model=model, shape=t(shape), static_offset=t(static_offset),
                           default_expr=t(default_expr), metadata=meta)
+
+
+def _write_resume(group: h5py.Group, state: dict[str, Any]) -> None:
+    group.attrs["sampler"] = json.dumps(state.get("sampler") or {})
+    g_opt = group.create_group("optimizer")
+    for name, st in state.get("optimizer", {}).items():
+        g = g_opt.create_group(name)
+        g.attrs["step"] = int(st["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            _put(g, key, np.asarray(st[key], np.float32))
+    g_frame = group.create_group("frame")
+    for name, arr in state.get("frame", {}).items():
+        _put(g_frame, name, np.asarray(arr, np.float32))
+
+
+def _read_resume(r: _Reader, gaussian_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """/metadata/refinement/resume (module docstring): Adam moments shaped like their Gaussian
+    attribute (or like a per-frame correction), a step count, and the sampler's JSON state."""
+    where = "/metadata/refinement/resume"
+    r.group(where)
+    try:
+        sampler = json.loads(r.attr(where, "sampler"))
+    except ValueError as e:
+        raise r.fail(where, f"attribute 'sampler' is not JSON ({e})") from e
+    if not isinstance(sampler, dict):
+        raise r.fail(where, "attribute 'sampler' must be a JSON object")
+    frame = {name: r.array(f"{where}/frame/{name}", "f", (None, None)) for name in r.group(f"{where}/frame")}
+    optim = {}
+    for name in r.group(f"{where}/optimizer"):
+        g = f"{where}/optimizer/{name}"
+        r.group(g)
+        if name in gaussian_shapes:
+            shape = gaussian_shapes[name]
+        elif name.startswith("frame_") and name[6:] in frame:
+            shape = frame[name[6:]].shape
+        else:
+            raise r.fail(g, "not an optimized attribute (expected one of the Gaussian attributes or frame_<name>)")
+        step = r.attr(g, "step")
+        if not isinstance(step, (int, np.integer)) or step < 0:
+            raise r.fail(g, f"attribute 'step' is {step!r}, expected a count >= 0")
+        optim[name] = {"step": int(step), **{k: r.array(f"{g}/{k}", "f", tuple(shape)) for k in ("exp_avg", "exp_avg_sq")}}
+        if (optim[name]["exp_avg_sq"] < 0).any():
+            raise r.fail(f"{g}/exp_avg_sq", "second moments must be >= 0")
+    return {"sampler": sampler, "optimizer": optim, "frame": frame}
 
 
 def _read_sources(r: _Reader, num_expr: int) -> list[dict[str, Any]]:

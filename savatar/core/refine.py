@@ -400,8 +400,10 @@ class Refiner:
         if done > 0:
             self._rate = done / max(now - self._t_last, 1e-9)
         self._t_last, self._it_last = now, self.iteration
-        n = max(self._sum_count, 1)
-        losses = {k: v / n for k, v in self._sums.items()}
+        if self._sum_count:
+            losses = {k: v / self._sum_count for k, v in self._sums.items()}
+        else:  # no step since the last report (e.g. the final one right after a periodic one)
+            losses = dict(self.last_report.losses) if self.last_report else {}
         self._sums, self._sum_count = {}, 0
         left = max(self.config.iterations - self.iteration, 0)
         r = Report(self.iteration, self.config.iterations, losses, self.evaluate(), self._rate,
@@ -412,7 +414,10 @@ class Refiner:
 
     def checkpoint(self, path: str | Path | None = None) -> Path:
         """Write the current avatar with its refinement history atomically to path (default:
-        the output given to the constructor)."""
+        the output given to the constructor). Until the run is complete the file also carries
+        the resume state (Adam's moments, per-frame corrections, the frame sampler), so that
+        resume_from continues exactly where it stopped; the finished avatar leaves it out (it
+        would triple the file)."""
         from savatar.core.avatar_file import save_avatar
 
         path = Path(path or self.output)
@@ -424,12 +429,53 @@ class Refiner:
             "stats": {"lr_scale": self.lr_scale, "events": list(self.events),
                       "antispike": {k: asdict(v) for k, v in stats.items()}},
         }
+        if self.iteration < self.config.iterations:
+            avatar.metadata["refinement"]["resume"] = self.resume_state()
         save_avatar(avatar, path)
         return path
 
+    def resume_state(self) -> dict:
+        """What a checkpoint needs beyond the Gaussians to continue bit for bit: per optimized
+        tensor `name` -> {"step": int, "exp_avg": array, "exp_avg_sq": array} (Adam), "frame"
+        -> {"expr": (T, E), "pose": (T, 15)} corrections when frames are tuned, and "sampler"
+        (a JSON-able dict: the frame-order generator's state and the frames left this epoch)."""
+        optim: dict[str, dict] = {}
+        for group in self.optimizer.param_groups:
+            st = self.optimizer.state.get(group["params"][0])
+            if st:
+                optim[group["name"]] = {"step": int(st["step"]), "exp_avg": st["exp_avg"].detach().numpy().copy(),
+                                        "exp_avg_sq": st["exp_avg_sq"].detach().numpy().copy()}
+        return {"optimizer": optim,
+                "frame": {k: p.detach().numpy().copy() for k, p in self.frame_delta.items()},
+                "sampler": {"generator": self._gen.bit_generator.state, "order": [int(i) for i in self._order]}}
+
+    def _load_resume_state(self, state: dict) -> None:
+        shapes = {g["name"]: tuple(g["params"][0].shape) for g in self.optimizer.param_groups}
+        for name, st in state.get("optimizer", {}).items():
+            if shapes.get(name) != tuple(np.shape(st["exp_avg"])):
+                raise ValueError(f"resume state for {name!r} has shape {np.shape(st['exp_avg'])}, "
+                                 f"expected {shapes.get(name)}")
+        with torch.no_grad():
+            for k, arr in state.get("frame", {}).items():
+                if k in self.frame_delta and self.frame_delta[k].shape == arr.shape:
+                    self.frame_delta[k].copy_(torch.from_numpy(np.asarray(arr)))
+        for group in self.optimizer.param_groups:
+            st = state.get("optimizer", {}).get(group["name"])
+            if st:
+                self.optimizer.state[group["params"][0]] = {
+                    "step": torch.tensor(float(st["step"])),
+                    "exp_avg": torch.from_numpy(np.array(st["exp_avg"], np.float32)),
+                    "exp_avg_sq": torch.from_numpy(np.array(st["exp_avg_sq"], np.float32))}
+        sampler = state.get("sampler")
+        if sampler:
+            self._gen.bit_generator.state = sampler["generator"]
+            self._order = [int(i) for i in sampler["order"] if int(i) in self.train]
+
     def resume_from(self, path: str | Path) -> None:
-        """Continue from a checkpoint: its Gaussians, iteration count, loss history and learning
-        rate scale (Adam's moments are not stored and restart from zero)."""
+        """Continue from a checkpoint: its Gaussians, iteration count, loss history, learning
+        rate scale and, when the checkpoint has them, Adam's moments and the frame sampler (an
+        unfinished run's checkpoints do: the continuation is then the same as an uninterrupted
+        run). From a finished avatar, Adam restarts from zero moments."""
         from savatar.core.avatar_file import load_avatar
 
         a = load_avatar(path)
@@ -444,6 +490,9 @@ class Refiner:
         self.lr_scale = float((ref.get("stats") or {}).get("lr_scale", 1.0))
         self.events = list((ref.get("stats") or {}).get("events", []))
         self.optimizer = torch.optim.Adam(self._groups(), eps=1e-15)
+        if ref.get("resume"):
+            self._load_resume_state(ref["resume"])
+        self._recent.extend(self.loss_history[-self._recent.maxlen:])
         self._it_last = self.iteration
         self._save_good()
 

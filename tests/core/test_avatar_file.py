@@ -30,7 +30,11 @@ def avatar() -> GaussianAvatar:
     av.default_expr = torch.randn(av.default_expr.shape, generator=g)
     av.metadata = {
         "thumbnails": np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8),
-        "refinement": {"iterations": 100, "losses": np.linspace(1, 0.1, 10, dtype=np.float32)},
+        "refinement": {"iterations": 100, "losses": np.linspace(1, 0.1, 10, dtype=np.float32),
+                       "resume": {"sampler": {"order": [2, 0]},
+                                  "optimizer": {"mean": {"step": 100, "exp_avg": av.mean.numpy() * 0.01,
+                                                         "exp_avg_sq": av.mean.numpy() ** 2}},
+                                  "frame": {}}},
         "motions": {"talk": {"fps": 25.0, "expr": np.zeros((4, av.default_expr.shape[0]), np.float32),
                              "pose": np.zeros((4, 15), np.float32), "translation": np.zeros((4, 3), np.float32)}},
     }
@@ -57,6 +61,9 @@ def test_round_trip_bit_exact(avatar: GaussianAvatar, saved: Path) -> None:
     meta = loaded.metadata
     assert np.array_equal(meta["thumbnails"], avatar.metadata["thumbnails"])
     assert meta["refinement"]["iterations"] == 100
+    adam = meta["refinement"]["resume"]["optimizer"]["mean"]
+    assert adam["step"] == 100 and np.array_equal(adam["exp_avg_sq"], avatar.mean.numpy() ** 2)
+    assert meta["refinement"]["resume"]["sampler"] == {"order": [2, 0]}
     assert np.array_equal(meta["motions"]["talk"]["pose"], avatar.metadata["motions"]["talk"]["pose"])
     assert meta["created"]
     with h5py.File(saved) as f:
@@ -125,6 +132,12 @@ CORRUPTIONS: dict[str, tuple[Callable[[h5py.File], None], str]] = {
     "sh_k": (lambda f: _replace("gaussians/sh", np.zeros((len(f["gaussians/face"]), 5, 3), np.float32))(f),
              "/gaussians/sh"),
     "missing_head": (lambda f: f.__delitem__("head"), "/head"),
+    "adam_shape": (lambda f: _replace("metadata/refinement/resume/optimizer/mean/exp_avg", np.zeros((5, 3), np.float32))(f),
+                   "/metadata/refinement/resume/optimizer/mean/exp_avg"),
+    "adam_unknown": (lambda f: f.move("metadata/refinement/resume/optimizer/mean", "metadata/refinement/resume/optimizer/face"),
+                     "/metadata/refinement/resume/optimizer/face"),
+    "sampler_json": (lambda f: f["metadata/refinement/resume"].attrs.__setitem__("sampler", "{not json"),
+                     "/metadata/refinement/resume"),
 }
 
 

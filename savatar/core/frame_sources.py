@@ -368,14 +368,3 @@ def frames_from_stored_sources(avatar: GaussianAvatar, size: int | None = None) 
         raise ValueError("this avatar holds no source portraits (only `savatar build` without --generator "
                          "stores them); use --images or --video")
     return [View.from_record(r).to_frame(size) for r in records]
-
-
-def frames_from_build(results: Sequence[SourceResult]) -> list[Frame]:
-    """The usable sources of a build (savatar.core.build.SourceResult) as frames, seen by the
-    cameras the build fitted, with the person mask limiting the loss to the head."""
-    from savatar.core.tracking import TRACKING_VIEWMAT
-
-    f32 = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731
-    return [Frame(f32(r.image), f32(r.expr), f32(r.pose), f32(r.translation), f32(TRACKING_VIEWMAT), f32(r.K),
-                  None if r.mask is None else f32(r.mask))
-            for r in results if r.ok and r.image is not None]

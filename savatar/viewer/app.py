@@ -82,7 +82,7 @@ class App:
         self.portraits: list[Portrait] = []
         self._build_cancel: threading.Event | None = None
         self._build_progress: tuple[float, str] = (0.0, "")
-        self._build_results: list = []
+        self._refine_prep: tuple[float, str] | None = None  # (fraction, text) while a video is tracked
         self.refiner = None
         self._refine_slot: LatestSlot = LatestSlot()
         self._refine_history: list = []
@@ -402,7 +402,6 @@ class App:
         def done(out) -> None:
             rig, results = out
             self._build_cancel = None
-            self._build_results = results
             for r in results:
                 (self.log.info if r.ok else self.log.warning)(f"build: {r.line()}")
             self._set_avatar(rig, None)
@@ -427,34 +426,60 @@ class App:
     def start_refine(self, after_build: bool = False) -> None:
         """Refine the shown avatar on a worker thread; reports come back through a slot and the
         stage shows the avatar as it improves. torch runs single-threaded in the viewer, so the
-        refinement takes one core and the interface keeps the other."""
-        from savatar.core.antispike import AntiSpikeConfig
-        from savatar.core.frame_sources import frames_from_build, frames_from_images
-        from savatar.core.refine import RefineConfig
+        refinement takes one core and the interface keeps the other. Frames: the portraits the
+        avatar was built from (kept in its file), an image folder, or a video (tracked first, on
+        a worker, with progress in the Refine panel)."""
+        from savatar.core.frame_sources import frames_from_images, frames_from_stored_sources, frames_from_video
 
-        if self.refiner is not None:
+        if self.refiner is not None or self._refine_prep is not None:
             self.log.warning("a refinement is already running: stop it first")
             return
         st = self.console.refine_settings(after_build)
+        path = st["path"].strip()
         try:
-            if st["data"] == "image folder":
-                frames = frames_from_images(st["folder"])
-            else:
-                frames = frames_from_build(self._build_results)
-                if not frames:
-                    raise ValueError("no portraits from a build in this session: build first, or choose an image folder")
-        except (ValueError, OSError) as exc:
+            if st["data"] == "video":
+                if not Path(path).is_file():
+                    raise ValueError(f"{path or 'no video chosen'}: no such file")
+                avatar = self.rig.avatar
+                self._refine_prep = (0.0, f"tracking {Path(path).name}")
+
+                def progress(done: int, total: int) -> None:  # worker thread
+                    self._refine_prep = (done / total if total else 0.0, f"tracking {Path(path).name}: frame {done}/{total or '?'}")
+
+                def tracked(frames: list) -> None:
+                    self._refine_prep = None
+                    self.log.info(f"{Path(path).name}: {len(frames)} tracked frames")
+                    self.refine_with(frames, self._refine_config(st, len(frames)))
+
+                def failed(exc: BaseException) -> None:
+                    self._refine_prep = None
+                    self._failed("cannot refine", exc)
+
+                self.jobs.submit("track", lambda: frames_from_video(path, avatar, progress=progress), tracked, failed)
+                return
+            frames = frames_from_images(path) if st["data"] == "image folder" else frames_from_stored_sources(self.rig.avatar)
+        except ValueError as exc:
+            msg = str(exc).replace("; use --images or --video", ": choose an image folder or a video")
+            self.log.error(f"cannot refine: {msg}")
+            return
+        except OSError as exc:
             self.log.error(f"cannot refine: {exc}")
             return
+        self.refine_with(frames, self._refine_config(st, len(frames)))
+
+    @staticmethod
+    def _refine_config(st: dict, frame_count: int):
+        """RefineConfig from the Refine panel's settings; the last frame is held out for the
+        PSNR plot when there are more than two."""
+        from savatar.core.antispike import AntiSpikeConfig
+        from savatar.core.refine import RefineConfig
+
         spike = AntiSpikeConfig(max_anisotropy=st["anisotropy_threshold"], max_size=st["size_threshold"],
                                 max_offset=st["offset_threshold"], weight_anisotropy=st["anisotropy_weight"],
                                 weight_size=st["size_weight"], weight_offset=st["offset_weight"])
-        held = (len(frames) - 1,) if len(frames) > 2 else ()
-        cfg = RefineConfig(iterations=st["iterations"], lambda_dssim=st["lambda_dssim"], antispike=spike,
-                           regularize=st["regularize"], held_out=held, checkpoint_every=0,
-                           report_every=max(1, min(10, st["iterations"] // 5)),
-                           backend="auto")
-        self.refine_with(frames, cfg)
+        return RefineConfig(iterations=st["iterations"], lambda_dssim=st["lambda_dssim"], antispike=spike,
+                            regularize=st["regularize"], held_out=(frame_count - 1,) if frame_count > 2 else (),
+                            checkpoint_every=0, report_every=max(1, min(10, st["iterations"] // 5)), backend="auto")
 
     def refine_with(self, frames: list, cfg) -> None:
         """Run a Refiner on the shown avatar in a worker thread (see start_refine)."""
@@ -634,6 +659,8 @@ class App:
         c.set_source_shown(self.drive.source, self.live.status() if self.live is not None and
                            self.drive.source in LIVE_SOURCES else "")
         c.set_build(*self._build_progress)
+        if self._refine_prep is not None:
+            c.set_refine_preparing(*self._refine_prep)
         fresh = self._take_refine_report()
         r = self._refine_history[-1] if self._refine_history else None
         if self.refiner is not None or fresh:

@@ -15,6 +15,10 @@ from savatar.viewer.state import DRIVE_SOURCES
 # Expression components grouped by face region, by their ARKit-style name prefixes.
 REGION_PREFIXES = (("Eyes", ("eye",)), ("Brows", ("brow",)), ("Mouth", ("mouth",)),
                    ("Cheeks and nose", ("cheek", "nose")), ("Jaw", ("jaw",)))
+# Refine panel data sources and what the path field holds for each.
+REFINE_DATA_HINTS = {"the avatar's portraits": "", "image folder": "folder with images and params.npz",
+                     "video": "video file of this person (tracked first)"}
+REFINE_DATA = tuple(REFINE_DATA_HINTS)
 LEVEL_COLOURS = {"info": (200, 200, 200), "warning": (240, 200, 80), "error": (255, 110, 110)}
 POSE_SLIDERS = (("jaw", 2, ("open", "side", "twist")), ("neck", 1, ("pitch", "yaw", "roll")),
                 ("head", 0, ("pitch", "yaw", "roll")), ("eyes", 3, ("pitch", "yaw", "-")))
@@ -267,9 +271,10 @@ class Console:
         dpg.set_value(self.build_status, text)
 
     def _refine_panel(self) -> None:
-        self.refine_data = dpg.add_combo(["portraits of the last build", "image folder"], width=260, label="data",
-                                         default_value="portraits of the last build")
-        self.refine_folder = dpg.add_input_text(label="image folder (with params.npz)", width=260)
+        self.refine_data = dpg.add_combo(list(REFINE_DATA), width=260, label="data", default_value=REFINE_DATA[0],
+                                         callback=lambda s, a: dpg.configure_item(
+                                             self.refine_path, show=a != REFINE_DATA[0], hint=REFINE_DATA_HINTS[a]))
+        self.refine_path = dpg.add_input_text(label="path", width=260, show=False)
         self.refine_iters = dpg.add_input_int(label="iterations", default_value=10000, min_value=10, max_value=100000,
                                               min_clamped=True, step=1000, width=160)
         with dpg.collapsing_header(label="Loss weights and anti-spike thresholds"):
@@ -315,12 +320,17 @@ class Console:
         """What the Refine panel asks for (read on the main thread); after_build: the Build
         panel's source and iteration count instead of the Refine panel's."""
         g = dpg.get_value
-        data = "portraits of the last build" if after_build else g(self.refine_data)
+        data = REFINE_DATA[0] if after_build else g(self.refine_data)
         iterations = g(self.refine_after_iters) if after_build else g(self.refine_iters)
-        return {"data": data, "folder": g(self.refine_folder), "iterations": iterations,
+        return {"data": data, "path": g(self.refine_path), "iterations": iterations,
                 "lambda_dssim": g(self.refine_dssim), "regularize": g(self.refine_regularize),
                 **{f"{n}_weight": g(w) for n, (w, _) in self.refine_fields.items()},
                 **{f"{n}_threshold": g(t) for n, (_, t) in self.refine_fields.items()}}
+
+    def set_refine_preparing(self, fraction: float, text: str) -> None:
+        """Progress of getting the frames ready (tracking a video) before a refinement starts."""
+        dpg.set_value(self.refine_progress, fraction)
+        dpg.set_value(self.refine_status, text)
 
     def set_refine(self, history: list, report, paused: bool, status: str) -> None:
         """history: all Reports so far when a new one arrived (plots redrawn), else None;

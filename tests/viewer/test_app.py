@@ -185,7 +185,7 @@ def test_build_from_a_dropped_portrait(app, tmp_path):
 def test_refine_the_built_avatar_live(app):
     import dearpygui.dearpygui as dpg
 
-    assert app._build_results, "runs after test_build_from_a_dropped_portrait"
+    assert app.rig.avatar.metadata.get("sources"), "runs after test_build_from_a_dropped_portrait"
     faces = app.rig.avatar.face.clone()
     dpg.set_value(app.console.refine_iters, 6)
     app.start_refine()
@@ -200,6 +200,24 @@ def test_refine_the_built_avatar_live(app):
     assert any("total" in r.losses for r in app._refine_history)
     assert torch_equal(app.rig.avatar.face, faces)  # binding and count unchanged
     assert "finished" in dpg.get_value(app.console.refine_status)
+
+
+def test_refine_from_a_video_tracks_it_first(app, astronaut_video):
+    import dearpygui.dearpygui as dpg
+
+    dpg.set_value(app.console.refine_data, "video")
+    dpg.set_value(app.console.refine_path, str(astronaut_video.with_name("missing.mp4")))
+    app.start_refine()
+    assert app.refiner is None and "no such file" in app.log.entries()[-1].text
+    dpg.set_value(app.console.refine_path, str(astronaut_video))
+    dpg.set_value(app.console.refine_iters, 3)
+    app.start_refine()
+    assert app._refine_prep is not None  # tracking on a worker; the interface keeps running
+    pump(app, until=lambda: app._refine_prep is None and app.refiner is None and not app.jobs.busy, timeout=240)
+    pump(app)
+    assert any("tracked frames" in e.text for e in app.log.entries()), [e.text for e in app.log.entries()][-5:]
+    assert app._refine_history and app._refine_history[-1].iteration == 3
+    dpg.set_value(app.console.refine_data, "the avatar's portraits")
 
 
 def torch_equal(a, b) -> bool:

@@ -47,6 +47,11 @@ class WorldGaussians:
     def __len__(self) -> int:
         return self.means.shape[0]
 
+    def subset(self, index: torch.Tensor) -> "WorldGaussians":
+        """The Gaussians picked by index: (M,) integer indices or (N,) bool mask."""
+        return WorldGaussians(self.means[index], self.quats[index], self.scales[index],
+                              self.opacities[index], self.sh[index])
+
 
 @dataclass
 class GaussianAvatar:

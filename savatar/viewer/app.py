@@ -16,6 +16,7 @@ import torch
 
 from savatar.core.antispike import AntiSpikeConfig, spike_mask, statistics
 from savatar.core.camera import scaled_camera
+from savatar.core.facing import skippable_faces, visible_gaussians
 from savatar.core.gaussians import GaussianAvatar
 from savatar.core.motion import Motion, load_motion, save_motion
 from savatar.core.pixels import to_uint8
@@ -128,6 +129,7 @@ class App:
         # One light-blue tint, so the overlay reads as the mesh and not as more skin.
         self.stage.set_mesh(data.faces, np.tile(np.float32([0.35, 0.6, 1.0]), (len(data.v_template), 1)),
                             occluder_faces(data))
+        self._skippable = skippable_faces(data)
         self._last_key = None
         if path:
             self.settings.add_recent(path)
@@ -603,18 +605,22 @@ class App:
         moving = now - self._last_motion < STILL_AFTER_S
         scale = self.render.splat_scale(moving)
         splat_camera = scaled_camera(camera, scale) if scale < 1 else camera
-        key = scene + (scale, self.render.sh_degree, self.render.highlight_spikes, self.render.scale_modifier, id(self.rig))
+        r = self.render
+        key = scene + (scale, r.sh_degree, r.highlight_spikes, r.scale_modifier, r.occlusion, id(self.rig))
         if key != self._last_key:
             if self._last_key is None or key[0] != self._last_key[0] or key[-1] != self._last_key[-1]:
                 verts, self._world = self.rig.pose(*params)
                 self._mesh_verts = verts.numpy()
                 self.timings.record("deform", (time.perf_counter() - t1) * 1e3)
             t2 = time.perf_counter()
-            self.stage.upload(self._world, splat_camera, self.render, self.spikes)
+            visible = None
+            if r.occlusion:
+                visible = visible_gaussians(torch.from_numpy(self._mesh_verts), self.rig.model.faces,
+                                            self.rig.avatar.face, camera.center, self._skippable)
+            self.stage.upload(self._world, splat_camera, r, self.spikes, visible)
             self.timings.record("sort", (time.perf_counter() - t2) * 1e3)
             self._last_key = key
         # A still scene is not redrawn: the window keeps showing the last frame.
-        r = self.render
         look = (key, r.background, r.show_mesh, r.show_centres, r.show_hud, r.occlusion)
         if look != self._last_look or self.stage.needs_redraw or self._pending_screenshot or self.recorder.recording:
             self.stage.hud_text = self._hud()

@@ -222,7 +222,7 @@ class Console:
         self.show_centres = dpg.add_checkbox(label="Gaussian centres")
         self.highlight = dpg.add_checkbox(label="highlight spikes (red)")
         self.show_hud = dpg.add_checkbox(label="HUD (H)", default_value=True)
-        self.occlusion = dpg.add_checkbox(label="skip splats hidden behind the head (faster)", default_value=True)
+        self.occlusion = dpg.add_checkbox(label="skip splats hidden behind the head or facing away (faster)", default_value=True)
         self.spike_text = dpg.add_text("")
 
     def _build_panel(self) -> None:

@@ -11,6 +11,7 @@ from typing import Callable
 import moderngl
 import numpy as np
 import pyglet
+import torch
 
 # pyglet's per-call glGetError checks cost time on every GL call and misreport errors left
 # by the other (Dear PyGui) context; moderngl raises its own errors.
@@ -116,18 +117,21 @@ class Stage:
     def camera(self) -> Camera:
         return self.orbit.camera(*self.framebuffer_size())
 
-    def upload(self, g: WorldGaussians, camera: Camera, settings: RenderSettings, spikes: np.ndarray | None) -> None:
-        """Sort and upload on the main thread (GL); spikes (N,) bool paints flagged ones red."""
+    def upload(self, g: WorldGaussians, camera: Camera, settings: RenderSettings, spikes: np.ndarray | None,
+               visible: torch.Tensor | None = None) -> None:
+        """Sort and upload on the main thread (GL); spikes (N,) bool paints flagged ones red;
+        visible (N,) bool, when given, leaves the others out (savatar.core.facing)."""
         # Every GL entry point makes this window's context current: the console's is current
         # after each of its frames, and a buffer written there would land in the wrong context.
         self.window.switch_to()
         if settings.highlight_spikes and spikes is not None and spikes.any():
-            import torch
             sh = g.sh.clone()
             mask = torch.as_tensor(spikes)
             sh[mask] = 0.0
             sh[mask, 0] = torch.tensor([1.77, -1.77, -1.77])  # pure red after the +0.5 offset
             g = WorldGaussians(g.means, g.quats, g.scales, g.opacities, sh)
+        if visible is not None:
+            g = g.subset(visible)
         self.splat.upload(g, camera, min(settings.sh_degree, g.sh_degree), front_to_back=False,
                           scale_modifier=settings.scale_modifier)
 

@@ -132,7 +132,7 @@ class RenderSettings:
     show_centres: bool = False
     highlight_spikes: bool = False
     show_hud: bool = True
-    occlusion: bool = True  # skip splats hidden behind the (shrunk) head mesh
+    occlusion: bool = True  # skip splats hidden behind the (shrunk) head mesh or facing away (core.facing)
     quality: str = "auto"  # splat resolution: "auto" (half while moving, full when still), "full", "half"
 
     def splat_scale(self, moving: bool) -> float:

@@ -2,7 +2,7 @@
 
 Implements the image formation of design.md in three exposed steps:
 1. project_gaussians: EWA projection to 2D means, covariances, conics, depths, radii;
-2. intersect_tiles: which Gaussians touch which 16x16 tile, front to back (vectorized);
+2. intersect_tiles: which Gaussians touch which tile (TILE_SIZE square), front to back (vectorized);
 3. rasterize_to_pixels: per-tile compositing with a hand-written backward pass.
 
 Support of a Gaussian. design.md gives the extent as 3 sigma of the largest eigenvalue. A
@@ -36,7 +36,9 @@ ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99
 T_MIN = 1e-4
 EXTENT_SIGMA = 3.0
-TILE_SIZE = 16
+# 8 measured about a fifth faster than 16 at 256x256 with 30K head Gaussians (forward and
+# backward, one thread): smaller tiles stop sooner and carry fewer Gaussians that miss them.
+TILE_SIZE = 8
 # Pixel-Gaussian pairs per compositing chunk: a few MB per temporary, and enough work per
 # tensor op that Python overhead stays small.
 CHUNK_PAIRS = 1 << 19

@@ -287,10 +287,10 @@ def test_tiling_invariance():
     K = intrinsics(64, 48, 50.0)
     g = scene_in_view(120, viewmat, seed=4, spread=0.5)
     background = torch.tensor([0.1, 0.2, 0.3], dtype=F64)
-    base = rasterize_cpu(g, viewmat, K, 64, 48, background)
+    base = rasterize_cpu(g, viewmat, K, 64, 48, background, tile_size=16)
     bins = intersect_tiles(project_gaussians(g.means, g.quats, g.scales, g.opacities, viewmat, K,
-                                             64, 48), 64, 48)
-    assert (bins.offsets[1:] - bins.offsets[:-1] > 0).sum() == 12  # every tile has Gaussians
+                                             64, 48), 64, 48, tile_size=16)
+    assert (bins.offsets[1:] - bins.offsets[:-1] > 0).sum() == 12  # every 16-px tile has Gaussians
     for tile_size in (4, 8, 64):
         other = rasterize_cpu(g, viewmat, K, 64, 48, background, tile_size=tile_size)
         for x, y in zip((base.rgb, base.alpha, base.depth), (other.rgb, other.alpha, other.depth)):
@@ -299,7 +299,7 @@ def test_tiling_invariance():
     shifted_K = K.clone()
     shifted_K[0, 2] += 8
     shifted_K[1, 2] += 8
-    shifted = rasterize_cpu(g, viewmat, shifted_K, 72, 56, background)
+    shifted = rasterize_cpu(g, viewmat, shifted_K, 72, 56, background, tile_size=16)
     for x, y in zip((base.rgb, base.alpha, base.depth), (shifted.rgb, shifted.alpha, shifted.depth)):
         torch.testing.assert_close(x, y[8:, 8:], rtol=0, atol=1e-12)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from savatar.core.binding import face_frames
 from savatar.core.head_model import HeadModelData
 
 # cos of the angle between a face's normal and the ray from the eye to it above which the face
@@ -34,10 +33,13 @@ def visible_gaussians(verts: torch.Tensor, faces: torch.Tensor | np.ndarray, fac
                       max_cos: float = MAX_FACING_AWAY_COS) -> torch.Tensor:
     """(N,) bool: Gaussians not skipped for an eye at (3,). verts: (V, 3) posed; faces: (F, 3);
     face_of: (N,) parent face of each Gaussian; skippable: (F,) bool (default: every face)."""
-    R, centre, _ = face_frames(verts, faces)
-    ray = centre - torch.as_tensor(np.asarray(eye, np.float32), dtype=centre.dtype)
-    cos = (R[:, :, 1] * ray).sum(1) / torch.linalg.vector_norm(ray, dim=1).clamp_min(1e-12)
-    keep = cos < max_cos
+    faces = torch.as_tensor(faces, dtype=torch.long)
+    v0, v1, v2 = (verts.index_select(0, faces[:, i]) for i in range(3))
+    # cross(v1 - v0, v2 - v0) points along the face frame's normal axis (binding.face_frames).
+    normal = torch.linalg.cross(v1 - v0, v2 - v0, dim=1)
+    ray = (v0 + v1 + v2) / 3.0 - torch.as_tensor(np.asarray(eye, np.float32), dtype=verts.dtype)
+    dot = (normal * ray).sum(1)
+    keep = dot < max_cos * torch.linalg.vector_norm(normal, dim=1) * torch.linalg.vector_norm(ray, dim=1)
     if skippable is not None:
         keep |= ~skippable
     return keep[face_of.long()]

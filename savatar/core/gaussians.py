@@ -49,8 +49,10 @@ class WorldGaussians:
 
     def subset(self, index: torch.Tensor) -> "WorldGaussians":
         """The Gaussians picked by index: (M,) integer indices or (N,) bool mask."""
-        return WorldGaussians(self.means[index], self.quats[index], self.scales[index],
-                              self.opacities[index], self.sh[index])
+        if index.dtype == torch.bool:
+            index = index.nonzero().squeeze(1)  # index_select is several times faster than masking
+        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        return WorldGaussians(pick(self.means), pick(self.quats), pick(self.scales), pick(self.opacities), pick(self.sh))
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Loading what several subcommands take: an avatar path (or the default) and a renderer."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -81,3 +82,21 @@ def parse_color(text: str) -> tuple[float, float, float]:
     if max(parts) > 1:
         parts = [p / 255 for p in parts]
     return tuple(min(p, 1.0) for p in parts)
+
+
+@contextmanager
+def tracking_bar(desc: str = "track") -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for frame-by-frame work; yields progress(done, total), total 0 if unknown."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="frame")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total or None
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield progress
+    finally:
+        bar.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from savatar.cli_args import UserError
-from savatar.commands.common import load_avatar_arg
+from savatar.commands.common import load_avatar_arg, tracking_bar
 
 
 def _expr_target(args: argparse.Namespace):
@@ -37,19 +37,11 @@ def cmd_track(args: argparse.Namespace) -> int:
     if not Path(args.video).is_file():
         raise UserError(f"{args.video}: no such file")
     data = _expr_target(args)
-    bar = tqdm(desc="track", unit="frame")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total or None
-        bar.n = done
-        bar.refresh()
-
     try:
-        motion = track_video(args.video, data, progress=progress, params=TrackerParams(fov_y_deg=args.fov))
+        with tracking_bar() as progress:
+            motion = track_video(args.video, data, progress=progress, params=TrackerParams(fov_y_deg=args.fov))
     except OSError as exc:
         raise UserError(str(exc)) from None
-    finally:
-        bar.close()
     save_motion(motion, out)
     print(f"wrote {out}: {len(motion)} frames at {motion.fps:g} fps")
     return 0

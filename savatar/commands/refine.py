@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from savatar.cli_args import UserError
-from savatar.commands.common import load_avatar_arg, make_rig
+from savatar.commands.common import load_avatar_arg, make_rig, tracking_bar
 
 # Defaults of savatar.core.frame_sources (tests check they agree), repeated so that registering the
 # command does not import OpenCV and the refiner.
@@ -81,20 +81,12 @@ def _video_frames(args: argparse.Namespace, avatar, rig):
         raise UserError("--max-frames and --stride must be >= 1, --fov between 1 and 179 degrees")
     # FFmpeg's own complaints about a broken file would come before the one-line error.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    bar = tqdm(desc="track", unit="frame")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total or None
-        bar.n = done
-        bar.refresh()
-
     try:
-        frames = frames_from_video(args.video, avatar, data=rig.data, size=args.size, max_frames=args.max_frames,
-                                   stride=args.stride, fov_y_deg=args.fov, crop=not args.no_crop, progress=progress)
+        with tracking_bar() as progress:
+            frames = frames_from_video(args.video, avatar, data=rig.data, size=args.size, max_frames=args.max_frames,
+                                       stride=args.stride, fov_y_deg=args.fov, crop=not args.no_crop, progress=progress)
     except (OSError, ValueError) as exc:
         raise UserError(str(exc).splitlines()[0]) from None
-    finally:
-        bar.close()
     print(f"tracked {len(frames)} frames with a face from {args.video}")
     return frames
 

@@ -35,7 +35,7 @@ def frames_from_motion(rig_gt, expr: np.ndarray, pose: np.ndarray, translation: 
         K = torch.tensor(cam.K, dtype=torch.float32)
         with torch.no_grad():
             img = render(rig_gt.world(expr[t], pose[t], translation[t]), vm, K, cam.width, cam.height, bg,
-                         backend=backend).rgb.clamp(0, 1)
+                         backend=backend).rgb.clamp(0, 1).cpu()
         frames.append(Frame(img, torch.as_tensor(np.asarray(expr[t], np.float32)),
                             torch.as_tensor(np.asarray(pose[t], np.float32)),
                             torch.as_tensor(np.asarray(translation[t], np.float32)), vm, K))

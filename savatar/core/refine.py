@@ -182,6 +182,11 @@ class Refiner:
         self.source = avatar
         self.output = None if output is None else Path(output)
         self.backend = resolve_backend(cfg.backend)
+        # gsplat renders on the GPU: parameters, optimizer state, posed meshes and targets live
+        # there too (one copy in, none per step); checkpoints and results come back to the CPU.
+        self.device = torch.device("cuda") if self.backend == "gsplat" else torch.device("cpu")
+        if self.device.type != "cpu":
+            self.model = copy.deepcopy(self.model).to(self.device)  # the caller's stays where it is
         self.frames = list(frames)
         held = sorted(set(cfg.held_out))
         if any(not 0 <= i < len(self.frames) for i in held):
@@ -190,15 +195,18 @@ class Refiner:
         self.train = [i for i in range(len(self.frames)) if i not in held]
         if not self.train:
             raise ValueError("no training frames (all are held out)")
-        self.face = avatar.face.clone()
+        dev = self.device
+        self.face = avatar.face.clone().to(dev)
         self.count = len(avatar)
-        self.params = {k: torch.nn.Parameter(getattr(avatar, k).detach().clone().float()) for k in PARAMS}
+        self.params = {k: torch.nn.Parameter(getattr(avatar, k).detach().clone().float().to(dev)) for k in PARAMS}
         self.frame_delta: dict[str, torch.nn.Parameter] = {}
         if cfg.tune_frames:
             n = len(self.frames)
-            self.frame_delta = {"expr": torch.nn.Parameter(torch.zeros(n, len(self.frames[0].expr))),
-                                "pose": torch.nn.Parameter(torch.zeros(n, 15))}
-        self.background = torch.tensor(cfg.background, dtype=torch.float32)
+            self.frame_delta = {"expr": torch.nn.Parameter(torch.zeros(n, len(self.frames[0].expr), device=dev)),
+                                "pose": torch.nn.Parameter(torch.zeros(n, 15, device=dev))}
+        self.background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
+        self._targets = [(f.image.float().to(dev), None if f.mask is None else
+                          f.mask.float().reshape(f.height, f.width, 1).to(dev)) for f in self.frames]
         # Posed vertices are fixed unless frames are tuned: compute them once, not per step.
         self._verts = [self._vertices(f) for f in self.frames]
         self.lr_scale = 1.0
@@ -256,8 +264,8 @@ class Refiner:
     def current_avatar(self) -> GaussianAvatar:
         """The refined avatar (detached copies), with the source's identity and metadata."""
         s = self.source
-        values = {k: v.detach().clone() for k, v in self.params.items()}
-        return GaussianAvatar(face=self.face.clone(), head_model=s.head_model, shape=s.shape,
+        values = {k: v.detach().cpu().clone() for k, v in self.params.items()}
+        return GaussianAvatar(face=s.face.clone(), head_model=s.head_model, shape=s.shape,
                               static_offset=s.static_offset, default_expr=s.default_expr,
                               metadata=dict(s.metadata), **values)
 
@@ -269,13 +277,15 @@ class Refiner:
 
     def _vertices(self, f: Frame, index: int | None = None) -> torch.Tensor:
         """(V, 3) posed mesh for a frame; with gradients into the frame's correction if tuned."""
-        expr, pose = f.expr.float(), f.pose.float()
+        dev = self.device
+        expr, pose = f.expr.float().to(dev), f.pose.float().to(dev)
         if index is not None and self.frame_delta:
             expr = expr + self.frame_delta["expr"][index]
             pose = pose + self.frame_delta["pose"][index]
         with torch.set_grad_enabled(index is not None and bool(self.frame_delta)):
-            out = self.model(shape=self.source.shape[None], expr=expr[None], pose=pose[None],
-                             translation=f.translation.float()[None], static_offset=self.source.static_offset)
+            out = self.model(shape=self.source.shape[None].to(dev), expr=expr[None], pose=pose[None],
+                             translation=f.translation.float()[None].to(dev),
+                             static_offset=self.source.static_offset.to(dev))
         return out.vertices[0]
 
     def check_layout(self) -> None:
@@ -284,7 +294,7 @@ class Refiner:
             if p.shape[0] != self.count:
                 raise LayoutError(f"{k} has {p.shape[0]} Gaussians, the avatar had {self.count}: "
                                   "refinement must not densify or prune")
-        if self.face.shape[0] != self.count or not torch.equal(self.face, self.source.face):
+        if self.face.shape[0] != self.count or not torch.equal(self.face.cpu(), self.source.face):
             raise LayoutError("the face binding changed during refinement")
 
     # --- one iteration -----------------------------------------------------------------------
@@ -298,7 +308,8 @@ class Refiner:
         f = self.frames[index]
         verts = self._vertices(f, index) if (grad and self.frame_delta) else self._verts[index]
         g = deform(self._live(), verts, self.model.faces)
-        out = render(g, f.viewmat.float(), f.K.float(), f.width, f.height, self.background, backend=self.backend)
+        out = render(g, f.viewmat.float().to(self.device), f.K.float().to(self.device), f.width, f.height,
+                     self.background, backend=self.backend)
         return out.rgb
 
     def step(self) -> dict[str, float]:
@@ -310,11 +321,9 @@ class Refiner:
         self.check_layout()
         self._set_lrs()
         index = self._next_frame()
-        f = self.frames[index]
         pred = self._render(index, grad=True)
-        target = f.image.float()
-        if f.mask is not None:
-            m = f.mask.float().reshape(f.height, f.width, 1)
+        target, m = self._targets[index]
+        if m is not None:
             pred = pred * m + target * (1 - m)
         l1 = (pred - target).abs().mean()
         dssim = 1 - ssim(pred, target)
@@ -388,8 +397,7 @@ class Refiner:
         indices = self.held_out if indices is None else list(indices)
         if not indices:
             return None
-        return float(np.mean([psnr(self._render(i, grad=False).clamp(0, 1), self.frames[i].image.float())
-                              for i in indices]))
+        return float(np.mean([psnr(self._render(i, grad=False).clamp(0, 1), self._targets[i][0]) for i in indices]))
 
     def stats(self) -> dict[str, QuantityStats]:
         return statistics(self._live(), self.config.antispike, bins=self.config.histogram_bins)
@@ -443,10 +451,10 @@ class Refiner:
         for group in self.optimizer.param_groups:
             st = self.optimizer.state.get(group["params"][0])
             if st:
-                optim[group["name"]] = {"step": int(st["step"]), "exp_avg": st["exp_avg"].detach().numpy().copy(),
-                                        "exp_avg_sq": st["exp_avg_sq"].detach().numpy().copy()}
+                optim[group["name"]] = {"step": int(st["step"]), "exp_avg": st["exp_avg"].detach().cpu().numpy().copy(),
+                                        "exp_avg_sq": st["exp_avg_sq"].detach().cpu().numpy().copy()}
         return {"optimizer": optim,
-                "frame": {k: p.detach().numpy().copy() for k, p in self.frame_delta.items()},
+                "frame": {k: p.detach().cpu().numpy().copy() for k, p in self.frame_delta.items()},
                 "sampler": {"generator": self._gen.bit_generator.state, "order": [int(i) for i in self._order]}}
 
     def _load_resume_state(self, state: dict) -> None:
@@ -458,14 +466,14 @@ class Refiner:
         with torch.no_grad():
             for k, arr in state.get("frame", {}).items():
                 if k in self.frame_delta and self.frame_delta[k].shape == arr.shape:
-                    self.frame_delta[k].copy_(torch.from_numpy(np.asarray(arr)))
+                    self.frame_delta[k].copy_(torch.from_numpy(np.asarray(arr)))  # copy_ crosses devices
         for group in self.optimizer.param_groups:
             st = state.get("optimizer", {}).get(group["name"])
             if st:
                 self.optimizer.state[group["params"][0]] = {
                     "step": torch.tensor(float(st["step"])),
-                    "exp_avg": torch.from_numpy(np.array(st["exp_avg"], np.float32)),
-                    "exp_avg_sq": torch.from_numpy(np.array(st["exp_avg_sq"], np.float32))}
+                    "exp_avg": torch.from_numpy(np.array(st["exp_avg"], np.float32)).to(self.device),
+                    "exp_avg_sq": torch.from_numpy(np.array(st["exp_avg_sq"], np.float32)).to(self.device)}
         sampler = state.get("sampler")
         if sampler:
             self._gen.bit_generator.state = sampler["generator"]
@@ -479,7 +487,7 @@ class Refiner:
         from savatar.core.avatar_file import load_avatar
 
         a = load_avatar(path)
-        if len(a) != self.count or not torch.equal(a.face, self.face):
+        if len(a) != self.count or not torch.equal(a.face, self.source.face):
             raise LayoutError(f"{path}: the checkpoint's binding differs from the avatar being refined")
         with torch.no_grad():
             for k, p in self.params.items():

@@ -16,8 +16,8 @@ from savatar.viewer.state import DRIVE_SOURCES
 REGION_PREFIXES = (("Eyes", ("eye",)), ("Brows", ("brow",)), ("Mouth", ("mouth",)),
                    ("Cheeks and nose", ("cheek", "nose")), ("Jaw", ("jaw",)))
 # Refine panel data sources and what the path field holds for each.
-REFINE_DATA_HINTS = {"the avatar's portraits": "", "image folder": "folder with images and params.npz",
-                     "video": "video file of this person (tracked first)"}
+REFINE_DATA_HINTS = {"the avatar's portraits": "", "image folder": "images + params.npz",
+                     "video": "a video of this person"}
 REFINE_DATA = tuple(REFINE_DATA_HINTS)
 LEVEL_COLOURS = {"info": (200, 200, 200), "warning": (240, 200, 80), "error": (255, 110, 110)}
 POSE_SLIDERS = (("jaw", 2, ("open", "side", "twist")), ("neck", 1, ("pitch", "yaw", "roll")),
@@ -92,9 +92,9 @@ class Console:
     def _file_dialogs(self) -> None:
         self.dialogs = {}
 
-        def dialog(name: str, exts: tuple[str, ...], save: bool):
+        def dialog(name: str, exts: tuple[str, ...], save: bool, folder: bool = False):
             with dpg.file_dialog(show=False, width=520, height=380, modal=True,
-                                 callback=lambda s, a: self._on_dialog(name, a), directory_selector=False) as d:
+                                 callback=lambda s, a: self._on_dialog(name, a), directory_selector=folder) as d:
                 for ext in exts:
                     dpg.add_file_extension(ext)
                 dpg.add_file_extension(".*")
@@ -107,6 +107,8 @@ class Console:
         dialog("load_motion", (".npz",), False)
         dialog("save_recording", (".npz",), True)
         dialog("audio_file", (".wav", ".flac", ".ogg"), False)
+        dialog("refine_video", (".mp4", ".mov", ".avi", ".mkv", ".webm"), False)
+        dialog("refine_folder", (), False, folder=True)
 
     def _on_dialog(self, name: str, app_data: dict) -> None:
         path = app_data.get("file_path_name") if isinstance(app_data, dict) else None
@@ -115,7 +117,9 @@ class Console:
         handler = {"open": self.actions.open_avatar, "save_as": self.actions.save_avatar,
                    "export_ply": self.actions.export_ply, "export_video": self.actions.export_video,
                    "load_motion": self.actions.load_motion, "save_recording": self.actions.save_recording,
-                   "audio_file": self.choose_audio}[name]
+                   "audio_file": self.choose_audio,
+                   "refine_video": lambda p: dpg.set_value(self.refine_path, p),
+                   "refine_folder": lambda p: dpg.set_value(self.refine_path, p)}[name]
         handler(path)
 
     def choose_audio(self, path: str) -> None:
@@ -272,9 +276,11 @@ class Console:
 
     def _refine_panel(self) -> None:
         self.refine_data = dpg.add_combo(list(REFINE_DATA), width=260, label="data", default_value=REFINE_DATA[0],
-                                         callback=lambda s, a: dpg.configure_item(
-                                             self.refine_path, show=a != REFINE_DATA[0], hint=REFINE_DATA_HINTS[a]))
-        self.refine_path = dpg.add_input_text(label="path", width=260, show=False)
+                                         callback=lambda s, a: self._show_refine_path(a))
+        with dpg.group(horizontal=True, show=False) as self.refine_path_row:
+            self.refine_path = dpg.add_input_text(width=260)
+            dpg.add_button(label="Browse...", callback=lambda: self._show(
+                "refine_video" if dpg.get_value(self.refine_data) == "video" else "refine_folder"))
         self.refine_iters = dpg.add_input_int(label="iterations", default_value=10000, min_value=10, max_value=100000,
                                               min_clamped=True, step=1000, width=160)
         with dpg.collapsing_header(label="Loss weights and anti-spike thresholds"):
@@ -315,6 +321,10 @@ class Console:
                     with dpg.plot_axis(dpg.mvYAxis) as y:
                         self.refine_hist[name] = dpg.add_bar_series([], [], parent=y)
                     self.refine_axes.append((x, y))
+
+    def _show_refine_path(self, data: str) -> None:
+        dpg.configure_item(self.refine_path_row, show=data != REFINE_DATA[0])
+        dpg.configure_item(self.refine_path, hint=REFINE_DATA_HINTS[data])
 
     def refine_settings(self, after_build: bool = False) -> dict:
         """What the Refine panel asks for (read on the main thread); after_build: the Build

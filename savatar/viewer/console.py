@@ -297,29 +297,32 @@ class Console:
             self.refine_pause_button = dpg.add_button(label="Pause", callback=lambda: self.actions.pause_refine())
             dpg.add_button(label="Stop", callback=lambda: self.actions.stop_refine())
         self.refine_progress = dpg.add_progress_bar(default_value=0.0, width=-1)
-        self.refine_status = dpg.add_text("", wrap=480)
+        self.refine_status = dpg.add_text("", wrap=0)
         self.refine_series: dict[str, int] = {}
         with dpg.plot(label="losses", height=150, width=-1):
-            dpg.add_plot_legend()
+            dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthEast, horizontal=True)
             x = dpg.add_plot_axis(dpg.mvXAxis, label="iteration")
             with dpg.plot_axis(dpg.mvYAxis, label="loss") as y:
                 for term in ("total", "l1", "dssim", "anisotropy", "size", "offset"):
                     self.refine_series[term] = dpg.add_line_series([], [], label=term, parent=y)
             self.refine_axes = [(x, y)]
         with dpg.plot(label="held-out PSNR and spikes", height=130, width=-1):
-            dpg.add_plot_legend()
+            dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthEast, horizontal=True)
             x = dpg.add_plot_axis(dpg.mvXAxis, label="iteration")
             with dpg.plot_axis(dpg.mvYAxis, label="PSNR dB / spikes %") as y:
                 self.refine_series["psnr"] = dpg.add_line_series([], [], label="PSNR", parent=y)
                 self.refine_series["spikes"] = dpg.add_line_series([], [], label="over threshold %", parent=y)
             self.refine_axes.append((x, y))
         self.refine_hist: dict[str, int] = {}
+        self.refine_threshold: dict[str, int] = {}
         with dpg.group(horizontal=True):
             for name in ("anisotropy", "size", "offset"):
                 with dpg.plot(label=name, height=120, width=170, no_menus=True):
                     x = dpg.add_plot_axis(dpg.mvXAxis)
                     with dpg.plot_axis(dpg.mvYAxis) as y:
                         self.refine_hist[name] = dpg.add_bar_series([], [], parent=y)
+                        # A vertical line at the threshold: what lies right of it is a spike.
+                        self.refine_threshold[name] = dpg.add_inf_line_series([], parent=y)
                     self.refine_axes.append((x, y))
 
     def _show_refine_path(self, data: str) -> None:
@@ -364,6 +367,7 @@ class Console:
             edges = st.hist_edges
             dpg.set_value(series, [[0.5 * (a + b) for a, b in zip(edges[:-1], edges[1:])], [float(c) for c in st.hist_counts]])
             dpg.configure_item(series, weight=(edges[1] - edges[0]) if len(edges) > 1 else 1.0)
+            dpg.set_value(self.refine_threshold[name], [[st.threshold]])
         for x, y in self.refine_axes:
             dpg.fit_axis_data(x)
             dpg.fit_axis_data(y)

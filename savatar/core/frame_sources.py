@@ -360,11 +360,11 @@ def stored_sources(results: Sequence[SourceResult], data, shape: np.ndarray,
 
 
 def frames_from_stored_sources(avatar: GaussianAvatar, size: int | None = None) -> list[Frame]:
-    """The source portraits an avatar file keeps (savatar build stores them) as frames, each
-    downscaled to at most size pixels a side. ValueError when the avatar holds none (built before
-    sources were kept, or with a generator)."""
+    """The source portraits an avatar file keeps (savatar build stores them, with or without a
+    generator) as frames, each downscaled to at most size pixels a side. ValueError when the
+    avatar holds none (not built from portraits, or built before sources were kept)."""
     records = avatar.metadata.get("sources") or []
     if not records:
-        raise ValueError("this avatar holds no source portraits (only `savatar build` without --generator "
-                         "stores them); use --images or --video")
+        raise ValueError("this avatar holds no source portraits (only avatars made by `savatar build` "
+                         "store them); use --images or --video")
     return [View.from_record(r).to_frame(size) for r in records]

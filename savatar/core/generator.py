@@ -329,12 +329,19 @@ def build_with_generator(ckpt: str | Path, images: Sequence[str | Path | np.ndar
     landmark fit, savatar.core.build, which needs MediaPipe), or Views whose cameras and head
     parameters are already known. count: Gaussians (default: the checkpoint's layout size).
     """
+    if isinstance(images, Views):
+        return _generate(ckpt, images, None, count, device)
+    views, shape = _fit_portraits(images)
+    return _generate(ckpt, views, shape, count, device)
+
+
+def _generate(ckpt: str | Path, views: Views, shape: torch.Tensor | None, count: int | None,
+              device: torch.device | str = "cpu") -> GaussianAvatar:
+    """One forward pass of the checkpoint's generator on its layout (of count Gaussians) with
+    identity shape (the layout's when None)."""
     gen = load_generator(ckpt, device)
     base = _layout(count or gen.cfg.count, gen.cfg.layout_seed, gen.cfg.sh_degree)
-    if isinstance(images, Views):
-        views = images
-    else:
-        views, shape = _fit_portraits(images)
+    if shape is not None:
         base.shape = shape
     with torch.no_grad():
         avatar = gen(base, views)
@@ -347,37 +354,53 @@ def build_with_generator(ckpt: str | Path, images: Sequence[str | Path | np.ndar
 def build_from_portraits(ckpt: str | Path, paths: Sequence[str | Path], count: int | None = None,
                          progress: Callable[[float, str], None] | None = None):
     """Like savatar.core.build.build_avatar, with a trained generator: every input is checked
-    and reported (SourceResult), the usable ones go through one forward pass. Returns
-    (avatar, results); BuildError when no input is usable."""
-    from savatar.core.build import BuildError, check_sources
-    from savatar.core.face_landmarks import FaceLandmarker
+    and reported (SourceResult), the usable ones are fitted (identity and per-source head
+    parameters, as the build does) and go through one forward pass. Like build_avatar, the
+    avatar keeps the usable portraits for refinement (metadata["sources"],
+    savatar.core.frame_sources.stored_sources): the fitted parameters and cameras the generator
+    was given, with loss masks from a person segmentation. Returns (avatar, results);
+    BuildError when no input is usable."""
+    from savatar.core.build import person_masks
+    from savatar.core.frame_sources import stored_sources
+    from savatar.core.open_head import load_open_head_data
 
     report = progress or (lambda fraction, stage: None)
     report(0.1, "checking portraits")
-    with FaceLandmarker() as landmarker:
-        results, _ = check_sources(paths, landmarker)
-    usable = [p for p, r in zip(paths, results) if r.ok]
-    if not usable:
-        raise BuildError("no usable portrait: " + "; ".join(r.line() for r in results))
-    report(0.3, "generator")
-    avatar = build_with_generator(ckpt, usable, count=count)
+    results = _check_portraits(paths)
+    good = [r for r in results if r.ok]
+    report(0.2, "fit")
+    data = load_open_head_data()
+    views, shape = _fit_sources(data, good)
+    report(0.4, "generator")
+    avatar = _generate(ckpt, views, shape, count)
+    report(0.7, "segmentation")
+    person_masks(good)
+    report(0.9, "sources")
+    avatar.metadata["sources"] = stored_sources(good, data, shape.numpy())
     report(1.0, "done")
     return avatar, results
 
 
-def _fit_portraits(images: Sequence[str | Path | np.ndarray]) -> tuple[Views, torch.Tensor]:
-    """Portraits -> (Views in the tracking world of savatar.core.build, identity shape (S,))."""
-    from savatar.core.build import BuildError, check_sources, fit_identity
+def _check_portraits(images: Sequence[str | Path | np.ndarray]) -> list:
+    """One SourceResult per input (savatar.core.build.check_sources, with the build's landmarker
+    settings); BuildError when none is usable."""
+    from savatar.core.build import BuildError, check_sources
     from savatar.core.face_landmarks import FaceLandmarker
-    from savatar.core.open_head import load_open_head_data
-    from savatar.core.tracking import TRACKING_VIEWMAT
 
-    data = load_open_head_data()
     with FaceLandmarker(static_images=True, max_faces=4) as landmarker:
         results, _ = check_sources(list(images), landmarker)
-    good = [r for r in results if r.ok]
-    if not good:
+    if not any(r.ok for r in results):
         raise BuildError("no usable portrait: " + ("; ".join(r.line() for r in results) or "no input given"))
+    return results
+
+
+def _fit_sources(data, good: list) -> tuple[Views, torch.Tensor]:
+    """Usable SourceResults -> (Views in the tracking world of savatar.core.build, identity
+    shape (S,)). The fit (savatar.core.build.fit_identity) writes each source's K, expr, pose
+    and translation into it."""
+    from savatar.core.build import fit_identity
+    from savatar.core.tracking import TRACKING_VIEWMAT
+
     shape = fit_identity(data, good)
     f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
     # Sources of different sizes: each is resized to one square side first (K follows), so they
@@ -389,3 +412,11 @@ def _fit_portraits(images: Sequence[str | Path | np.ndarray]) -> tuple[Views, to
                   f32(r.pose)[None], f32(r.translation)[None])
         parts.append(v.resized(side))
     return Views.cat(parts), f32(shape)
+
+
+def _fit_portraits(images: Sequence[str | Path | np.ndarray]) -> tuple[Views, torch.Tensor]:
+    """Portraits -> (Views in the tracking world of savatar.core.build, identity shape (S,))."""
+    from savatar.core.open_head import load_open_head_data
+
+    good = [r for r in _check_portraits(images) if r.ok]
+    return _fit_sources(load_open_head_data(), good)

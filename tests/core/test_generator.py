@@ -1,7 +1,8 @@
 """The learned generator (savatar.core.generator) and its training (savatar.core.generator_train):
 order independence and K = 1..8 in one model, a tiny training run on synthetic renders that
-lowers the held-out loss, checkpoint round trip and resume, and DDP over two CPU processes
-giving the gradient of one process on the combined batch."""
+lowers the held-out loss, checkpoint round trip and resume, DDP over two CPU processes giving
+the gradient of one process on the combined batch, and a build from portrait files keeping its
+sources for refinement as the parameter-free build does."""
 from __future__ import annotations
 
 import json
@@ -165,6 +166,72 @@ def test_capture_folder_and_config(tmp_path: Path) -> None:
     for key in (1, 2, 1, 3):
         cache.get(key, lambda: key)
     assert len(cache) == 2 and 2 not in cache._items  # 2 was the least recently used
+
+
+def test_build_from_portraits_keeps_its_sources(tmp_path: Path) -> None:
+    """`savatar build --generator` keeps the usable portraits for refinement (--sources, the
+    viewer's Refine panel) exactly as the parameter-free build does, and they line up with the
+    generator's avatar."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    from savatar.core.avatar_file import load_avatar, save_avatar
+    from savatar.core.build import build_avatar
+    from savatar.core.frame_sources import frames_from_stored_sources
+    from savatar.core.generator import build_from_portraits
+    from savatar.core.render import render
+    from savatar.core.rig import Rig
+
+    # Untrained, so the avatar is the analytic colour lifting; sources seen at 128 px so its
+    # colours are sharp enough to show the alignment.
+    cfg = GeneratorConfig(count=500, image_size=128, features=8, hidden=32)
+    ckpt = tmp_path / "gen.pt"
+    g = Generator(cfg)
+    save_checkpoint(ckpt, g, torch.optim.Adam(g.parameters()), 0, small_config(tmp_path, generator=cfg))
+    portrait = tmp_path / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(portrait)
+    (tmp_path / "junk.jpg").write_text("no image")
+    stages = []
+    avatar, results = build_from_portraits(ckpt, [portrait, tmp_path / "junk.jpg"], count=3000,
+                                           progress=lambda fraction, stage: stages.append(stage))
+    assert [r.ok for r in results] == [True, False] and "sources" in stages
+    assert len(avatar) == 3000
+    (rec,) = avatar.metadata["sources"]  # the junk input is reported, not kept
+    # The same record as the parameter-free build of the same portrait (face crop, mask, camera,
+    # fitted parameters), and the same identity.
+    built, _ = build_avatar([portrait], count=500)
+    (ref,) = built.metadata["sources"]
+    assert rec.keys() == ref.keys() and rec["name"] == ref["name"] == "astronaut.png"
+    for key in ("image", "mask", "K", "viewmat", "expr", "pose", "translation"):
+        np.testing.assert_array_equal(rec[key], ref[key], err_msg=key)
+    assert torch.equal(avatar.shape, built.shape)
+    # Saved and loaded, they are refinement frames.
+    save_avatar(avatar, tmp_path / "g.h5")
+    (f,) = frames_from_stored_sources(load_avatar(tmp_path / "g.h5"), size=128)
+    (f0,) = frames_from_stored_sources(avatar, size=128)
+    assert torch.equal(f.image, f0.image) and torch.equal(f.mask, f0.mask) and torch.equal(f.K, f0.K)
+    # The generator's avatar posed with the stored parameters and seen by the stored camera lines
+    # up with the stored crop and mask; with the focal length 10 % off it does not. Measured:
+    # PSNR 17.6 dB against 14.0, silhouette IoU with the mask 0.925 against 0.807.
+    world = Rig.of(avatar).world(f.expr.numpy(), f.pose.numpy(), f.translation.numpy())
+
+    def draw(K: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            out = render(world, f.viewmat, K, f.width, f.height, torch.ones(3), backend="cpu")
+        return out.rgb.clamp(0, 1).numpy(), out.alpha.numpy()[..., 0]
+
+    wrong_k = f.K.clone()
+    wrong_k[:2, :2] *= 1.1
+    (rgb, alpha), (rgb_wrong, alpha_wrong) = draw(f.K), draw(wrong_k)
+    mask, image = f.mask.numpy() > 0.5, f.image.numpy()
+    inside = mask & (alpha > 0.95)  # the avatar's opaque pixels in the mask
+    sil, sil_wrong = alpha > 0.5, alpha_wrong > 0.5
+    psnr = lambda a: float(-10 * np.log10(((a - image) ** 2)[inside].mean()))  # noqa: E731
+    iou = lambda s: float((mask & s).sum() / (mask | s).sum())  # noqa: E731
+    print(f"stored source: PSNR {psnr(rgb):.2f} dB (focal +10 %: {psnr(rgb_wrong):.2f}), "
+          f"IoU {iou(sil):.3f} ({iou(sil_wrong):.3f})")
+    assert psnr(rgb) > 16.0 and psnr(rgb_wrong) < psnr(rgb) - 2.0
+    assert iou(sil) > 0.88 and iou(sil_wrong) < iou(sil) - 0.07
 
 
 # ------------------------------------------------------------------------------------------------

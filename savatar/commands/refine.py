@@ -19,7 +19,9 @@ VIDEO_SIZE, VIDEO_MAX_FRAMES, VIDEO_FOV_Y_DEG = 384, 200, 50.0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("refine", help="refine an avatar against frames (count and binding never change)")
+    p = sub.add_parser("refine", help="refine an avatar against frames (count and binding never change)",
+                       epilog="While it runs: Ctrl-Z pauses (fg resumes), Ctrl-C stops after the current step and "
+                              "writes the checkpoint; --resume then continues exactly where it stopped.")
     p.add_argument("avatar", help="avatar .h5 to refine")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", metavar="V", help="monocular video of the avatar's person, tracked first with "
@@ -49,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flame", metavar="DIR", help="folder with your FLAME files (or set SAVATAR_FLAME_DIR)")
     p.add_argument("-o", "--output", required=True, help="output avatar .h5 (checkpoints go here too)")
-    p.add_argument("--json-log", metavar="FILE", help="write one JSON object per report")
+    p.add_argument("--json-log", metavar="FILE", help="write one JSON object per report (appended with --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
     p.set_defaults(func=cmd_refine)
 
@@ -130,7 +132,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
             refiner.resume_from(out)
         except (AvatarFormatError, AssertionError) as exc:
             raise UserError(str(exc).splitlines()[0]) from None
-    log = open(args.json_log, "w") if args.json_log else None
+    log = open(args.json_log, "a" if args.resume else "w") if args.json_log else None
     bar = tqdm(total=args.iters, initial=refiner.iteration, desc=f"refine ({refiner.backend})", unit="it")
 
     def on_report(r) -> None:
@@ -142,12 +144,15 @@ def cmd_refine(args: argparse.Namespace) -> int:
             log.write(json.dumps(r.to_json()) + "\n")
             log.flush()
 
-    # Ctrl-C stops at the end of the current step and still writes the checkpoint.
+    # Ctrl-C stops at the end of the current step and still writes the checkpoint; after Ctrl-Z
+    # and fg, the rate (and ETA) leaves the suspended time out.
     previous = signal.signal(signal.SIGINT, lambda *_: refiner.stop())
+    previous_cont = signal.signal(signal.SIGCONT, lambda *_: refiner.restart_clock())
     try:
         final = refiner.run(on_report)
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGCONT, previous_cont)
         bar.close()
         if log is not None:
             log.close()

@@ -514,6 +514,10 @@ class Refiner:
         self._stop.set()
         self._running.set()
 
+    def restart_clock(self) -> None:
+        """Paused (or suspended) time is not refinement time: measure the rate from now on."""
+        self._t_last, self._it_last = time.perf_counter(), self.iteration
+
     @property
     def paused(self) -> bool:
         return not self._running.is_set()
@@ -528,8 +532,7 @@ class Refiner:
         while self.iteration < cfg.iterations and not self._stop.is_set():
             if not self._running.is_set():
                 self._running.wait()
-                # Paused time is not refinement time: restart the rate clock.
-                self._t_last, self._it_last = time.perf_counter(), self.iteration
+                self.restart_clock()
                 continue
             self.step()
             if len(self.events) > seen_events:

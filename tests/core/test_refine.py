@@ -259,6 +259,8 @@ def test_cli_refine_images(tmp_path, base, frames):
 
     assert main(args[:5] + ["6"] + args[6:] + ["--resume"]) == 0
     assert load_avatar(out).metadata["refinement"]["iterations"] == 6
+    # The resumed run's reports follow the first run's in the same log.
+    assert [json.loads(x)["iteration"] for x in log.read_text().splitlines()] == [2, 4, 4, 6, 6]
 
     assert main(["refine", str(src), "--sources", "-o", str(out)]) == 2
     assert main(["refine", str(src), "--images", str(tmp_path / "missing"), "-o", str(out)]) == 2

@@ -307,10 +307,25 @@ class HeadSDF:
         return 0.5 * (lo + hi)
 
 
+def _slerp(d0: np.ndarray, d1: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Unit directions (len(t), 3) along the great-circle arc from unit d0 to unit d1."""
+    om = np.arccos(np.clip(d0 @ d1, -1.0, 1.0))
+    if om < 1e-6:
+        return np.outer(1 - t, d0) + np.outer(t, d1)
+    return (np.outer(np.sin((1 - t) * om), d0) + np.outer(np.sin(t * om), d1)) / np.sin(om)
+
+
 def build_tube(oval: np.ndarray, sdf: HeadSDF, rows: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """Surface from the face-oval loop (N, 3) over the cranium and down the neck to a bottom
     ring. Returns (rows, N, 3) rings (ring 0 is the first ring after the oval) and the bottom
-    centre (3,)."""
+    centre (3,).
+
+    Column i runs from oval point i to bottom point i through a waypoint behind the head that
+    moves continuously with the column's angle u around the oval: over the crown for the top
+    of the oval, over the ears for its sides, and, below the jaw corners, blending into the
+    straight way down to the front of the neck. Neighbouring columns therefore take
+    neighbouring paths; great-circle paths had to switch from over the crown to down the side
+    between two columns, which folded the skull's surface over itself at the back."""
     n = len(oval)
     centre = np.array([0.0, -0.02, -0.07])
     fc = oval.mean(0)
@@ -322,17 +337,18 @@ def build_tube(oval: np.ndarray, sdf: HeadSDF, rows: int = 30) -> tuple[np.ndarr
     rings = np.zeros((rows, n, 3))
     for i in range(n):
         a, b = oval[i] - centre, bottom[i] - centre
-        ea = a / np.linalg.norm(a)
-        nb = b - ea * (b @ ea)
-        eb = nb / np.linalg.norm(nb)
-        theta_b = np.arctan2(b @ eb, b @ ea)  # in (0, pi)
-        # Go the way round that avoids the face (+z): the long way when the short one passes it.
-        short = np.linspace(0, theta_b, 32)
-        long_ = np.linspace(0, theta_b - 2 * np.pi, 32)
-        zmax = lambda th: (np.outer(np.cos(th), ea) + np.outer(np.sin(th), eb))[:, 2].max()  # noqa: E731
-        end = theta_b if zmax(short[1:]) <= zmax(long_[1:]) else theta_b - 2 * np.pi
-        th = np.linspace(0, end, samples)
-        dirs = np.outer(np.cos(th), ea) + np.outer(np.sin(th), eb)
+        ea, eb = a / np.linalg.norm(a), b / np.linalg.norm(b)
+        sin_u, cos_u = np.sin(u[i]), np.cos(u[i])
+        behind = np.array([0.9 * cos_u, 0.2 + 0.8 * max(sin_u, 0.0), -1.0])
+        straight = ea + eb
+        weight = smoothstep(np.array(sin_u), -0.85, -0.35)  # 0 under the chin, 1 from the jaw corners up
+        w = (1 - weight) * straight / np.linalg.norm(straight) + weight * behind / np.linalg.norm(behind)
+        w /= np.linalg.norm(w)
+        first, second = np.arccos(np.clip(ea @ w, -1, 1)), np.arccos(np.clip(w @ eb, -1, 1))
+        k = max(2, int(samples * first / (first + second)))
+        dirs = np.concatenate([_slerp(ea, w, np.linspace(0, 1, k)),
+                               _slerp(w, eb, np.linspace(0, 1, samples - k + 1))[1:]])
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         r = sdf.ray(centre, dirs)
         # Continue smoothly from the measured oval, which need not lie on the procedural surface.
         r += (np.linalg.norm(a) - r[0]) * (1 - smoothstep(np.linspace(0, 1, samples), 0.0, 0.25))

@@ -9,6 +9,7 @@ from typing import Protocol
 import dearpygui.dearpygui as dpg
 import numpy as np
 
+from savatar.core.antispike import AntiSpikeConfig
 from savatar.viewer.glx_context import SavedContext
 from savatar.viewer.state import DRIVE_SOURCES
 
@@ -286,7 +287,10 @@ class Console:
         with dpg.collapsing_header(label="Loss weights and anti-spike thresholds"):
             self.refine_dssim = dpg.add_input_float(label="D-SSIM weight", default_value=0.2, width=120, step=0)
             self.refine_fields = {}
-            for name, weight, threshold in (("anisotropy", 0.1, 10.0), ("size", 1.0, 2.0), ("offset", 1.0, 1.5)):
+            spike = AntiSpikeConfig()
+            for name, weight, threshold in (("anisotropy", spike.weight_anisotropy, spike.max_anisotropy),
+                                            ("size", spike.weight_size, spike.max_size),
+                                            ("offset", spike.weight_offset, spike.max_offset)):
                 with dpg.group(horizontal=True):
                     w = dpg.add_input_float(label=f"{name} weight", default_value=weight, width=90, step=0)
                     t = dpg.add_input_float(label="threshold", default_value=threshold, width=90, step=0)

@@ -46,6 +46,21 @@ def test_structure_matches_flame_layout(data):
     assert (counts == 2).all()
 
 
+def test_the_cranium_does_not_fold_over_itself(data):
+    """Every triangle of the skull above the neck faces outwards from the head's middle (a fold
+    puts a strip of triangles facing inwards over the outer layer, seen as a swirl from behind)."""
+    v, f = np.asarray(data.v_template, np.float64), np.asarray(data.faces)
+    normal = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    centroid = v[f].mean(1)
+    outward = centroid - np.array([0.0, -0.02, -0.07])  # the centre the cranium was swept around
+    scalp = np.zeros(len(v), bool)
+    scalp[np.asarray(data.vertex_regions["scalp"])] = True
+    skull = scalp[f].all(1) & (centroid[:, 1] > -0.06)
+    assert skull.sum() > 1000
+    cos = (normal * outward).sum(1) / np.linalg.norm(normal, axis=1) / np.linalg.norm(outward, axis=1)
+    assert (cos[skull] > 0.2).all(), f"{int((cos[skull] <= 0.2).sum())} skull triangles face inwards or edge-on"
+
+
 def test_zero_parameters_give_template(model, data):
     out = model()
     assert torch.allclose(out.vertices[0], torch.from_numpy(data.v_template), atol=1e-6)

@@ -9,6 +9,15 @@ from PIL import Image
 from savatar.cli import main
 
 
+def last_error_line(capsys, prefix: str = "savatar ") -> str:
+    """The user error on stderr's last line (progress bars and MediaPipe's log may come before
+    it), checked to be a one-line `prefix...` message without a traceback."""
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert last.startswith(prefix) and "Traceback" not in err, err
+    return last
+
+
 def test_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -99,9 +108,7 @@ def test_render_and_info_user_errors(tmp_path, monkeypatch, capsys, args, messag
     monkeypatch.chdir(tmp_path)
     (tmp_path / "junk.h5").write_bytes(b"not an avatar")
     assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    last = err.splitlines()[-1]  # progress bars may come before it
-    assert message in last and last.startswith("savatar ") and "Traceback" not in err
+    assert message in last_error_line(capsys)
 
 
 def test_info_describes_a_saved_avatar(tmp_path, capsys):
@@ -175,9 +182,7 @@ def test_track_and_lipsync_user_errors(tmp_path, monkeypatch, capsys, args, mess
     monkeypatch.chdir(tmp_path)
     (tmp_path / "junk.h5").write_bytes(b"not audio")
     assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    last = err.splitlines()[-1]  # progress bars may come before it
-    assert message in last and last.startswith("savatar ") and "Traceback" not in err
+    assert message in last_error_line(capsys)
 
 
 def test_build_with_a_generator_checkpoint(tmp_path):
@@ -277,9 +282,8 @@ def test_refine_source_errors_are_one_line(tmp_path, monkeypatch, capsys, args, 
         writer.write(np.full((120, 160, 3), 128, np.uint8))
     writer.close()
     assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    last = err.splitlines()[-1]  # progress bars and MediaPipe's log may come before it
-    assert message in last and last.startswith("savatar refine: ") and "Traceback" not in err
+    last = last_error_line(capsys, "savatar refine: ")
+    assert message in last
     if "--sources" in args:
         assert "use --images or --video" in last
 

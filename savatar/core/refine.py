@@ -197,6 +197,7 @@ class Refiner:
             raise ValueError("no training frames (all are held out)")
         dev = self.device
         self.face = avatar.face.clone().to(dev)
+        self._bound_face = avatar.face.to(dev)  # what check_layout compares with, on the same device
         self.count = len(avatar)
         self.params = {k: torch.nn.Parameter(getattr(avatar, k).detach().clone().float().to(dev)) for k in PARAMS}
         self.frame_delta: dict[str, torch.nn.Parameter] = {}
@@ -294,7 +295,7 @@ class Refiner:
             if p.shape[0] != self.count:
                 raise LayoutError(f"{k} has {p.shape[0]} Gaussians, the avatar had {self.count}: "
                                   "refinement must not densify or prune")
-        if self.face.shape[0] != self.count or not torch.equal(self.face.cpu(), self.source.face):
+        if self.face.shape[0] != self.count or not torch.equal(self.face, self._bound_face):
             raise LayoutError("the face binding changed during refinement")
 
     # --- one iteration -----------------------------------------------------------------------

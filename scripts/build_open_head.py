@@ -1,6 +1,6 @@
 """Regenerate savatar/assets/open_head.npz, the bundled open parametric head model.
 
-Run: python scripts/build_open_head.py [-o PATH]
+Run: python scripts/build_open_head.py [-o PATH] [--measure-landmarks]
 
 Data used, all of it free to ship:
 - face geometry measured by MediaPipe Face Mesh (478 landmarks, with irises) on scikit-image's
@@ -9,7 +9,12 @@ Data used, all of it free to ship:
 - MediaPipe's face-mesh tessellation (Apache-2.0), from its Python package;
 - procedural geometry for everything a face detector cannot see: cranium, ears, neck, eyeballs,
   eye sockets, mouth cavity and teeth.
-The build is deterministic: the same packages give the same arrays.
+
+The MediaPipe measurement is committed input data, scripts/open_head_landmarks.npz, because
+MediaPipe's float inference differs slightly from one CPU to another. The build reads that file
+and runs no model, and no decision in it hinges on the last bit of a float, so it gives the same
+arrays (to ~1e-16) on any machine. `--measure-landmarks` re-runs MediaPipe and rewrites the file
+before building; tests/core/test_open_head_asset.py checks MediaPipe still lands near it.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from scipy.optimize import linear_sum_assignment
 
 from savatar.core.mesh_ops import boundary_loops
 
+LANDMARKS_FILE = Path(__file__).with_name("open_head_landmarks.npz")
 IRIS_DIAMETER_M = 0.0117
 EYEBALL_RADIUS = 0.0120
 IRIS_ANGLE = np.arcsin(0.5 * IRIS_DIAMETER_M / EYEBALL_RADIUS)
@@ -69,18 +75,28 @@ REGION_IDS = {"face": 0, "scalp": 1, "neck": 2, "left_eyeball": 3, "right_eyebal
 
 
 # ----------------------------------------------------------------------------- measurement
-def measure_astronaut() -> np.ndarray:
-    """(478, 3) metric landmarks of the astronaut portrait, x right, y up, z towards the camera."""
+def measure_landmarks(path: Path = LANDMARKS_FILE) -> None:
+    """Run MediaPipe Face Mesh on the astronaut and write its 478 landmarks to path (float64, so
+    the float32 model output is kept exactly)."""
     import mediapipe as mp
     import skimage.data
 
-    img = skimage.data.astronaut()
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as fm:
-        result = fm.process(img)
-    if not result.multi_face_landmarks:
+    from savatar.core.face_landmarks import FaceLandmarker
+
+    with FaceLandmarker() as landmarker:
+        lm = landmarker(skimage.data.astronaut())
+    if lm is None:
         raise RuntimeError("MediaPipe found no face in skimage's astronaut")
-    h, w = img.shape[:2]
-    lm = np.array([[p.x * w, -p.y * h, -p.z * w] for p in result.multi_face_landmarks[0].landmark])
+    source = (f"MediaPipe {mp.__version__} Face Mesh (static image, refined irises) on skimage.data.astronaut(), "
+              "scripts/build_open_head.py --measure-landmarks; pixels: x right, y down, z depth (nearer < 0)")
+    np.savez(path, landmarks_px=lm.astype(np.float64), source=np.array(source))
+
+
+def load_astronaut(path: Path = LANDMARKS_FILE) -> np.ndarray:
+    """(478, 3) metric landmarks of the astronaut portrait, x right, y up, z towards the camera,
+    from the committed MediaPipe measurement."""
+    with np.load(path) as z:
+        lm = z["landmarks_px"] * np.array([1.0, -1.0, -1.0])
     rim = lambda c: np.linalg.norm(lm[c + 1] - lm[c + 3]) + np.linalg.norm(lm[c + 2] - lm[c + 4])  # noqa: E731
     scale = IRIS_DIAMETER_M / ((rim(RIGHT_IRIS) + rim(LEFT_IRIS)) / 4)
     return (lm - lm[:468].mean(0)) * scale
@@ -345,7 +361,9 @@ def build_tube(oval: np.ndarray, sdf: HeadSDF, rows: int = 30) -> tuple[np.ndarr
         w = (1 - weight) * straight / np.linalg.norm(straight) + weight * behind / np.linalg.norm(behind)
         w /= np.linalg.norm(w)
         first, second = np.arccos(np.clip(ea @ w, -1, 1)), np.arccos(np.clip(w @ eb, -1, 1))
-        k = max(2, int(samples * first / (first + second)))
+        # Round, not truncate: under the chin w is the exact bisector, so this is 300 up to
+        # rounding error, and truncating made it 299 or 300 depending on the CPU.
+        k = max(2, round(samples * first / (first + second)))
         dirs = np.concatenate([_slerp(ea, w, np.linspace(0, 1, k)),
                                _slerp(w, eb, np.linspace(0, 1, samples - k + 1))[1:]])
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
@@ -473,7 +491,7 @@ def neutralize(p: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- assembly
 def build_geometry():
     """Template mesh with region labels and the bookkeeping later steps need."""
-    lm = frontalize_and_symmetrize(measure_astronaut())
+    lm = frontalize_and_symmetrize(load_astronaut())
     tris = face_triangles()
     p = lm[:468]
     normals = np.cross(p[tris[:, 1]] - p[tris[:, 0]], p[tris[:, 2]] - p[tris[:, 0]])
@@ -607,7 +625,8 @@ def base_colors(verts: np.ndarray, region: np.ndarray, info: dict) -> np.ndarray
     up_y = np.interp(v[:, 0], ox, p[OUTER_UPPER, 1][np.argsort(p[OUTER_UPPER, 0])])
     lo_y = np.interp(v[:, 0], np.sort(p[OUTER_LOWER, 0]), p[OUTER_LOWER, 1][np.argsort(p[OUTER_LOWER, 0])])
     corner_x = np.abs(p[[61, 291], 0]).mean()
-    lip = face & (np.abs(v[:, 0]) <= corner_x) & (v[:, 1] <= up_y + 5e-4) & (v[:, 1] >= lo_y - 5e-4)
+    # The corners themselves sit exactly at corner_x: a tolerance keeps them lips whatever the last bit.
+    lip = face & (np.abs(v[:, 0]) <= corner_x + 1e-9) & (v[:, 1] <= up_y + 5e-4) & (v[:, 1] >= lo_y - 5e-4)
     col[lip] = COLORS["lips"]
     # Brows: soft dark band around the brow landmarks.
     brow = np.zeros(len(v))
@@ -888,7 +907,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path,
                         default=Path(__file__).resolve().parents[1] / "savatar" / "assets" / "open_head.npz")
+    parser.add_argument("--measure-landmarks", action="store_true",
+                        help=f"re-run MediaPipe on the astronaut and rewrite {LANDMARKS_FILE.name} before building")
     args = parser.parse_args()
+    if args.measure_landmarks:
+        measure_landmarks()
     arrays = build()
     np.savez_compressed(args.output, **arrays)
     print(f"wrote {args.output}: {len(arrays['v_template'])} vertices, {len(arrays['faces'])} faces")

@@ -42,6 +42,7 @@ from savatar.core.antispike import AntiSpikeConfig, QuantityStats, penalties, st
 from savatar.core.binding import deform
 from savatar.core.gaussians import GaussianAvatar
 from savatar.core.head_model import HeadModel
+from savatar.core.image_metrics import psnr, ssim
 from savatar.core.render import render, resolve_backend
 
 # Attributes the refiner optimizes; `face` is deliberately absent.
@@ -108,14 +109,14 @@ class RefineConfig:
 @dataclass
 class Report:
     """Live statistics after `iteration` steps. losses: term -> value (l1, dssim, anisotropy,
-    size, offset, total; averaged since the last report); psnr: mean held-out PSNR in dB (None
-    without held-out frames); stats: per anti-spike quantity; event: what the guard did, if
+    size, offset, total; averaged since the last report); psnr_mask: mean held-out PSNR in dB
+    inside the frames' head masks (None without held-out frames); stats: per anti-spike quantity; event: what the guard did, if
     anything."""
 
     iteration: int
     iterations: int
     losses: dict[str, float]
-    psnr: float | None
+    psnr_mask: float | None
     it_per_s: float
     eta_s: float
     elapsed_s: float
@@ -130,39 +131,6 @@ class Report:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-x * x / (2 * sigma * sigma))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
-_WINDOW = _gaussian_window()
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of two (H, W, C) images in [0, 1] (Gaussian window 11, sigma 1.5, zero padded
-    like the 3DGS reference); differentiable."""
-    c = a.shape[-1]
-    x = a.permute(2, 0, 1)[None]
-    y = b.permute(2, 0, 1)[None]
-    w = _WINDOW.to(a).expand(c, 1, -1, -1)
-    pad = w.shape[-1] // 2
-    blur = lambda t: F.conv2d(t, w, padding=pad, groups=c)  # noqa: E731
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return m.mean()
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean().detach())
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
 class Refiner:
@@ -206,8 +174,7 @@ class Refiner:
             self.frame_delta = {"expr": torch.nn.Parameter(torch.zeros(n, len(self.frames[0].expr), device=dev)),
                                 "pose": torch.nn.Parameter(torch.zeros(n, 15, device=dev))}
         self.background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
-        self._targets = [(f.image.float().to(dev), None if f.mask is None else
-                          f.mask.float().reshape(f.height, f.width, 1).to(dev)) for f in self.frames]
+        self._targets = [self._matted_target(f) for f in self.frames]
         # Posed vertices are fixed unless frames are tuned: compute them once, not per step.
         self._verts = [self._vertices(f) for f in self.frames]
         self.lr_scale = 1.0
@@ -313,6 +280,17 @@ class Refiner:
                      self.background, backend=self.backend)
         return out.rgb
 
+    def _matted_target(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(target (H, W, 3), mask (H, W, 1) or None) on the refiner's device. Outside the mask
+        the target shows the render background, not the frame's own: the real background is
+        nothing the avatar draws, and SSIM windows at the mask's edge must not see it."""
+        dev = self.background.device
+        image = frame.image.float().to(dev)
+        if frame.mask is None:
+            return image, None
+        m = frame.mask.float().reshape(frame.height, frame.width, 1).to(dev)
+        return image * m + self.background * (1 - m), m
+
     def step(self) -> dict[str, float]:
         """One Adam step on one training frame; returns this step's loss terms. On a non-finite
         or exploding loss or parameter, rolls back instead (see _roll_back)."""
@@ -394,11 +372,12 @@ class Refiner:
 
     @torch.no_grad()
     def evaluate(self, indices: Sequence[int] | None = None) -> float | None:
-        """Mean PSNR (dB) over the held-out frames (or the frames at `indices`), None without any."""
+        """Mean PSNR (dB) over the held-out frames (or the frames at `indices`), each inside its
+        mask (the whole image for a frame without one), None without any frames."""
         indices = self.held_out if indices is None else list(indices)
         if not indices:
             return None
-        return float(np.mean([psnr(self._render(i, grad=False).clamp(0, 1), self._targets[i][0]) for i in indices]))
+        return float(np.nanmean([psnr(self._render(i, grad=False).clamp(0, 1), *self._targets[i]) for i in indices]))
 
     def stats(self) -> dict[str, QuantityStats]:
         return statistics(self._live(), self.config.antispike, bins=self.config.histogram_bins)
@@ -553,7 +532,7 @@ class Refiner:
 def report_line(r: Report) -> dict[str, str]:
     """Short postfix fields for a progress bar."""
     return {"loss": f"{r.losses.get('total', float('nan')):.4f}",
-            "psnr": "-" if r.psnr is None else f"{r.psnr:.2f}",
+            "psnr_mask": "-" if r.psnr_mask is None else f"{r.psnr_mask:.2f}",
             "spikes": f"{100 * r.spike_fraction:.2f}%"}
 
 

@@ -310,11 +310,11 @@ class Console:
                 for term in ("total", "l1", "dssim", "anisotropy", "size", "offset"):
                     self.refine_series[term] = dpg.add_line_series([], [], label=term, parent=y)
             self.refine_axes = [(x, y)]
-        with dpg.plot(label="held-out PSNR and spikes", height=130, width=-1):
+        with dpg.plot(label="held-out PSNR in the head mask and spikes", height=130, width=-1):
             dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthEast, horizontal=True)
             x = dpg.add_plot_axis(dpg.mvXAxis, label="iteration")
             with dpg.plot_axis(dpg.mvYAxis, label="PSNR dB / spikes %") as y:
-                self.refine_series["psnr"] = dpg.add_line_series([], [], label="PSNR", parent=y)
+                self.refine_series["psnr_mask"] = dpg.add_line_series([], [], label="PSNR in mask", parent=y)
                 self.refine_series["spikes"] = dpg.add_line_series([], [], label="over threshold %", parent=y)
             self.refine_axes.append((x, y))
         self.refine_hist: dict[str, int] = {}
@@ -359,8 +359,8 @@ class Console:
         dpg.set_value(self.refine_progress, report.iteration / max(report.iterations, 1))
         its = [float(r.iteration) for r in history]
         for term, series in self.refine_series.items():
-            if term == "psnr":
-                pts = [(float(r.iteration), r.psnr) for r in history if r.psnr is not None]
+            if term == "psnr_mask":
+                pts = [(float(r.iteration), r.psnr_mask) for r in history if r.psnr_mask is not None]
                 dpg.set_value(series, [[p[0] for p in pts], [p[1] for p in pts]])
             elif term == "spikes":
                 dpg.set_value(series, [its, [100.0 * r.spike_fraction for r in history]])

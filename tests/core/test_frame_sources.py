@@ -23,6 +23,7 @@ from savatar.core.camera import Camera
 from savatar.core.frame_sources import (
     View, face_box, frames_from_stored_sources, frames_from_video, resample,
 )
+from savatar.core.image_metrics import psnr
 from savatar.core.pixels import to_uint8
 from savatar.core.rig import Rig
 from savatar.core.tracking import TRACKING_VIEWMAT, intrinsics_for
@@ -70,10 +71,6 @@ def frame_camera(f) -> Camera:
     return Camera(f.viewmat.numpy().astype(np.float64), f.K.numpy().astype(np.float64), f.width, f.height)
 
 
-def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    return float(-10 * np.log10(((a - b) ** 2)[mask].mean()))
-
-
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
@@ -114,16 +111,16 @@ def test_video_frames_line_up_with_the_video(clip):
         world = rig.world(f.expr.numpy(), f.pose.numpy(), f.translation.numpy())
         rgb, alpha = draw(world, cam)
         _, truth_alpha = draw(rig.world(*params), cam)
-        good.append(masked_psnr(rgb, image, mask))
+        good.append(psnr(rgb, image, mask))
         sil.append(iou(alpha > 0.5, truth_alpha > 0.5))
         mask_iou.append(iou(mask, truth_alpha > 0.5))
         # Deliberately wrong cameras: the focal length 15 % off, and the tracked frame's own K
         # without the crop's shift and scale.
         k = cam.K.copy()
         k[:2, :2] *= 1.15
-        wrong_focal.append(masked_psnr(draw(world, Camera(cam.viewmat, k, f.width, f.height))[0], image, mask))
+        wrong_focal.append(psnr(draw(world, Camera(cam.viewmat, k, f.width, f.height))[0], image, mask))
         k = intrinsics_for(W, H, FOV)
-        uncropped.append(masked_psnr(draw(world, Camera(cam.viewmat, k, f.width, f.height))[0], image, mask))
+        uncropped.append(psnr(draw(world, Camera(cam.viewmat, k, f.width, f.height))[0], image, mask))
     yaw_truth = [p[1] for _, p, _ in truth]
     yaw = [float(f.pose[1]) for f in frames]
     print(f"{N} frames tracked in {elapsed:.1f} s; PSNR in the mask: tracked {np.median(good):.2f} dB "
@@ -153,7 +150,7 @@ def test_video_whole_frames_and_stride(clip):
         assert (f.height, f.width) == (180, 240)
         np.testing.assert_allclose(f.K.numpy(), k, rtol=1e-6)
         rgb, alpha = draw(rig.world(f.expr.numpy(), f.pose.numpy(), f.translation.numpy()), frame_camera(f))
-        assert masked_psnr(rgb, f.image.numpy(), f.mask.numpy() > 0.5) > 20.5
+        assert psnr(rgb, f.image.numpy(), f.mask.numpy() > 0.5) > 20.5
     assert len(frames_from_video(path, rig.avatar, size=64, max_frames=2)) == 2
 
 
@@ -232,7 +229,7 @@ def test_build_keeps_its_sources_through_save_and_load(built):
     m = np.array([[a, 0, shift[0] + 0.5 * a - 0.5], [0, a, shift[1] + 0.5 * a - 0.5]])
     warped = cv2.warpAffine(src.image, m, (f.width, f.height), flags=cv2.INTER_AREA if a < 1 else cv2.INTER_LINEAR)
     inner = np.s_[2:-2, 2:-2]
-    assert masked_psnr(warped[inner], f.image.numpy()[inner], np.ones((f.height - 4, f.width - 4), bool)) > 35
+    assert psnr(warped[inner], f.image.numpy()[inner]) > 35
     # The avatar rendered with the stored camera and parameters lines up with the stored image;
     # with the focal length 10 % off it does not. Measured 18.3 dB (3000 Gaussians: colours are
     # blurred, see test_build) against 14.5.
@@ -240,14 +237,14 @@ def test_build_keeps_its_sources_through_save_and_load(built):
     world = Rig.of(avatar).world(f.expr.numpy(), f.pose.numpy(), f.translation.numpy())
     rgb, alpha = draw(world, frame_camera(f))
     mask = (f.mask.numpy() > 0.5) & (alpha > 0.95)
-    psnr = masked_psnr(rgb, f.image.numpy(), mask)
+    good = psnr(rgb, f.image.numpy(), mask)
     k = k1.copy()
     k[:2, :2] *= 1.1
-    wrong = masked_psnr(draw(world, Camera(TRACKING_VIEWMAT, k, f.width, f.height))[0], f.image.numpy(), mask)
-    print(f"stored source {f.width}x{f.height}: PSNR {psnr:.2f} dB over {mask.sum()} px of the mask, "
+    wrong = psnr(draw(world, Camera(TRACKING_VIEWMAT, k, f.width, f.height))[0], f.image.numpy(), mask)
+    print(f"stored source {f.width}x{f.height}: PSNR {good:.2f} dB over {mask.sum()} px of the mask, "
           f"focal +10 % {wrong:.2f} dB")
     assert mask.sum() > 0.2 * f.width * f.height
-    assert psnr > 16.0 and wrong < psnr - 2.5
+    assert good > 16.0 and wrong < good - 2.5
     # The mask is the head: it covers the face and leaves the image corners out.
     assert f.mask[:10, :10].max() == 0 and f.mask[f.height // 2, f.width // 2] == 1
     small = frames_from_stored_sources(loaded, size=100)[0]

@@ -19,13 +19,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_frame_sources import FOV, H, W, clip_params, drawer, masked_psnr  # noqa: E402
+from test_frame_sources import FOV, H, W, clip_params, drawer  # noqa: E402
 
 from savatar.core.binding import deform, init_avatar  # noqa: E402
 from savatar.core.camera import Camera  # noqa: E402
 from savatar.core.frame_sources import frames_from_video  # noqa: E402
 from savatar.core.gaussians import SH_C0, rgb_to_sh0  # noqa: E402
 from savatar.core.head_model import HeadModel  # noqa: E402
+from savatar.core.image_metrics import psnr  # noqa: E402
 from savatar.core.open_head import load_open_head_data  # noqa: E402
 from savatar.core.pixels import to_uint8  # noqa: E402
 from savatar.core.refine import RefineConfig, Refiner  # noqa: E402
@@ -94,7 +95,7 @@ def held_out_psnr(avatar, frames) -> float:
         world = rig.world(f.expr.numpy(), f.pose.numpy(), f.translation.numpy())
         with torch.no_grad():
             rgb = render(world, f.viewmat, f.K, f.width, f.height, background, backend="cpu").rgb.clamp(0, 1)
-        out.append(masked_psnr(rgb.numpy(), f.image.numpy(), f.mask.numpy() > 0.5))
+        out.append(psnr(rgb, f.image, f.mask))
     return float(np.mean(out))
 
 
@@ -156,14 +157,14 @@ def test_refining_from_a_video_improves_the_avatar(tmp_path, one_thread):
     misaligned = refine(start, wrong)
     t4 = time.perf_counter()
 
-    psnr = {name: held_out_psnr(a, held) for name, a in
+    scores = {name: held_out_psnr(a, held) for name, a in
             (("start", start), ("person", truth), ("refined", refined), ("misaligned", misaligned))}
     paint = ("cheeks", "forehead", "brows")
     err = {name: {k: colour_error(a, truth, regions[k]) for k in regions} for name, a in
            (("start", start), ("refined", refined), ("misaligned", misaligned))}
     print(f"clip {t1 - t0:.1f} s, tracking {t2 - t1:.1f} s, refinements {t3 - t2:.1f} + {t4 - t3:.1f} s "
           f"({ITERATIONS} iterations, {COUNT} Gaussians, {SIZE} px)")
-    print("held-out PSNR in the masks: " + ", ".join(f"{k} {v:.2f} dB" for k, v in psnr.items()))
+    print("held-out PSNR in the masks: " + ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items()))
     for name, e in err.items():
         print(f"mean colour error {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in e.items()))
 
@@ -176,9 +177,9 @@ def test_refining_from_a_video_improves_the_avatar(tmp_path, one_thread):
     # own avatar scores only 16.5 here, the tracked fits being a few pixels off
     # (test_frame_sources), which refinement absorbs (a clip of the start avatar itself gains
     # 17.4 -> 24.4 dB); the colour checks below show the appearance itself was learned.
-    gain, gain_wrong = psnr["refined"] - psnr["start"], psnr["misaligned"] - psnr["start"]
-    assert gain > 7.0, psnr
-    assert gain_wrong < gain - 4.0, psnr
+    gain, gain_wrong = scores["refined"] - scores["start"], scores["misaligned"] - scores["start"]
+    assert gain > 7.0, scores
+    assert gain_wrong < gain - 4.0, scores
     # Colours moved towards the person's: measured tan 0.31 -> 0.09 (0.12 focal-off); painted
     # regions 0.75 -> 0.54 on average (0.69 focal-off): cheeks 0.63 -> 0.33, brows 0.84 -> 0.62,
     # forehead 0.77 -> 0.66 (focal-off: brows 0.80, forehead 0.86, further than at the start).

@@ -44,11 +44,38 @@ def test_render_mesh_writes_a_png_that_changes_with_yaw(tmp_path):
     assert np.abs(ia - ib).mean() > 5
 
 
+@pytest.mark.parametrize("command", [["render", "me.h5", "-o", "x.png"], ["export-ply", "me.h5", "-o", "x.ply"],
+                                     ["render-mesh", "-o", "x.png"]])
+def test_expr_and_pose_take_several_values_or_repeated_flags(command):
+    from savatar.cli import build_parser
+
+    parse = build_parser().parse_args
+    several = parse([*command, "--expr", "mouthSmile_L=0.8", "mouthSmile_R=0.8", "--pose", "jaw=10,0,0",
+                     "neck=0,5,0"])
+    repeated = parse([*command, "--expr", "mouthSmile_L=0.8", "--pose", "jaw=10,0,0", "--expr", "mouthSmile_R=0.8",
+                      "--pose", "neck=0,5,0"])
+    mixed = parse([*command, "--expr", "mouthSmile_L=0.8", "--expr", "mouthSmile_R=0.8", "--pose", "jaw=10,0,0",
+                   "neck=0,5,0"])
+    for args in (several, repeated, mixed):
+        assert args.expr == ["mouthSmile_L=0.8", "mouthSmile_R=0.8"]
+        assert args.pose == ["jaw=10,0,0", "neck=0,5,0"]
+
+
+def test_several_expr_values_render_as_repeated_flags(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    common = ["render-mesh", "-W", "96", "-H", "96"]
+    assert main([*common, "--expr", "mouthSmile_L=1", "mouthSmile_R=1", "--pose", "jaw=10,0,0", "-o", str(a)]) == 0
+    assert main([*common, "--expr", "mouthSmile_L=1", "--expr", "mouthSmile_R=1", "--pose", "jaw=10,0,0",
+                 "-o", str(b)]) == 0
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--expr", "noSuchThing=1"], "unknown expression"),
     (["--expr", "mouthSmile_L=abc"], "NAME=NUMBER"),
     (["--pose", "elbow=1,2,3"], "unknown joint"),
     (["--pose", "jaw=1,2"], "RX,RY,RZ"),
+    (["--expr", "mouthSmile_L=1", "me.h5"], "put files before --expr"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert main(["render-mesh", *args, "-o", str(tmp_path / "x.png")]) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from savatar.cli_args import UserError, parse_expr, parse_pose
+from savatar.cli_args import UserError, add_expr_pose_args, parse_expr, parse_pose
 from savatar.commands.common import load_avatar_arg, make_rig
 
 
@@ -58,8 +58,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("export-ply", help="export an avatar at an expression and pose as a standard 3DGS .ply")
     p.add_argument("avatar", nargs="?", help="avatar .h5 (default: the bundled avatar)")
-    p.add_argument("--expr", action="append", metavar="NAME=VALUE", help="expression coefficient, repeatable")
-    p.add_argument("--pose", action="append", metavar="JOINT=RX,RY,RZ", help="joint rotation in degrees, repeatable")
+    add_expr_pose_args(p)
     p.add_argument("--flame", metavar="DIR", help="folder with your FLAME files (or set SAVATAR_FLAME_DIR)")
     p.add_argument("-o", "--output", required=True, help="output .ply")
     p.set_defaults(func=cmd_export_ply)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from tqdm import tqdm
 
 from savatar.cli_args import UserError
+from savatar.commands.progress import progress_bar
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -22,7 +21,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     args.count = 60000 if args.count is None else args.count
     if not 1 <= args.count <= 2_000_000:
         raise UserError("--count must be between 1 and 2000000")
-    bar = tqdm(total=100, desc="build", unit="%", file=sys.stderr, leave=False)
+    bar = progress_bar(total=100, desc="build", unit="%", leave=False)
 
     def progress(fraction: float, stage: str) -> None:
         bar.set_description(stage, refresh=False)
@@ -48,14 +47,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _with_generator(args: argparse.Namespace, progress):
     """The learned path: one forward pass of a trained generator (savatar.core.generator)."""
-    from savatar.core.generator import build_from_portraits
+    from savatar.core.generator import CheckpointError, build_from_portraits
 
-    if not Path(args.generator).is_file():
-        raise UserError(f"{args.generator}: no such generator checkpoint")
     try:
         return build_from_portraits(args.generator, args.images, args.count_given, progress)
-    except (OSError, RuntimeError, KeyError) as exc:
-        raise UserError(f"{args.generator}: not a usable generator checkpoint ({exc})") from None
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
 
 
 def register(sub) -> None:

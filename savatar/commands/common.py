@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from savatar.cli_args import UserError
+from savatar.commands.progress import progress_bar
 from savatar.core.camera import Camera
 from savatar.core.gaussians import GaussianAvatar, WorldGaussians
 
@@ -87,9 +88,7 @@ def parse_color(text: str) -> tuple[float, float, float]:
 @contextmanager
 def tracking_bar(desc: str = "track") -> Iterator[Callable[[int, int], None]]:
     """A progress bar for frame-by-frame work; yields progress(done, total), total 0 if unknown."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc=desc, unit="frame")
+    bar = progress_bar(desc=desc, unit="frame")
 
     def progress(done: int, total: int) -> None:
         bar.total = total or None

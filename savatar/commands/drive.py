@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
 
 from savatar.cli_args import UserError
+from savatar.commands.progress import progress_bar
 from savatar.commands.common import load_avatar_arg, tracking_bar
 
 
@@ -55,7 +55,7 @@ def cmd_lipsync(args: argparse.Namespace) -> int:
     if not Path(args.audio).is_file():
         raise UserError(f"{args.audio}: no such file")
     data = _expr_target(args)
-    with tqdm(total=100, desc="lipsync", unit="%") as bar:
+    with progress_bar(total=100, desc="lipsync", unit="%") as bar:
         def progress(fraction: float) -> None:
             bar.n = int(100 * fraction)
             bar.refresh()

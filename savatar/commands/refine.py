@@ -8,9 +8,9 @@ import os
 import signal
 from pathlib import Path
 
-from tqdm import tqdm
 
 from savatar.cli_args import UserError
+from savatar.commands.progress import progress_bar
 from savatar.commands.common import load_avatar_arg, make_rig, tracking_bar
 
 # Defaults of savatar.core.frame_sources (tests check they agree), repeated so that registering the
@@ -133,7 +133,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
         except (AvatarFormatError, AssertionError) as exc:
             raise UserError(str(exc).splitlines()[0]) from None
     log = open(args.json_log, "a" if args.resume else "w") if args.json_log else None
-    bar = tqdm(total=args.iters, initial=refiner.iteration, desc=f"refine ({refiner.backend})", unit="it")
+    bar = progress_bar(total=args.iters, initial=refiner.iteration, desc=f"refine ({refiner.backend})", unit="it")
 
     def on_report(r) -> None:
         bar.update(r.iteration - bar.n)
@@ -156,8 +156,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
         bar.close()
         if log is not None:
             log.close()
-    psnr = "-" if final.psnr is None else f"{final.psnr:.2f} dB"
+    psnr = "-" if final.psnr_mask is None else f"{final.psnr_mask:.2f} dB"
     state = "stopped" if final.iteration < args.iters else "done"
     print(f"wrote {out}: {state} at iteration {final.iteration}, loss {final.losses.get('total', float('nan')):.4f}, "
-          f"held-out PSNR {psnr}, spikes {100 * final.spike_fraction:.2f}%")
+          f"held-out PSNR in mask {psnr}, spikes {100 * final.spike_fraction:.2f}%")
     return 0

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from savatar.cli_args import UserError, parse_expr, parse_pose
+from savatar.cli_args import UserError, add_expr_pose_args, parse_expr, parse_pose
+from savatar.commands.progress import progress_bar
 from savatar.commands.common import frame_renderer, load_avatar_arg, make_rig, parse_color
 from savatar.core.pixels import to_uint8
 from savatar.core.camera import orbit_camera
@@ -19,9 +19,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi")
 
 def add_view_args(p: argparse.ArgumentParser) -> None:
     """Head parameters and camera, shared by render and render-mesh."""
-    p.add_argument("--expr", action="append", metavar="NAME=VALUE", help="expression coefficient, repeatable")
-    p.add_argument("--pose", action="append", metavar="JOINT=RX,RY,RZ",
-                   help="joint rotation in degrees (root, neck, jaw, left_eye, right_eye), repeatable")
+    add_expr_pose_args(p)
     p.add_argument("--yaw", type=float, default=0.0, help="camera yaw in degrees (positive: from the head's left)")
     p.add_argument("--pitch", type=float, default=0.0, help="camera pitch in degrees")
     p.add_argument("--distance", type=float, default=0.75, help="camera distance in metres")
@@ -120,7 +118,7 @@ def write_video(out: Path, frames, count: int, fps: float, width: int, height: i
     except VideoFileError as exc:
         raise UserError(str(exc)) from None
     try:
-        for img in tqdm(frames, total=count, desc=f"render ({label})", unit="frame"):
+        for img in progress_bar(frames, total=count, desc=f"render ({label})", unit="frame"):
             writer.write(img)
     except BaseException:
         writer.abort()

@@ -22,6 +22,7 @@ input layout: same faces, same count, same identity.
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -313,11 +314,50 @@ def _avatar_to(a: GaussianAvatar, device: torch.device | str, copy: bool = False
     return replace(a, **moved, metadata=dict(a.metadata))
 
 
+class CheckpointError(ValueError):
+    """A file that is not a generator checkpoint this version can load safely; the message is
+    one line naming the file."""
+
+
+CHECKPOINT_FORMAT = "savatar-generator-1"
+_CHECKPOINT_KEYS = ("model", "optimizer", "step", "config", "generator_config", "format")
+
+
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """The plain contents of a generator checkpoint (savatar.core.generator_train.save_checkpoint).
+
+    Loaded with torch's weights-only unpickler: tensors and plain data only. A full pickle can
+    run any code when it is opened, and checkpoints are files people share, so anything else is
+    refused (CheckpointError) before a single object of it is built."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused: the checkpoint holds more than tensors and plain data "
+                              f"(loading it could run code)") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such generator checkpoint") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable generator checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a savatar generator checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: generator checkpoint without {', '.join(missing)}")
+    return state
+
+
 def load_generator(ckpt: str | Path, device: torch.device | str = "cpu") -> Generator:
-    """A Generator from a checkpoint written by savatar.core.generator_train (eval mode)."""
-    state = torch.load(Path(ckpt), map_location=device, weights_only=False)
-    gen = Generator(GeneratorConfig(**state["generator_config"])).to(device)
-    gen.load_state_dict(state["model"])
+    """A Generator from a checkpoint written by savatar.core.generator_train (eval mode);
+    CheckpointError when the file is not one."""
+    state = read_checkpoint(ckpt, device)
+    try:
+        gen = Generator(GeneratorConfig(**state["generator_config"])).to(device)
+        gen.load_state_dict(state["model"])
+    except (TypeError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{ckpt}: generator checkpoint of another layout ({reason})") from None
     return gen.eval()
 
 
@@ -329,17 +369,17 @@ def build_with_generator(ckpt: str | Path, images: Sequence[str | Path | np.ndar
     landmark fit, savatar.core.build, which needs MediaPipe), or Views whose cameras and head
     parameters are already known. count: Gaussians (default: the checkpoint's layout size).
     """
+    gen = load_generator(ckpt, device)  # a bad checkpoint fails before any fitting
     if isinstance(images, Views):
-        return _generate(ckpt, images, None, count, device)
+        return _generate(gen, ckpt, images, None, count)
     views, shape = _fit_portraits(images)
-    return _generate(ckpt, views, shape, count, device)
+    return _generate(gen, ckpt, views, shape, count)
 
 
-def _generate(ckpt: str | Path, views: Views, shape: torch.Tensor | None, count: int | None,
-              device: torch.device | str = "cpu") -> GaussianAvatar:
-    """One forward pass of the checkpoint's generator on its layout (of count Gaussians) with
-    identity shape (the layout's when None)."""
-    gen = load_generator(ckpt, device)
+def _generate(gen: Generator, ckpt: str | Path, views: Views, shape: torch.Tensor | None,
+              count: int | None) -> GaussianAvatar:
+    """One forward pass of the generator (loaded from ckpt) on its layout (of count Gaussians)
+    with identity shape (the layout's when None)."""
     base = _layout(count or gen.cfg.count, gen.cfg.layout_seed, gen.cfg.sh_degree)
     if shape is not None:
         base.shape = shape
@@ -365,6 +405,7 @@ def build_from_portraits(ckpt: str | Path, paths: Sequence[str | Path], count: i
     from savatar.core.open_head import load_open_head_data
 
     report = progress or (lambda fraction, stage: None)
+    gen = load_generator(ckpt)  # a bad checkpoint fails before any fitting
     report(0.1, "checking portraits")
     results = _check_portraits(paths)
     good = [r for r in results if r.ok]
@@ -372,7 +413,7 @@ def build_from_portraits(ckpt: str | Path, paths: Sequence[str | Path], count: i
     data = load_open_head_data()
     views, shape = _fit_sources(data, good)
     report(0.4, "generator")
-    avatar = _generate(ckpt, views, shape, count)
+    avatar = _generate(gen, ckpt, views, shape, count)
     report(0.7, "segmentation")
     person_masks(good)
     report(0.9, "sources")

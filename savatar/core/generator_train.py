@@ -70,7 +70,8 @@ from savatar.core.atomic import atomic_path
 from savatar.core.binding import deform, init_avatar
 from savatar.core.camera import orbit_camera
 from savatar.core.gaussians import SH_C0, GaussianAvatar, rgb_to_sh0
-from savatar.core.generator import Generator, GeneratorConfig, Views, open_head, posed_vertices
+from savatar.core.generator import (CHECKPOINT_FORMAT, Generator, GeneratorConfig, Views, open_head, posed_vertices,
+                                    read_checkpoint)
 from savatar.core.render import render
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -566,14 +567,15 @@ def save_checkpoint(path: str | Path, generator: Generator, optimizer: torch.opt
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": generator.state_dict(), "optimizer": optimizer.state_dict(), "step": int(step),
-             "config": cfg.to_dict(), "generator_config": asdict(generator.cfg), "format": "savatar-generator-1"}
+             "config": cfg.to_dict(), "generator_config": asdict(generator.cfg), "format": CHECKPOINT_FORMAT}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, generator: Generator, optimizer: torch.optim.Optimizer | None = None) -> int:
-    """Restore model (and optimizer) state; returns the step to continue from."""
-    state = torch.load(Path(path), map_location=next(generator.parameters()).device, weights_only=False)
+    """Restore model (and optimizer) state; returns the step to continue from. CheckpointError
+    (one line naming the file) for anything but a plain-data generator checkpoint."""
+    state = read_checkpoint(path, next(generator.parameters()).device)
     generator.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -119,10 +119,59 @@ def test_checkpoint_round_trip_and_resume(tmp_path: Path, views8: Views) -> None
     data = {"temporal": SyntheticDataset("temporal", subjects=(1,), count=800, size=SIZE, views=4)}
     assert train(cfg, data, steps=2, log=None).step == 2
     assert train(cfg, data, steps=2, log=None).step == 4
-    state = torch.load(cfg.checkpoint, weights_only=False)
+    state = torch.load(cfg.checkpoint, weights_only=True)  # plain data: loads without a full unpickler
     assert state["step"] == 4
     assert all(int(s["step"]) == 4 for s in state["optimizer"]["state"].values())
     assert state["config"]["phase1_steps"] == cfg.phase1_steps
+
+
+class _Payload:
+    """Unpickling this calls _payload_ran: what a hostile checkpoint would do (os.system, ...)."""
+
+    def __reduce__(self):
+        return (_payload_ran, ("checkpoint code ran",))
+
+
+RAN: list[str] = []
+
+
+def _payload_ran(message: str) -> str:
+    RAN.append(message)
+    return message
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, capsys) -> None:
+    from savatar.cli import main
+    from savatar.core.generator import CheckpointError
+
+    g = perturbed_generator(3)
+    cfg = small_config(tmp_path)
+    save_checkpoint(cfg.checkpoint, g, torch.optim.Adam(g.parameters()), 7, cfg)
+    state = torch.load(cfg.checkpoint, weights_only=True)
+    state["config"]["note"] = _Payload()
+    bad = tmp_path / "shared.pt"
+    torch.save(state, bad)
+    RAN.clear()
+    for load in (lambda: load_generator(bad), lambda: load_checkpoint(bad, Generator(GEN))):
+        with pytest.raises(CheckpointError, match="refused") as err:
+            load()
+        assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    portrait = tmp_path / "p.png"
+    portrait.write_bytes(b"never read: the checkpoint is refused first")
+    assert main(["build", str(portrait), "--generator", str(bad), "-o", str(tmp_path / "out.h5")]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("savatar build: ") and str(bad) in last and "refused" in last, err
+    assert "Traceback" not in err
+    assert RAN == []  # the payload never ran
+    assert not (tmp_path / "out.h5").exists()
+    # Garbage and a non-checkpoint are one-line errors too.
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    for name in ("junk.pt", "other.pt", "missing.pt"):
+        with pytest.raises(CheckpointError) as err:
+            load_generator(tmp_path / name)
+        assert name in str(err.value) and "\n" not in str(err.value)
 
 
 def test_schedule_replays_phase_one_in_phase_two(tmp_path: Path) -> None:

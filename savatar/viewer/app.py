@@ -6,6 +6,7 @@ the only place that swaps the avatar or touches GL and Dear PyGui."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -40,6 +41,9 @@ OCCLUDER_FACE_CLEARANCE = 0.03  # metres kept between the occluder and the face 
 # With splat resolution "auto", frames are drawn at half resolution while something moves and
 # once more at full resolution when nothing has changed for this long.
 STILL_AFTER_S = 0.25
+# With nothing to redraw for this long, the HUD is drawn once more saying "idle" instead of a
+# frame rate that no longer describes anything.
+IDLE_AFTER_S = 1.0
 
 
 def occluder_faces(data) -> np.ndarray | None:
@@ -95,6 +99,8 @@ class App:
         self._last_look: tuple | None = None
         self._last_scene: tuple | None = None
         self._last_motion = 0.0
+        self._last_change = 0.0  # when a redraw was last needed for anything but the HUD
+        self._hud_idle = False
         self.live = None  # the running webcam / microphone / audio-file source
         self.drive: Drive | None = None
         self._last_recording: Motion | None = None
@@ -501,7 +507,7 @@ class App:
         def done(report) -> None:
             self.refiner = None
             self.log.info(f"refinement ended at iteration {report.iteration}"
-                          + (f", held-out PSNR {report.psnr:.2f} dB" if report.psnr is not None else ""))
+                          + (f", held-out PSNR in mask {report.psnr_mask:.2f} dB" if report.psnr_mask is not None else ""))
 
         def failed(exc: BaseException) -> None:
             self.refiner = None
@@ -622,8 +628,14 @@ class App:
             self._last_key = key
         # A still scene is not redrawn: the window keeps showing the last frame.
         look = (key, r.background, r.show_mesh, r.show_centres, r.show_hud, r.occlusion)
-        if look != self._last_look or self.stage.needs_redraw or self._pending_screenshot or self.recorder.recording:
-            self.stage.hud_text = self._hud()
+        needed = bool(look != self._last_look or self.stage.needs_redraw or self._pending_screenshot
+                      or self.recorder.recording)
+        if needed:
+            self._last_change = now
+        idle = r.show_hud and not needed and now - self._last_change > IDLE_AFTER_S
+        if needed or idle != self._hud_idle:
+            self._hud_idle = idle
+            self.stage.hud_text = self._hud(now, idle)
             centres = self._world.means.numpy() if r.show_centres else None
             occluder = push_back(self._mesh_verts, camera.center, OCCLUDER_DEPTH_MARGIN) if r.occlusion else None
             self.stage.draw(camera, r, self._mesh_verts, centres, self.timings, occluder, splat_camera)
@@ -632,6 +644,8 @@ class App:
                 self.log.info(f"saved {self._pending_screenshot}")
                 self._pending_screenshot = None
             self.stage.flip()
+            if needed:  # the idle notice is no frame of the scene: it does not count in the rate
+                self.timings.drawn(time.perf_counter())
             self.stage.needs_redraw = False
             self._last_look = look
         if self.export is not None:
@@ -645,14 +659,16 @@ class App:
             self.running = False
         self.timings.record("console", (time.perf_counter() - t3) * 1e3)
 
-    def _hud(self) -> str:
+    def _hud(self, now: float, idle: bool) -> str:
         t = self.timings.ms
+        fps = self.timings.drawn_fps(now)
+        rate = "idle: nothing changed" if idle else ("  -- FPS" if fps is None else f"{fps:5.1f} FPS")
         src = self.drive.source + (f" {self.playback.name} {self.playback.time:.1f}s" if self.drive.source == "motion file" else "")
         rec = "   REC" if self.recorder.recording else ""
         live = ""
         if self.drive.source in LIVE_SOURCES:
             live = "\n" + "  ".join(f"{k} {t[k]:.1f}" for k in ("capture", "landmarks", "fit", "audio", "capture_to_params") if k in t) + " ms"
-        return (f"{self.timings.fps:5.1f} FPS   drive {t['drive']:.1f}  deform {t['deform']:.1f}  sort {t['sort']:.1f}  "
+        return (f"{rate}   drive {t['drive']:.1f}  deform {t['deform']:.1f}  sort {t['sort']:.1f}  "
                 f"draw {t['draw']:.1f}  console {t['console']:.1f} ms\n"
                 f"{len(self.rig.avatar)} Gaussians   source: {src}{rec}{live}")
 
@@ -672,7 +688,7 @@ class App:
         if self.refiner is not None or fresh:
             status = "" if r is None else (f"iteration {r.iteration}/{r.iterations}, {r.it_per_s:.1f} it/s, "
                                            f"ETA {r.eta_s / 60:.1f} min, spikes {100 * r.spike_fraction:.2f}%"
-                                           + (f", PSNR {r.psnr:.2f} dB" if r.psnr is not None else ""))
+                                           + (f", PSNR in mask {r.psnr_mask:.2f} dB" if r.psnr_mask is not None else ""))
             c.set_refine(self._refine_history if fresh else None, r, bool(self.refiner and self.refiner.paused),
                          status if self.refiner is not None else f"finished: {status}")
         c.update_log(self.log)
@@ -684,7 +700,6 @@ class App:
             self.stage.dispatch_events()
             now = time.perf_counter()
             dt, last = now - last, now
-            self.timings.frame(dt)
             self.step(dt if smoke is None else 1 / 30)
             frames += 1
             if smoke is not None and frames >= smoke and not self.jobs.busy:
@@ -727,6 +742,15 @@ class App:
         return 0
 
 
+def no_display_message(display: str | None) -> str:
+    """What to do when there is no X display to open the windows on (display: the DISPLAY that
+    could not be reached, None when unset)."""
+    what = "DISPLAY is not set" if not display else f"cannot connect to the X display {display!r}"
+    return (f"no display to open the windows on ({what}): run it on a desktop, or on a virtual screen with "
+            f"`xvfb-run -a savatar-viewer ...`; for a headless check: "
+            f"`xvfb-run -a savatar-viewer --smoke 30 --screenshot shot_`")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="savatar-viewer",
                                      description="SpatialAvatar viewer: show and animate a 3D Gaussian head avatar.")
@@ -751,10 +775,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings, warning = load_settings()
     size = tuple(args.size or settings.stage_size or (720, 720))
+    display = os.environ.get("DISPLAY")
+    if sys.platform.startswith("linux") and not display:
+        print(f"savatar-viewer: {no_display_message(None)}", file=sys.stderr)
+        return 2
     try:
         app = App(avatar, args.avatar, size, visible=True, settings=settings, settings_warning=warning)
     except Exception as exc:  # no display, no GL 3.3: one line, not a traceback
-        print(f"savatar-viewer: cannot open the windows: {exc}", file=sys.stderr)
+        reason = no_display_message(display) if "Cannot connect to" in str(exc) else f"cannot open the windows: {exc}"
+        print(f"savatar-viewer: {reason}", file=sys.stderr)
         return 2
     if motion is not None:
         app.playback.load(motion.remap(app.rig.data.expr_names), Path(args.motion).name)

@@ -2,6 +2,7 @@
 tested and shared by the stage and the console."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,19 +141,28 @@ class RenderSettings:
 
 
 class StageTimings:
-    """Smoothed per-stage latencies in milliseconds for the HUD."""
+    """Smoothed per-stage latencies in milliseconds, and the rate of frames actually drawn, for
+    the HUD. The main loop turns much faster than it draws (a still scene is not redrawn), so
+    the rate counts drawn frames, not loop turns."""
 
     STAGES = ("drive", "deform", "sort", "draw", "console")
+    RATE_WINDOW_S = 2.0  # drawn frames older than this do not count in the rate
 
     def __init__(self, smoothing: float = 0.9):
         self.ms = {s: 0.0 for s in self.STAGES}
-        self.fps = 0.0
         self._a = smoothing
+        self._drawn: deque[float] = deque(maxlen=64)
 
     def record(self, stage: str, ms: float) -> None:
         self.ms[stage] = self._a * self.ms.get(stage, ms) + (1 - self._a) * ms if self.ms.get(stage) else ms
 
-    def frame(self, dt: float) -> None:
-        if dt > 0:
-            fps = 1.0 / dt
-            self.fps = self._a * self.fps + (1 - self._a) * fps if self.fps else fps
+    def drawn(self, t: float) -> None:
+        """A frame was drawn at time t (seconds, perf_counter)."""
+        self._drawn.append(t)
+
+    def drawn_fps(self, now: float) -> float | None:
+        """Frames drawn per second over the last RATE_WINDOW_S, None with fewer than two."""
+        recent = [t for t in self._drawn if now - t <= self.RATE_WINDOW_S]
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return None
+        return (len(recent) - 1) / (recent[-1] - recent[0])

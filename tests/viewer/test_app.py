@@ -73,6 +73,45 @@ def test_moving_a_slider_changes_the_render(app, tmp_path):
     pump(app)
 
 
+def test_hud_counts_drawn_frames_and_says_idle(app, monkeypatch):
+    """The HUD's rate is frames drawn per second, not loop turns; a still scene is not redrawn
+    and, after a second, the HUD says idle. The loop's clock is the test's: no timing waits."""
+    import types
+
+    import dearpygui.dearpygui as dpg
+
+    import savatar.viewer.app as app_module
+
+    clock = types.SimpleNamespace(now=1000.0)
+    clock.perf_counter = lambda: clock.now
+    monkeypatch.setattr(app_module, "time", types.SimpleNamespace(perf_counter=clock.perf_counter,
+                                                                  strftime=time.strftime))
+    dpg.set_value(app.console.show_hud, True)
+    drawn: list[str] = []
+    real_draw = app.stage.draw
+    monkeypatch.setattr(app.stage, "draw", lambda *a, **k: (drawn.append(app.stage.hud_text), real_draw(*a, **k)))
+    for i in range(10):  # animated: a new jaw every frame, 20 frames a second
+        app.set_pose(6, 0.02 * i)
+        clock.now += 0.05
+        app.step(0.05)
+    assert len(drawn) == 10
+    assert drawn[-1].startswith(" 20.0 FPS"), drawn[-1]
+    before = len(drawn)
+    for _ in range(100):  # still: 1000 loop turns a second, nothing new to draw
+        clock.now += 0.001
+        app.step(0.001)
+    assert len(drawn) - before <= 1  # at most the full-resolution frame once still
+    for _ in range(20):  # over a second later: one more frame saying idle, then nothing
+        clock.now += 0.1
+        app.step(0.1)
+    assert "idle" in drawn[-1] and "FPS" not in drawn[-1].splitlines()[0]
+    count = len(drawn)
+    for _ in range(5):
+        clock.now += 0.1
+        app.step(0.1)
+    assert len(drawn) == count
+
+
 @pytest.mark.parametrize("yaw", [0.0, 70.0, 160.0])
 def test_occlusion_prepass_hides_nothing_visible(app, tmp_path, yaw):
     import dearpygui.dearpygui as dpg

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display (scripts/test.sh starts Xvfb)")
+needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"),
+                                   reason="needs an X display (scripts/test.sh starts Xvfb)")
 
 
+@needs_display
 def test_smoke_run_draws_the_head_and_exits_zero(tmp_path):
     prefix = str(tmp_path / "shot_")
     # Its own settings folder: what other tests (or the user) left there must not move the camera.
@@ -35,3 +37,19 @@ def test_smoke_run_draws_the_head_and_exits_zero(tmp_path):
 def test_bad_size_is_a_one_line_error():
     proc = subprocess.run([sys.executable, "-m", "savatar.viewer.app", "--size", "0", "10"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--size" in proc.stderr
+
+
+@pytest.mark.parametrize("display", [None, ":4711"])
+def test_no_display_says_what_to_do(display):
+    """Without a reachable X display: one line saying so and how to run it, exit 2 (no display is
+    needed for this test itself)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    if display:
+        env["DISPLAY"] = display
+    proc = subprocess.run([sys.executable, "-m", "savatar.viewer.app"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("savatar-viewer: no display") and "xvfb-run" in lines[0] and "--smoke" in lines[0]
+    if display:
+        assert display in lines[0]

@@ -149,22 +149,31 @@ def test_regularization_keeps_spikes_under_one_percent(data, base):
 def test_pause_resume_stop_from_another_thread(base, frames):
     r = Refiner(base, Rig.of(base), frames, config(iterations=10 ** 6, report_every=2))
     reports = []
+    # The refiner thread waits at the start of its third step until this thread has paused it:
+    # then exactly that step is in flight, however fast or slow the machine is.
+    at_third, paused = threading.Event(), threading.Event()
+
+    def gate(refiner) -> None:
+        if refiner.iteration == 2 and not paused.is_set():
+            at_third.set()
+            paused.wait(120)
+
+    r.pre_step_hooks.append(gate)
     # Daemon, and stopped in `finally`: a failed assertion must not leave a paused refiner
     # holding the test process open at exit.
     t = threading.Thread(target=lambda: reports.append(r.run(reports.append)), daemon=True)
     t.start()
     try:
         deadline = time.time() + 120
-        while r.iteration < 2 and time.time() < deadline:
-            time.sleep(0.02)
+        assert at_third.wait(120)
         r.pause()
-        # The step in flight finishes (slow on a busy machine), then nothing moves.
-        held = -1
-        while held != r.iteration and time.time() < deadline:
-            held = r.iteration
-            time.sleep(0.5)
+        paused.set()
+        # The step in flight finishes, then nothing moves.
+        while r.iteration < 3 and time.time() < deadline:
+            time.sleep(0.02)
+        held = r.iteration
         time.sleep(1.0)
-        assert r.paused and r.iteration == held
+        assert r.paused and held == 3 and r.iteration == held
         r.resume()
         while r.iteration < held + 2 and time.time() < deadline:
             time.sleep(0.02)

@@ -74,9 +74,9 @@ def test_audio_file_source_plays_by_the_clock_without_an_output_device(tmp_path,
     src = AudioFileSource(load_open_head_data(), wav)
     src.start()
     assert "silent" in src.status() and not src.audible
-    jaws = []
+    jaws = [0.0]
     t0 = time.time()
-    while time.time() - t0 < 1.2:
+    while max(jaws) <= 0.05 and time.time() - t0 < 30:  # a loaded machine may play late, not never
         jaws.append(src.latest().pose[6])
         time.sleep(0.02)
     assert max(jaws) > 0.05  # the mouth moved while the file "played"

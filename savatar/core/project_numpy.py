@@ -4,6 +4,11 @@ The same formulas as savatar.core.rasterize_cpu.project_gaussians (the different
 reference; tests compare the two), written as elementwise operations on (N,) columns: no
 (N, 3, 3) batched matmuls, which are slow on CPU, and no autograd. Used by the OpenGL splatter
 so its vertex shader only expands precomputed quads (llvmpipe runs vertex shaders on one core).
+
+Support, as in gsplat's CUDA kernels (design.md): where alpha = opacity exp(-0.5 d^T conic d)
+>= 1/255, within 3.33 standard deviations; opacity <= 1/255 is culled. It is an ellipse whose
+size shrinks with the opacity, and the quad is the rectangle along its axes: the smallest
+parallelogram around an ellipse, so software GL shades as few pixels as it can.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import numpy as np
 EPS2D = 0.3
 NEAR_PLANE = 0.01
 ALPHA_MIN = 1.0 / 255.0
-MAX_POWER = 4.5  # (3 sigma)^2 / 2
+MAX_POWER = 0.5 * 3.33 ** 2  # gsplat's largest extent, 3.33 standard deviations
 
 
 @dataclass
@@ -24,8 +29,9 @@ class Splats:
     centre (N, 2) pixels (x right, y down, pixel centres at +0.5); conic (N, 3) = inverse 2D
     covariance (a, b, c); cov (N, 3) = 2D covariance (xx, xy, yy) with the eps2d dilation;
     depth (N,) camera z; axis1, axis2 (N, 2): the support ellipse's half axes in pixels
-    (direction times length), support = where 0.5 d^T conic d < min(4.5, log(opacity * 255));
-    valid (N,) bool: in front of the near plane and with some support on screen.
+    (direction times length), support = where 0.5 d^T conic d <= min(MAX_POWER,
+    log(opacity * 255)); valid (N,) bool: in front of the near plane, opacity above 1/255 and
+    the support's bounding box overlapping the image.
     """
 
     centre: np.ndarray
@@ -80,17 +86,19 @@ def project(means: np.ndarray, quats: np.ndarray, scales: np.ndarray, opacities:
     cut = np.minimum(np.log(np.maximum(op, f32(1e-30)) / f32(ALPHA_MIN)), f32(MAX_POWER))
     reach = np.sqrt(2 * np.maximum(cut, 0))
     mid = 0.5 * (cxx + cyy)
-    disc = np.sqrt(np.maximum(mid * mid - det, 0))
-    l1, l2 = mid + disc, np.maximum(mid - disc, 0)
-    e1 = np.stack([cxy, l1 - cxx], 1)
-    flat = np.abs(cxy) <= 1e-9
-    e1[flat] = np.where((cxx >= cyy)[flat, None], [1.0, 0.0], [0.0, 1.0])
-    e1 /= np.maximum(np.linalg.norm(e1, axis=1, keepdims=True), f32(1e-12))
+    # Eigenvalues of the covariance without cancellation: sqrt(mid^2 - det) loses the small
+    # difference on near-circles, mid - disc the minor one on needles.
+    l1 = mid + np.hypot(0.5 * (cxx - cyy), cxy)
+    l2 = det / l1
+    # Major axis direction from the angle: well conditioned for every shape, circles included.
+    theta = 0.5 * np.arctan2(2 * cxy, cxx - cyy)
+    e1 = np.stack([np.cos(theta), np.sin(theta)], 1)
     e2 = np.stack([-e1[:, 1], e1[:, 0]], 1)
     r1, r2 = reach * np.sqrt(l1), reach * np.sqrt(l2)
-    extent = np.maximum(r1, r2)
-    on_screen = ((centre[:, 0] + extent > 0) & (centre[:, 0] - extent < width)
-                 & (centre[:, 1] + extent > 0) & (centre[:, 1] - extent < height))
+    # The ellipse's axis-aligned bounding box (gsplat's per-axis radii before rounding up).
+    half_x, half_y = reach * np.sqrt(cxx), reach * np.sqrt(cyy)
+    on_screen = ((centre[:, 0] + half_x > 0) & (centre[:, 0] - half_x < width)
+                 & (centre[:, 1] + half_y > 0) & (centre[:, 1] - half_y < height))
     valid = in_front & (cut > 0) & on_screen
     return Splats(centre.astype(f32), conic.astype(f32), np.stack([cxx, cxy, cyy], 1).astype(f32), t[:, 2],
                   (e1 * r1[:, None]).astype(f32), (e2 * r2[:, None]).astype(f32), valid)

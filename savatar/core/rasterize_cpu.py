@@ -5,12 +5,16 @@ Implements the image formation of design.md in three exposed steps:
 2. intersect_tiles: which Gaussians touch which tile (TILE_SIZE square), front to back (vectorized);
 3. rasterize_to_pixels: per-tile compositing with a hand-written backward pass.
 
-Support of a Gaussian. design.md gives the extent as 3 sigma of the largest eigenvalue. A
-renderer whose per-pixel support is "whatever tiles the extent touches" (the reference 3DGS
-code) gives results that depend on where tile borders fall, so here a Gaussian contributes to
-a pixel only inside its 3-sigma ellipse (Mahalanobis distance <= 3, whose bounding radius is
-that extent) and where alpha >= 1/255. Tiles are chosen to cover exactly that support, which
-makes the image independent of the tiling.
+Support of a Gaussian, as gsplat 1.5.3's CUDA kernels do it (design.md). The projection gives
+each Gaussian an opacity-aware extent e = min(3.33, sqrt(2 ln(255 opacity))) standard deviations
+and a per-axis box radius ceil(e sqrt(Sigma2D[axis, axis])); opacity < 1/255 is culled. A pixel
+of a tile the box touches takes alpha = min(0.999, opacity exp(-0.5 d^T Sigma2D^-1 d)) unless
+alpha < 1/255. For opacity <= 1, alpha >= 1/255 is exactly the ellipse of Mahalanobis radius e
+(sqrt(2 ln 255) < 3.33), whose bounding box is that radius: the support is the ellipse and the
+tiles never cut it. Here a Gaussian contributes exactly inside that ellipse (also for opacities
+above 255 exp(-3.33^2 / 2) ~ 1.0034, where gsplat's support would depend on where tile borders
+fall), and tiles are chosen to cover exactly the support, which makes the image independent of
+the tiling.
 
 Compositing runs front to back over batches of tiles with similar Gaussian counts, in chunks
 of Gaussians; a tile leaves its batch once all its pixels have stopped (transmittance would
@@ -33,9 +37,10 @@ from savatar.core.sh import camera_center, sh_to_rgb
 EPS2D = 0.3
 NEAR_PLANE = 0.01
 ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.99
+ALPHA_MAX = 0.999
 T_MIN = 1e-4
-EXTENT_SIGMA = 3.0
+# Largest extent in standard deviations (gsplat's ProjectionEWA3DGSFused.cu).
+EXTENT_MAX = 3.33
 # 8 measured about a fifth faster than 16 at 256x256 with 30K head Gaussians (forward and
 # backward, one thread): smaller tiles stop sooner and carry fewer Gaussians that miss them.
 TILE_SIZE = 8
@@ -108,7 +113,8 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
 
     means (N, 3), quats (N, 4), scales (N, 3), opacities (N,); viewmat (4, 4) world-to-camera;
     K (3, 3). Matches gsplat's _fully_fused_projection for means2d, covariances, conics, depths
-    and compensations; radii follow design.md (see Projection).
+    and compensations; radii and culling follow gsplat's CUDA projection, which, unlike its
+    PyTorch reference, shrinks the extent with the opacity (see Projection).
     """
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(
@@ -147,24 +153,25 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
         opacities = opacities * compensations
 
     with torch.no_grad():
-        half_tr = 0.5 * (cov2d[:, 0, 0] + cov2d[:, 1, 1])
-        lam_max = half_tr + torch.sqrt((half_tr * half_tr - det).clamp_min(0.0))
-        radius = torch.ceil(EXTENT_SIGMA * torch.sqrt(lam_max))
-        mx, my = means2d.unbind(-1)
-        on_screen = ((mx + radius > 0) & (mx - radius < width)
-                     & (my + radius > 0) & (my - radius < height))
-        valid = in_front & on_screen & torch.isfinite(radius)
-        radii = torch.where(valid, radius, torch.zeros_like(radius)).to(torch.int32)
+        cut = support_cutoff(opacities)
+        extent = torch.sqrt(2.0 * cut.clamp_min(0.0))
+        radius = torch.ceil(extent[:, None] * torch.sqrt(torch.diagonal(cov2d, dim1=1, dim2=2)))
+        (mx, my), (rx, ry) = means2d.unbind(-1), radius.unbind(-1)
+        on_screen = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        # cut <= 0: opacity <= 1/255, where gsplat's radii are 0 (culled).
+        valid = in_front & (cut > 0) & on_screen & torch.isfinite(radius).all(dim=1)
+        radii = torch.where(valid[:, None], radius, torch.zeros_like(radius)).to(torch.int32)
     return Projection(means2d=means2d, covars2d=cov2d, conics=conics, depths=means_c[:, 2],
                       opacities=opacities, compensations=compensations, radii=radii, valid=valid)
 
 
 def support_cutoff(opacities: torch.Tensor) -> torch.Tensor:
     """Largest 0.5 d^T Sigma^-1 d (N,) at which a Gaussian of these opacities (N,) still
-    contributes: inside the 3-sigma ellipse and with alpha >= 1/255. Negative: never."""
+    contributes: alpha >= 1/255, within EXTENT_MAX standard deviations. The opacity-aware extent
+    is e = sqrt(2 cut). Not positive: never contributes."""
     with torch.no_grad():
         cut = torch.log(opacities.clamp_min(1e-30) / ALPHA_MIN)
-        return torch.clamp_max(cut, 0.5 * EXTENT_SIGMA ** 2)
+        return torch.clamp_max(cut, 0.5 * EXTENT_MAX ** 2)
 
 
 @torch.no_grad()
@@ -179,7 +186,7 @@ def intersect_tiles(proj: Projection, width: int, height: int,
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     device = proj.means2d.device
     cut = support_cutoff(proj.opacities)
-    ids = torch.nonzero(proj.valid & (cut >= 0)).squeeze(1)
+    ids = torch.nonzero(proj.valid).squeeze(1)
     # index_select rather than x[idx] throughout: several times faster on CPU.
     ids = ids.index_select(0, torch.argsort(proj.depths.index_select(0, ids), stable=True))
     m = proj.means2d.index_select(0, ids)

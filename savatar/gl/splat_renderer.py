@@ -1,6 +1,7 @@
 """OpenGL Gaussian splatting (the `gl` backend): instanced quads, a per-frame depth sort on the
-CPU, front-to-back blending into float targets. Matches savatar.core.rasterize_cpu (design.md)
-up to the early stop at transmittance 1e-4 and float rounding."""
+CPU, front-to-back blending into float targets. Matches savatar.core.rasterize_cpu and gsplat's
+CUDA kernels (design.md: opacity-aware support, alpha capped at 0.999) up to the early stop at
+transmittance 1e-4 and float rounding."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from savatar.core.sh import camera_center, sh_to_rgb
 from savatar.gl.context import headless_context, program
 
 _INSTANCE_FLOATS = 14
-QUAD_MARGIN_PX = 0.75
+# GL snaps vertices to at least 4 subpixel bits (1/16 px); 1/8 px of margin around the support
+# keeps every pixel centre of it inside the quad at little extra fill (the quads of small splats
+# are only a few pixels across).
+QUAD_MARGIN_PX = 0.125
 
 
 @dataclass
@@ -59,8 +63,8 @@ def instance_data(g: WorldGaussians, camera: Camera, sh_degree: int | None = Non
     table[:, 8] = opacity
     for col, axis in ((9, s.axis1), (11, s.axis2)):
         length = np.hypot(axis[:, 0], axis[:, 1])[:, None]
-        # 0.75 px wider than the support so no pixel centre on its rim is lost to the
-        # rasterizer's coverage rule (the fragment shader does the exact test).
+        # A little wider than the support so no pixel centre on its rim is lost to vertex
+        # snapping or the coverage rule (the fragment shader does the exact test).
         table[:, col:col + 2] = axis * (1 + QUAD_MARGIN_PX / np.maximum(length, 1e-12))
     table[:, 13] = s.depth
     return table[order]

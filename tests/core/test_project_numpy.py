@@ -1,4 +1,5 @@
-"""The numpy display projection equals the differentiable reference projection."""
+"""The numpy display projection equals the differentiable reference projection, and its quads
+bound the opacity-aware support (design.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,5 +35,35 @@ def test_matches_reference_projection():
         a, b, c = s.conic[v].T
         power = 0.5 * (a * d[:, 0] ** 2 + 2 * b * d[:, 0] * d[:, 1] + c * d[:, 1] ** 2)
         assert np.allclose(power, cut[v], rtol=2e-3, atol=1e-3)
+    # The quad (the rectangle on the two half axes) holds the whole support ellipse: every point
+    # of its rim, d = sqrt(2 cut) L (cos t, sin t) with cov = L L^T, lies within the half axes.
+    t = np.linspace(0, 2 * np.pi, 97)
+    cxx, cxy, cyy = (x.astype(np.float64) for x in s.cov[v].T)
+    l11 = np.sqrt(cxx)
+    l21, l22 = cxy / l11, np.sqrt(cyy - (cxy / l11) ** 2)
+    reach = np.sqrt(2 * cut[v])[:, None]
+    rim = reach[..., None] * np.stack([l11[:, None] * np.cos(t),
+                                       l21[:, None] * np.cos(t) + l22[:, None] * np.sin(t)], -1)
+    for axis in (s.axis1[v], s.axis2[v]):
+        along = (rim * axis[:, None, :]).sum(-1) / (axis ** 2).sum(-1)[:, None]
+        assert np.abs(along).max() < 1 + 1e-4
     # Validity agrees except for splats whose support just grazes the image border.
     assert (s.valid == ref.valid.numpy()).mean() > 0.99
+
+
+def test_faint_splats_get_smaller_quads_and_the_faintest_none():
+    """Quad half axes scale with the opacity-aware extent sqrt(2 ln(255 opacity)); opacity below
+    1/255 is culled (gsplat's CUDA projection)."""
+    n = 4
+    means = np.tile([[0.01, -0.02, 0.0]], (n, 1)).astype(np.float32)
+    quats = np.tile([[0.8, 0.2, -0.3, 0.1]], (n, 1)).astype(np.float32)
+    scales = np.tile([[0.02, 0.005, 0.01]], (n, 1)).astype(np.float32)
+    opacities = np.array([1.0, 0.9, 0.02, 0.003], np.float32)
+    cam = orbit_camera(10, 5, 0.6, width=256, height=256)
+    s = project(means, quats, scales, opacities, cam.viewmat, cam.K, 256, 256)
+    assert s.valid.tolist() == [True, True, True, False]
+    extent = np.sqrt(2 * np.log(255 * opacities[:3]))
+    for axis in (s.axis1, s.axis2):
+        length = np.hypot(axis[:3, 0], axis[:3, 1])
+        assert np.allclose(length / length[0], extent / extent[0], rtol=1e-4)
+    assert np.hypot(*s.axis1[2]) < 0.55 * np.hypot(*s.axis1[1])

@@ -1,5 +1,6 @@
 """CPU rasterizer against gsplat's pure-PyTorch reference functions and a plain
-Gaussian-by-Gaussian compositing reference written here (design.md image formation)."""
+Gaussian-by-Gaussian compositing reference written here after gsplat 1.5.3's CUDA kernels
+(design.md image formation)."""
 from __future__ import annotations
 
 import math
@@ -13,8 +14,7 @@ import torch
 from savatar.core import render as render_mod
 from savatar.core.gaussians import WorldGaussians, rgb_to_sh0
 from savatar.core.rasterize_cpu import (
-    ALPHA_MAX, ALPHA_MIN, EXTENT_SIGMA, T_MIN, covariance_3d, intersect_tiles, project_gaussians,
-    rasterize_cpu,
+    ALPHA_MAX, ALPHA_MIN, covariance_3d, intersect_tiles, project_gaussians, rasterize_cpu,
 )
 from savatar.core.render import RenderOutput, available_backends, render, resolve_backend
 from savatar.core.sh import camera_center, eval_sh, sh_to_rgb
@@ -22,6 +22,7 @@ from savatar.core.sh import camera_center, eval_sh, sh_to_rgb
 torch_impl = pytest.importorskip("gsplat.cuda._torch_impl")
 
 F64 = torch.float64
+GSPLAT_TILE = 16  # gsplat's default tile size
 
 
 def look_from(yaw: float, pitch: float, position: tuple[float, float, float]) -> torch.Tensor:
@@ -59,48 +60,96 @@ def scene_in_view(n: int, viewmat: torch.Tensor, seed: int, degree: int = 3, dep
     )
 
 
-def reference_render(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int,
-                     height: int, background: torch.Tensor, rasterize_mode: str = "classic"):
-    """design.md, written plainly: gsplat's reference projection and SH, then every pixel
-    composites the Gaussians one at a time, nearest first, with no tiles.
+def with_mixed_opacities(g: WorldGaussians, seed: int) -> WorldGaussians:
+    """g with some opacities at 1 (alpha reaches the 0.999 cap) and some faint ones (0.01-0.1,
+    small opacity-aware extents)."""
+    gen = torch.Generator().manual_seed(seed)
+    opacities = g.opacities.clone()
+    opacities[:8] = 1.0
+    opacities[8:30] = torch.empty(22, dtype=F64).uniform_(0.01, 0.1, generator=gen)
+    return WorldGaussians(g.means, g.quats, g.scales, opacities, g.sh)
 
-    Returns rgb (H, W, 3), alpha (H, W, 1), depth (H, W, 1), and stopped (H, W), the pixels
-    whose transmittance reached T_MIN."""
+
+def gsplat_projection(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int,
+                      height: int, rasterize_mode: str = "classic"):
+    """gsplat's projection: means2d (N, 2), depths (N,), conics (N, 3) and compensated opacities
+    (N,) from its PyTorch reference; radii (N, 2) int32 as its CUDA kernel computes them
+    (ProjectionEWA3DGSFused.cu; the PyTorch reference always uses 3.33 sigma): per axis
+    ceil(e sqrt(Sigma2D[axis, axis])), e = min(3.33, sqrt(2 ln(255 opacity))), 0 when culled
+    (behind the near plane, opacity < 1/255, or the box off the image)."""
     covars, _ = torch_impl._quat_scale_to_covar_preci(g.quats, g.scales, compute_preci=False)
-    radii, means2d, depths, conics, comp = torch_impl._fully_fused_projection(
+    _, means2d, depths, conics, comp = torch_impl._fully_fused_projection(
         g.means, covars, viewmat[None], K[None], width, height, eps2d=0.3, near_plane=0.01,
         calc_compensations=rasterize_mode == "antialiased")
     means2d, depths, conics = means2d[0], depths[0], conics[0]
     opacities = g.opacities if comp is None else g.opacities * comp[0]
+    with torch.no_grad():
+        means_c, covars_c = torch_impl._world_to_cam(g.means, covars, viewmat[None])
+        _, covars2d = torch_impl._persp_proj(means_c, covars_c, K[None], width, height)
+        variances = torch.diagonal(covars2d[0], dim1=-2, dim2=-1) + 0.3
+        threshold = 1.0 / 255.0
+        kept = (depths >= 0.01) & (opacities >= threshold)
+        extent = torch.sqrt(2.0 * torch.log(opacities.clamp_min(threshold) / threshold))
+        radius = torch.ceil(extent.clamp_max(3.33)[:, None] * torch.sqrt(variances))
+        (mx, my), (rx, ry) = means2d.unbind(-1), radius.unbind(-1)
+        kept &= (rx > 0) | (ry > 0)
+        kept &= (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        radii = torch.where(kept[:, None], radius, torch.zeros_like(radius)).to(torch.int32)
+    return means2d, depths, conics, opacities, radii
+
+
+def reference_render(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int,
+                     height: int, background: torch.Tensor, rasterize_mode: str = "classic"):
+    """design.md as gsplat's CUDA kernels do it, written plainly: the projection above, tiles
+    from gsplat's _isect_tiles on those radii, SH from its reference; then every pixel composites
+    its tile's Gaussians one at a time, nearest first, with RasterizeToPixels3DGSFwd.cu's test:
+    alpha = min(0.999, opacity exp(-sigma)), skipped if sigma < 0 or alpha < 1/255, stop before
+    a Gaussian that would take the transmittance to 1e-4 or below.
+
+    Returns rgb (H, W, 3), alpha (H, W, 1), depth (H, W, 1), and stopped (H, W), the pixels
+    whose transmittance reached T_MIN."""
+    means2d, depths, conics, opacities, radii = gsplat_projection(g, viewmat, K, width, height,
+                                                                   rasterize_mode)
     campos = torch.inverse(viewmat)[:3, 3]
     colors = torch.clamp_min(
         torch_impl._spherical_harmonics(g.sh_degree, g.means - campos, g.sh) + 0.5, 0.0)
+    ts = GSPLAT_TILE
+    tiles_x, tiles_y = math.ceil(width / ts), math.ceil(height / ts)
+    _, isect_ids, flatten_ids = torch_impl._isect_tiles(
+        means2d.detach()[None], radii[None], depths.detach()[None], ts, tiles_x, tiles_y)
+    isect_tiles = isect_ids >> 32  # one image: the high word is the tile id
 
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=F64), torch.arange(width, dtype=F64),
-                            indexing="ij")
-    px, py = xs + 0.5, ys + 0.5
-    trans = torch.ones(height, width, dtype=F64)
-    done = torch.zeros(height, width, dtype=torch.bool)
-    color = torch.zeros(height, width, 3, dtype=F64)
-    depth = torch.zeros(height, width, dtype=F64)
-    candidates = torch.nonzero((radii[0] > 0).all(-1)).squeeze(1).tolist()
-    for i in sorted(candidates, key=lambda j: float(depths[j].detach())):
-        dx, dy = px - means2d[i, 0], py - means2d[i, 1]
-        a, b, c = conics[i]
-        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-        alpha = torch.clamp_max(opacities[i] * torch.exp(-sigma), ALPHA_MAX)
-        used = (sigma <= 0.5 * EXTENT_SIGMA ** 2) & (alpha >= ALPHA_MIN) & ~done
-        next_trans = trans * (1.0 - alpha)
-        stops = used & (next_trans <= T_MIN)
-        drawn = used & ~stops
-        done = done | stops
-        weight = torch.where(drawn, alpha * trans, torch.zeros_like(alpha))
-        color = color + weight[..., None] * colors[i]
-        depth = depth + weight * depths[i]
-        trans = torch.where(drawn, next_trans, trans)
-    alpha = (1.0 - trans)[..., None]
-    rgb = color + trans[..., None] * background
-    return rgb, alpha, depth[..., None] / alpha.clamp_min(1e-10), done
+    ys, xs = torch.meshgrid(torch.arange(ts, dtype=F64), torch.arange(ts, dtype=F64), indexing="ij")
+    rows = []
+    for tile_y in range(tiles_y):
+        row = []
+        for tile_x in range(tiles_x):
+            px, py = xs + tile_x * ts + 0.5, ys + tile_y * ts + 0.5
+            trans = torch.ones(ts, ts, dtype=F64)
+            done = torch.zeros(ts, ts, dtype=torch.bool)
+            color = torch.zeros(ts, ts, 3, dtype=F64)
+            depth = torch.zeros(ts, ts, dtype=F64)
+            # _isect_tiles sorts by tile, then depth.
+            for i in flatten_ids[isect_tiles == tile_y * tiles_x + tile_x].tolist():
+                dx, dy = means2d[i, 0] - px, means2d[i, 1] - py
+                a, b, c = conics[i]
+                sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+                alpha = torch.clamp_max(opacities[i] * torch.exp(-sigma), 0.999)
+                used = (sigma >= 0) & (alpha >= 1.0 / 255.0) & ~done
+                next_trans = trans * (1.0 - alpha)
+                stops = used & (next_trans <= 1e-4)
+                drawn = used & ~stops
+                done = done | stops
+                weight = torch.where(drawn, alpha * trans, torch.zeros_like(alpha))
+                color = color + weight[..., None] * colors[i]
+                depth = depth + weight * depths[i]
+                trans = torch.where(drawn, next_trans, trans)
+            row.append(torch.cat([color, depth[..., None], trans[..., None], done[..., None]], -1))
+        rows.append(torch.cat(row, dim=1))
+    image = torch.cat(rows, dim=0)[:height, :width]
+    color, depth, trans, done = image[..., :3], image[..., 3:4], image[..., 4:5], image[..., 5] > 0
+    alpha = 1.0 - trans
+    return color + trans * background, alpha, depth / alpha.clamp_min(1e-10), done
 
 
 def with_grad(g: WorldGaussians) -> WorldGaussians:
@@ -133,10 +182,11 @@ def test_covariance_matches_gsplat():
 def test_projection_matches_gsplat(mode):
     viewmat = look_from(0.4, -0.2, (0.5, 0.3, -2.0))
     K = intrinsics(64, 48, 50.0)
-    g = scene_in_view(200, viewmat, seed=1, spread=0.9, depth=(0.5, 4.0))
-    # Some behind the camera and some between the camera and the near plane.
+    g = with_mixed_opacities(scene_in_view(200, viewmat, seed=1, spread=0.9, depth=(0.5, 4.0)), 1)
+    # Some behind the camera, some between the camera and the near plane, some too faint.
     g.means[:20] = (torch.tensor([0.0, 0.0, -0.5], dtype=F64) - viewmat[:3, 3]) @ viewmat[:3, :3]
     g.means[20:25] = (torch.tensor([0.1, 0.0, 0.005], dtype=F64) - viewmat[:3, 3]) @ viewmat[:3, :3]
+    g.opacities[40:50] = torch.linspace(0.5, 0.99, 10, dtype=F64) / 255.0
     covars, _ = torch_impl._quat_scale_to_covar_preci(g.quats, g.scales, compute_preci=False)
     radii, means2d, depths, conics, comp = torch_impl._fully_fused_projection(
         g.means, covars, viewmat[None], K[None], 64, 48, calc_compensations=mode == "antialiased")
@@ -156,16 +206,53 @@ def test_projection_matches_gsplat(mode):
         torch.testing.assert_close(proj.opacities, g.opacities * proj.compensations)
     else:
         assert proj.compensations is None and proj.opacities is g.opacities
-    # Extent: 3 sigma of the largest eigenvalue of gsplat's (dilated) 2D covariance.
-    a, b, c = conics[0].unbind(-1)
-    det = a * c - b * b
-    cov = torch.stack([c / det, -b / det, a / det], dim=-1)
-    lam = 0.5 * (cov[:, 0] + cov[:, 2]) + torch.sqrt(0.25 * (cov[:, 0] - cov[:, 2]) ** 2 + cov[:, 1] ** 2)
-    expected_radii = torch.ceil(3.0 * torch.sqrt(lam)).to(torch.int32)
-    torch.testing.assert_close(proj.radii[proj.valid], expected_radii[proj.valid])
+    # Extent and culling as gsplat's CUDA projection: opacity-aware radii per axis.
+    expected_radii = gsplat_projection(g, viewmat, K, 64, 48, mode)[-1]
+    assert proj.radii.shape == (200, 2) and proj.radii.dtype == torch.int32
+    torch.testing.assert_close(proj.radii, expected_radii, rtol=0, atol=0)
+    torch.testing.assert_close(proj.valid, (expected_radii > 0).all(-1))
+    assert not proj.valid[40:50].any()  # opacity below 1/255
     assert not proj.valid[~in_front].any() and (proj.radii[~in_front] == 0).all()
     centre_inside = in_front & (means2d[0] >= 0).all(-1) & (means2d[0, :, 0] < 64) & (means2d[0, :, 1] < 48)
-    assert proj.valid[centre_inside].all()
+    assert proj.valid[centre_inside & (proj.opacities >= ALPHA_MIN)].all()
+    # Opacities past 255 exp(-3.33^2 / 2) ~ 1.0034 reach the 3.33-sigma cap, which is all that
+    # gsplat's PyTorch reference knows: then its radii are ours exactly.
+    capped = project_gaussians(g.means, g.quats, g.scales, torch.full_like(g.opacities, 1.01),
+                               viewmat, K, 64, 48)
+    torch.testing.assert_close(capped.radii, radii[0], rtol=0, atol=0)
+
+
+def test_faint_gaussian_has_a_smaller_extent():
+    """A Gaussian's extent is e = sqrt(2 ln(255 opacity)) standard deviations per axis: about 1.8
+    at opacity 0.02 against 3.3 at 0.9, and so is what it draws."""
+    width, height, focal = 64, 48, 60.0
+    K = intrinsics(width, height, focal)
+    viewmat = torch.eye(4, dtype=F64)
+    rotation = torch.tensor([[0.9, 0.1, 0.3, -0.2]], dtype=F64)
+    scales = torch.tensor([[0.12, 0.04, 0.05]], dtype=F64)
+    radii, covered = {}, {}
+    for opacity in (0.02, 0.9):
+        g = WorldGaussians(means=torch.tensor([[0.02, -0.01, 1.5]], dtype=F64), quats=rotation,
+                           scales=scales, opacities=torch.tensor([opacity], dtype=F64),
+                           sh=torch.zeros(1, 1, 3, dtype=F64))
+        proj = project_gaussians(g.means, g.quats, g.scales, g.opacities, viewmat, K, width, height)
+        sigma = torch.sqrt(torch.diagonal(proj.covars2d[0]))
+        e = math.sqrt(2.0 * math.log(255.0 * opacity))
+        torch.testing.assert_close(proj.radii[0], torch.ceil(e * sigma).to(torch.int32))
+        radii[opacity] = proj.radii[0]
+        alpha = rasterize_cpu(g, viewmat, K, width, height, torch.zeros(3, dtype=F64)).alpha[..., 0]
+        covered[opacity] = alpha > 0
+        # What it draws is the ellipse of Mahalanobis radius e: alpha >= 1/255 there, 0 outside.
+        ys, xs = torch.meshgrid(torch.arange(height, dtype=F64), torch.arange(width, dtype=F64),
+                                indexing="ij")
+        d = torch.stack([xs + 0.5, ys + 0.5], -1) - proj.means2d[0]
+        a, b, c = proj.conics[0]
+        mahalanobis = torch.sqrt(a * d[..., 0] ** 2 + 2 * b * d[..., 0] * d[..., 1] + c * d[..., 1] ** 2)
+        assert (alpha[mahalanobis < e - 1e-6] >= ALPHA_MIN).all()
+        assert (alpha[mahalanobis > e + 1e-6] == 0).all()
+    assert (radii[0.02] < radii[0.9]).all() and (radii[0.02] >= 1).all()
+    assert 0 < covered[0.02].sum() < 0.4 * covered[0.9].sum()
+    assert not (covered[0.02] & ~covered[0.9]).any()
 
 
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
@@ -199,7 +286,8 @@ def test_sh_to_rgb_uses_direction_from_camera_and_clamps():
 def test_matches_plain_reference(mode, seed):
     viewmat = look_from(-0.3, 0.2, (0.1, -0.2, -0.4))
     K = intrinsics(37, 29, 30.0)
-    g = scene_in_view(150, viewmat, seed=seed, opacity=(0.3, 1.0), spread=0.3, scale=(0.08, 0.3))
+    g = with_mixed_opacities(
+        scene_in_view(150, viewmat, seed=seed, opacity=(0.3, 1.0), spread=0.3, scale=(0.08, 0.3)), seed)
     background = torch.tensor([0.2, 0.5, 0.9], dtype=F64)
     *expected, stopped = reference_render(g, viewmat, K, 37, 29, background, mode)
     out = rasterize_cpu(g, viewmat, K, 37, 29, background, rasterize_mode=mode)
@@ -214,7 +302,8 @@ def test_matches_plain_reference(mode, seed):
 def test_gradients_match_autograd_through_reference():
     viewmat = look_from(0.2, -0.1, (0.0, 0.1, -0.3))
     K = intrinsics(24, 20, 20.0)
-    g = scene_in_view(80, viewmat, seed=5, opacity=(0.3, 1.0), spread=0.3, scale=(0.08, 0.3))
+    g = with_mixed_opacities(
+        scene_in_view(80, viewmat, seed=5, opacity=(0.3, 1.0), spread=0.3, scale=(0.08, 0.3)), 5)
     background = torch.tensor([0.3, 0.1, 0.6], dtype=F64)
     gen = torch.Generator().manual_seed(9)
     weights = [torch.randn(20, 24, c, dtype=F64, generator=gen) for c in (3, 1, 1)]
@@ -276,8 +365,10 @@ def test_single_isotropic_gaussian_blob():
     total = alpha.sum()
     centroid = ((alpha * (xs + 0.5)).sum() / total, (alpha * (ys + 0.5)).sum() / total)
     assert abs(centroid[0] - 30.5) < 1e-6 and abs(centroid[1] - 12.5) < 1e-6
-    # Nothing beyond 3 sigma, colour is the SH colour over a black background.
-    assert alpha[12, 30 + math.ceil(3 * math.sqrt(var))] == 0
+    # Nothing beyond the opacity-aware extent sqrt(2 ln(255 opacity)) sigma (6.8 px here),
+    # colour is the SH colour over a black background.
+    reach = math.sqrt(2 * math.log(255 * opacity) * var)
+    assert alpha[12, 30 + math.floor(reach)] >= ALPHA_MIN and alpha[12, 30 + math.ceil(reach)] == 0
     torch.testing.assert_close(out.rgb[12, 30], torch.tensor([0.9, 0.4, 0.1], dtype=F64) * opacity)
     torch.testing.assert_close(out.depth[12, 30, 0], torch.tensor(z, dtype=F64))
 

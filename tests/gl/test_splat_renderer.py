@@ -1,4 +1,5 @@
-"""The OpenGL splatter agrees with the CPU rasterizer (design.md's image formation)."""
+"""The OpenGL splatter agrees with the CPU rasterizer (design.md's image formation, as gsplat's
+CUDA kernels do it)."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,6 +48,45 @@ def test_gl_matches_cpu_on_the_default_avatar(renderer, world, yaw, pitch):
     assert np.abs(gl.alpha - cpu.alpha.numpy()).max() < 0.01
     covered = gl.alpha[..., 0] > 0.9
     assert np.median(np.abs(gl.depth - cpu.depth.numpy())[..., 0][covered]) < 1e-3
+
+
+def test_quads_cover_the_support(renderer):
+    """Isolated splats of many shapes and opacities (0.005-1), one per 48-px cell: GL draws each
+    where the CPU rasterizer does, on the opacity-aware support ellipse with alpha capped at
+    0.999, so no pixel of a support is lost to a quad too small."""
+    cells, cell = 10, 48
+    size = cells * cell
+    cam = orbit_camera(0, 0, 1.0, width=size, height=size)
+    rng = np.random.default_rng(0)
+    n = cells * cells
+    # Centres at depth 1, anywhere within a pixel of their cell's middle.
+    uv = (np.stack(np.meshgrid(np.arange(cells), np.arange(cells)), -1).reshape(n, 2) + 0.5) * cell
+    uv += rng.uniform(-1, 1, (n, 2))
+    uv[:5] = np.floor(uv[:5]) + 0.5  # on pixel centres, opaque below: alpha reaches the cap
+    fx, fy, cx, cy = cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]
+    p_cam = np.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy, np.ones(n)], 1)
+    means = (p_cam - cam.viewmat[:3, 3]) @ cam.viewmat[:3, :3]
+    # Standard deviations up to 5 px: needles, discs and dots, supports well inside the cells.
+    sigma_px = np.stack([rng.uniform(0.3, 5.0, n), rng.uniform(0.1, 1.5, n), rng.uniform(0.1, 1.5, n)], 1)
+    opacities = rng.permutation(np.geomspace(0.005, 1.0, n))
+    opacities[:5] = 1.0
+    g = WorldGaussians(means=torch.tensor(means, dtype=torch.float64),
+                       quats=torch.tensor(rng.normal(size=(n, 4)), dtype=torch.float64),
+                       scales=torch.tensor(sigma_px / fx, dtype=torch.float64),
+                       opacities=torch.tensor(opacities, dtype=torch.float64),
+                       sh=torch.zeros(n, 1, 3, dtype=torch.float64))
+    gl = renderer.render(g, cam, background=(0, 0, 0)).alpha[..., 0]
+    with torch.no_grad():
+        cpu = rasterize_cpu(g, torch.tensor(cam.viewmat), torch.tensor(cam.K), size, size,
+                            torch.zeros(3, dtype=torch.float64)).alpha[..., 0].numpy()
+    assert (cpu > 0).sum() > 3000
+    assert abs(cpu.max() - 0.999) < 1e-9 and abs(gl.max() - 0.999) < 1e-6  # gsplat's cap
+    # Pixels drawn by one and not the other are on the rim, alpha within rounding of 1/255 (a
+    # pixel lost to a quad too small would differ by at least 1/255).
+    differ = (gl > 0) != (cpu > 0)
+    assert np.maximum(gl, cpu)[differ].max(initial=0.0) < 1.001 / 255
+    assert differ.sum() < 20
+    assert np.abs(gl - cpu)[~differ].max() < 5e-5
 
 
 def test_sort_order_matters_and_is_front_to_back(renderer):

@@ -82,7 +82,7 @@ def test_hud_counts_drawn_frames_and_says_idle(app, monkeypatch):
 
     import savatar.viewer.app as app_module
 
-    clock = types.SimpleNamespace(now=1000.0)
+    clock = types.SimpleNamespace(now=time.perf_counter() + 1000.0)  # after every real frame drawn
     clock.perf_counter = lambda: clock.now
     monkeypatch.setattr(app_module, "time", types.SimpleNamespace(perf_counter=clock.perf_counter,
                                                                   strftime=time.strftime))
@@ -90,8 +90,8 @@ def test_hud_counts_drawn_frames_and_says_idle(app, monkeypatch):
     drawn: list[str] = []
     real_draw = app.stage.draw
     monkeypatch.setattr(app.stage, "draw", lambda *a, **k: (drawn.append(app.stage.hud_text), real_draw(*a, **k)))
-    for i in range(10):  # animated: a new jaw every frame, 20 frames a second
-        app.set_pose(6, 0.02 * i)
+    for _ in range(10):  # animated: a new jaw every frame, 20 frames a second
+        app.set_pose(6, app.drive.pose[6] + 0.01)
         clock.now += 0.05
         app.step(0.05)
     assert len(drawn) == 10
@@ -110,6 +110,7 @@ def test_hud_counts_drawn_frames_and_says_idle(app, monkeypatch):
         clock.now += 0.1
         app.step(0.1)
     assert len(drawn) == count
+    app.reset_drive()
 
 
 @pytest.mark.parametrize("yaw", [0.0, 70.0, 160.0])

@@ -8,8 +8,8 @@ from bench import entry, time_ms
 
 @entry("deform")
 def deform_bench() -> dict[str, float]:
-    from savatar.core.binding import deform, init_avatar
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.gaussians.binding import deform, init_avatar
+    from savatar.core.head.open_head import load_open_head_data
 
     data = load_open_head_data()
     avatar = init_avatar(data, 100_000, seed=0)

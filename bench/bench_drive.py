@@ -30,7 +30,7 @@ def _write_video(path: Path, frames: int = 60, fps: float = 30.0) -> None:
 
 @entry("drive_latency")
 def drive_latency(seconds: float = 3.0) -> dict[str, float]:
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.head.open_head import load_open_head_data
     from savatar.drive.sources import VideoSource
 
     data = load_open_head_data()

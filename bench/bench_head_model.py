@@ -10,8 +10,8 @@ from bench import entry, time_ms
 
 @entry("head_model")
 def head_model() -> dict[str, float]:
-    from savatar.core import open_head
-    from savatar.core.head_model import HeadModel
+    from savatar.core.head import open_head
+    from savatar.core.head.head_model import HeadModel
 
     open_head.load_open_head_data.cache_clear()
     t0 = time.perf_counter()

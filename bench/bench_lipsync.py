@@ -28,8 +28,8 @@ def _speech_like(seconds: float = 1.0) -> np.ndarray:
 
 @entry("lipsync")
 def lipsync_bench() -> dict[str, float]:
-    from savatar.core.lipsync import AudioAnalyzer, LipSync
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.drive.lipsync import AudioAnalyzer, LipSync
+    from savatar.core.head.open_head import load_open_head_data
 
     x = _speech_like(1.0)
     hops = len(x) // 160

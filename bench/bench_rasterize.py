@@ -6,8 +6,8 @@ import math
 import torch
 
 from bench import entry, time_ms
-from savatar.core.gaussians import WorldGaussians
-from savatar.core.rasterize_cpu import rasterize_cpu
+from savatar.core.gaussians.gaussians import WorldGaussians
+from savatar.core.render.rasterize_cpu import rasterize_cpu
 
 WIDTH = HEIGHT = 256
 FOCAL = 600.0

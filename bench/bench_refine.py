@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from bench import entry
-from savatar.core.binding import default_avatar
-from savatar.core.camera import orbit_camera
-from savatar.core.frame_sources import frames_from_motion
-from savatar.core.refine import Refiner, RefineConfig
-from savatar.core.rig import Rig
+from savatar.core.gaussians.binding import default_avatar
+from savatar.core.gaussians.rig import Rig
+from savatar.core.refine.frame_sources import frames_from_motion
+from savatar.core.refine.refine import Refiner, RefineConfig
+from savatar.core.render.camera import orbit_camera
 
 WARMUP = 2
 ITERATIONS = 5

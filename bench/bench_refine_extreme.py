@@ -16,7 +16,7 @@ rasterizer, default anti-spike weights and thresholds):
   build) is: SH noise (std 0.4), local means moved by N(0, 0.5) face units, log-scales by
   N(0, 0.7) per axis (some Gaussians start stretched or oversized);
 - two refinements with the same seed, iterations and learning rates (lr_sh 2e-2, lr_mean 1e-2
-  decaying to 1e-3, as tests/core/test_refine.py), regularize=True and regularize=False.
+  decaying to 1e-3, as tests/core/refine/test_refine.py), regularize=True and regularize=False.
 
 Mechanism: near-frontal views barely constrain a Gaussian's extent along the view direction or
 its depth off its face, and nothing constrains Gaussians the clip never shows (inside the mouth).
@@ -38,12 +38,12 @@ import numpy as np
 import torch
 
 from bench import entry
-from savatar.core.binding import init_avatar
-from savatar.core.camera import orbit_camera
-from savatar.core.frame_sources import frames_from_motion
-from savatar.core.open_head import load_open_head_data
-from savatar.core.refine import Refiner, RefineConfig
-from savatar.core.rig import Rig
+from savatar.core.gaussians.binding import init_avatar
+from savatar.core.gaussians.rig import Rig
+from savatar.core.head.open_head import load_open_head_data
+from savatar.core.refine.frame_sources import frames_from_motion
+from savatar.core.refine.refine import Refiner, RefineConfig
+from savatar.core.render.camera import orbit_camera
 
 TARGET = (0.0, -0.05, -0.03)
 TRAIN_YAWS = (-8, 0, 8)

@@ -14,9 +14,9 @@ def tracking() -> dict[str, float]:
     import cv2
     from skimage.data import astronaut
 
-    from savatar.core.face_landmarks import FaceLandmarker
-    from savatar.core.open_head import load_open_head_data
-    from savatar.core.tracking import FaceFitter, FaceTracker, TrackerParams, intrinsics_for
+    from savatar.core.drive.face_landmarks import FaceLandmarker
+    from savatar.core.drive.tracking import FaceFitter, FaceTracker, TrackerParams, intrinsics_for
+    from savatar.core.head.open_head import load_open_head_data
 
     m = np.float32([[1, 0, 320 - 210], [0, 1, 240 - 150]])  # face centred in the frame
     frame = cv2.warpAffine(astronaut(), m, (640, 480))

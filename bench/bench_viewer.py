@@ -49,7 +49,7 @@ def _loop(avatar, size: tuple[int, int]) -> dict[str, float]:
 @entry("viewer_loop")
 def viewer_loop() -> dict[str, float]:
     """The bundled default avatar (30K Gaussians) on a 512x512 stage."""
-    from savatar.core.binding import default_avatar
+    from savatar.core.gaussians.binding import default_avatar
 
     return _loop(default_avatar(), (512, 512))
 
@@ -60,7 +60,7 @@ def viewer_built() -> dict[str, float]:
     default) on the default 720x720 stage. "still" frames are loop turns that draw nothing."""
     import skimage.data
 
-    from savatar.core.build import build_avatar
+    from savatar.core.build.build import build_avatar
 
     avatar, _ = build_avatar([skimage.data.astronaut()])
     return {"gaussians_count": float(len(avatar)), **_loop(avatar, (720, 720))}
@@ -75,11 +75,11 @@ def viewer_while_refining() -> dict[str, float]:
     torch.set_num_threads(1)
     with x_display():
         os.environ.setdefault("SAVATAR_CONFIG_DIR", tempfile.mkdtemp())
-        from savatar.core.binding import default_avatar
-        from savatar.core.camera import orbit_camera
-        from savatar.core.frame_sources import frames_from_motion
-        from savatar.core.refine import RefineConfig
-        from savatar.core.rig import Rig
+        from savatar.core.gaussians.binding import default_avatar
+        from savatar.core.gaussians.rig import Rig
+        from savatar.core.refine.frame_sources import frames_from_motion
+        from savatar.core.refine.refine import RefineConfig
+        from savatar.core.render.camera import orbit_camera
         from savatar.viewer.app import App
 
         avatar = default_avatar()

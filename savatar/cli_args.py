@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from savatar.core.head_model import JOINT_NAMES, POSE_DIM
+from savatar.core.head.head_model import JOINT_NAMES, POSE_DIM
 
 
 class UserError(Exception):

@@ -14,7 +14,7 @@ The MediaPipe measurement is committed input data, scripts/open_head_landmarks.n
 MediaPipe's float inference differs slightly from one CPU to another. The build reads that file
 and runs no model, and no decision in it hinges on the last bit of a float, so it gives the same
 arrays (to ~1e-16) on any machine. `--measure-landmarks` re-runs MediaPipe and rewrites the file
-before building; tests/core/test_open_head_asset.py checks MediaPipe still lands near it.
+before building; tests/core/head/test_open_head_asset.py checks MediaPipe still lands near it.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from savatar.core.mesh_ops import boundary_loops
+from savatar.core.head.mesh_ops import boundary_loops
 
 LANDMARKS_FILE = Path(__file__).with_name("open_head_landmarks.npz")
 IRIS_DIAMETER_M = 0.0117
@@ -81,7 +81,7 @@ def measure_landmarks(path: Path = LANDMARKS_FILE) -> None:
     import mediapipe as mp
     import skimage.data
 
-    from savatar.core.face_landmarks import FaceLandmarker
+    from savatar.core.drive.face_landmarks import FaceLandmarker
 
     with FaceLandmarker() as landmarker:
         lm = landmarker(skimage.data.astronaut())

@@ -108,8 +108,8 @@ def test_render_default_avatar_png_and_orbit_video(tmp_path):
 
 
 def test_render_with_a_motion_file(tmp_path):
-    from savatar.core.motion import Motion, save_motion
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.drive.motion import Motion, save_motion
+    from savatar.core.head.open_head import load_open_head_data
 
     names = load_open_head_data().expr_names
     t = 4
@@ -139,9 +139,9 @@ def test_render_and_info_user_errors(tmp_path, monkeypatch, capsys, args, messag
 
 
 def test_info_describes_a_saved_avatar(tmp_path, capsys):
-    from savatar.core.avatar_file import save_avatar
-    from savatar.core.binding import init_avatar
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.gaussians.binding import init_avatar
+    from savatar.core.head.open_head import load_open_head_data
+    from savatar.core.io.avatar_file import save_avatar
 
     path = tmp_path / "a.h5"
     save_avatar(init_avatar(load_open_head_data(), 500), path, head=load_open_head_data())
@@ -163,7 +163,7 @@ def test_track_a_real_face_video(tmp_path):
     import cv2
     import skimage.data
 
-    from savatar.core.motion import load_motion
+    from savatar.core.drive.motion import load_motion
 
     img = skimage.data.astronaut()[..., ::-1]
     video = tmp_path / "face.avi"
@@ -183,7 +183,7 @@ def test_lipsync_and_render_with_audio(tmp_path):
     import shutil
     import subprocess
 
-    from savatar.core.motion import load_motion
+    from savatar.core.drive.motion import load_motion
 
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng not installed")
@@ -217,9 +217,9 @@ def test_build_with_a_generator_checkpoint(tmp_path):
     import torch
     from PIL import Image
 
-    from savatar.core.avatar_file import load_avatar
-    from savatar.core.generator import Generator, GeneratorConfig
-    from savatar.core.generator_train import TrainConfig, save_checkpoint
+    from savatar.core.build.generator import Generator, GeneratorConfig
+    from savatar.core.build.generator_train import TrainConfig, save_checkpoint
+    from savatar.core.io.avatar_file import load_avatar
 
     gen_cfg = GeneratorConfig(count=800, image_size=32, features=8, hidden=32)
     g = Generator(gen_cfg)
@@ -235,9 +235,9 @@ def test_build_with_a_generator_checkpoint(tmp_path):
 
 
 def _plain_avatar(path):
-    from savatar.core.avatar_file import save_avatar
-    from savatar.core.binding import init_avatar
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.gaussians.binding import init_avatar
+    from savatar.core.head.open_head import load_open_head_data
+    from savatar.core.io.avatar_file import save_avatar
 
     save_avatar(init_avatar(load_open_head_data(), 1000), path)
     return path
@@ -246,9 +246,9 @@ def _plain_avatar(path):
 def test_refine_from_a_video(tmp_path, capsys):
     """A clip of the default avatar rendered by `savatar render` (its orbit camera, not the
     tracker's) is tracked and refined against."""
-    from savatar.core.avatar_file import load_avatar
-    from savatar.core.motion import Motion, save_motion
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.drive.motion import Motion, save_motion
+    from savatar.core.head.open_head import load_open_head_data
+    from savatar.core.io.avatar_file import load_avatar
 
     names = load_open_head_data().expr_names
     t = 4
@@ -272,7 +272,7 @@ def test_refine_from_a_video(tmp_path, capsys):
 def test_refine_from_the_sources_a_build_kept(tmp_path, capsys):
     import skimage.data
 
-    from savatar.core.avatar_file import load_avatar
+    from savatar.core.io.avatar_file import load_avatar
 
     Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
     built, out = tmp_path / "built.h5", tmp_path / "refined.h5"
@@ -298,7 +298,7 @@ def test_refine_from_the_sources_a_build_kept(tmp_path, capsys):
     (["refine", "plain.h5", "--video", "blank.avi", "--stride", "0", "-o", "o.h5"], "--stride"),
 ])
 def test_refine_source_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
-    from savatar.core.video_file import VideoWriter
+    from savatar.core.io.video_file import VideoWriter
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENCV_FFMPEG_LOGLEVEL", "-8")  # the command sets it; keep it from leaking
@@ -317,7 +317,7 @@ def test_refine_source_errors_are_one_line(tmp_path, monkeypatch, capsys, args, 
 
 def test_refine_help_lists_the_frame_options(capsys):
     from savatar.commands import refine as command
-    from savatar.core import frame_sources
+    from savatar.core.refine import frame_sources
 
     assert (command.VIDEO_SIZE, command.VIDEO_MAX_FRAMES, command.VIDEO_FOV_Y_DEG) == (
         frame_sources.VIDEO_SIZE, frame_sources.VIDEO_MAX_FRAMES, frame_sources.VIDEO_FOV_Y_DEG)

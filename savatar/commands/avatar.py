@@ -37,7 +37,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export_ply(args: argparse.Namespace) -> int:
-    from savatar.core.ply import export_ply
+    from savatar.core.io.ply import export_ply
 
     out = Path(args.output)
     if out.suffix.lower() != ".ply":

@@ -1,4 +1,4 @@
-"""`savatar build`: an avatar from one or a few portraits (savatar.core.build)."""
+"""`savatar build`: an avatar from one or a few portraits (savatar.core.build.build)."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +11,8 @@ from savatar.commands.progress import progress_bar
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build, print one status line per input, save; UserError when no input is usable."""
-    from savatar.core.avatar_file import save_avatar
-    from savatar.core.build import BuildError, build_avatar
+    from savatar.core.build.build import BuildError, build_avatar
+    from savatar.core.io.avatar_file import save_avatar
 
     out = Path(args.output)
     if out.suffix.lower() not in (".h5", ".hdf5"):
@@ -46,8 +46,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _with_generator(args: argparse.Namespace, progress):
-    """The learned path: one forward pass of a trained generator (savatar.core.generator)."""
-    from savatar.core.generator import CheckpointError, build_from_portraits
+    """The learned path: one forward pass of a trained generator (savatar.core.build.generator)."""
+    from savatar.core.build.generator import CheckpointError, build_from_portraits
 
     try:
         return build_from_portraits(args.generator, args.images, args.count_given, progress)

@@ -11,16 +11,16 @@ import torch
 
 from savatar.cli_args import UserError
 from savatar.commands.progress import progress_bar
-from savatar.core.camera import Camera
-from savatar.core.gaussians import GaussianAvatar, WorldGaussians
+from savatar.core.gaussians.gaussians import GaussianAvatar, WorldGaussians
+from savatar.core.render.camera import Camera
 
 
 def load_avatar_arg(path: str | None) -> GaussianAvatar:
     """The avatar at path, or the bundled default one; file problems become UserError."""
     if path is None:
-        from savatar.core.binding import default_avatar
+        from savatar.core.gaussians.binding import default_avatar
         return default_avatar()
-    from savatar.core.avatar_file import AvatarFormatError, load_avatar
+    from savatar.core.io.avatar_file import AvatarFormatError, load_avatar
     if not Path(path).is_file():
         raise UserError(f"{path}: no such file")
     try:
@@ -30,8 +30,8 @@ def load_avatar_arg(path: str | None) -> GaussianAvatar:
 
 
 def make_rig(avatar: GaussianAvatar, flame_dir: str | None = None):
-    from savatar.core.flame import FlameFormatError
-    from savatar.core.rig import Rig
+    from savatar.core.gaussians.rig import Rig
+    from savatar.core.head.flame import FlameFormatError
     try:
         return Rig.of(avatar, flame_dir)
     except (FlameFormatError, ValueError) as exc:
@@ -56,7 +56,7 @@ def frame_renderer(backend: str, background: tuple[float, float, float]) -> Fram
         except GLUnavailableError as exc:
             raise UserError(str(exc)) from None
         return FrameRenderer("gl", lambda g, cam: splat.render(g, cam, background).rgb)
-    from savatar.core.render import render, resolve_backend
+    from savatar.core.render.api import render, resolve_backend
     try:
         resolved = resolve_backend(backend)
     except (ValueError, RuntimeError) as exc:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 
 from savatar.cli_args import UserError
-from savatar.commands.progress import progress_bar
 from savatar.commands.common import load_avatar_arg, tracking_bar
+from savatar.commands.progress import progress_bar
 
 
 def _expr_target(args: argparse.Namespace):
     """Head model whose expression names the motion uses: the avatar's, or the open model's."""
-    from savatar.core.rig import head_data_for
-    from savatar.core.flame import FlameFormatError
+    from savatar.core.gaussians.rig import head_data_for
+    from savatar.core.head.flame import FlameFormatError
 
     try:
         return head_data_for(load_avatar_arg(args.avatar), getattr(args, "flame", None))
@@ -30,8 +30,8 @@ def _check_output(path: str) -> Path:
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    from savatar.core.motion import save_motion
-    from savatar.core.tracking import TrackerParams, track_video
+    from savatar.core.drive.motion import save_motion
+    from savatar.core.drive.tracking import TrackerParams, track_video
 
     out = _check_output(args.output)
     if not Path(args.video).is_file():
@@ -48,8 +48,8 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_lipsync(args: argparse.Namespace) -> int:
-    from savatar.core.lipsync import lipsync_file
-    from savatar.core.motion import save_motion
+    from savatar.core.drive.lipsync import lipsync_file
+    from savatar.core.drive.motion import save_motion
 
     out = _check_output(args.output)
     if not Path(args.audio).is_file():

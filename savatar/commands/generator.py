@@ -1,6 +1,8 @@
-"""`savatar train-generator CONFIG`: train the feed-forward generator (savatar.core.generator).
+"""`savatar train-generator CONFIG`: train the feed-forward generator
+(savatar.core.build.generator).
 
-CONFIG is a JSON or TOML file with the fields of savatar.core.generator_train.TrainConfig, e.g.
+CONFIG is a JSON or TOML file with the fields of savatar.core.build.generator_train.TrainConfig,
+e.g.
 
     phase1_steps = 20000
     phase2_steps = 10000
@@ -20,7 +22,7 @@ CONFIG is a JSON or TOML file with the fields of savatar.core.generator_train.Tr
     count = 30000
 
 Several GPUs or machines: `torchrun --nproc_per_node=N -m savatar.cli train-generator CONFIG`.
-A trained checkpoint builds avatars with savatar.core.generator.build_with_generator(ckpt,
+A trained checkpoint builds avatars with savatar.core.build.generator.build_with_generator(ckpt,
 images), the function behind `savatar build --generator CKPT`.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from savatar.cli_args import UserError
 
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
-    from savatar.core.generator_train import load_config, train
+    from savatar.core.build.generator_train import load_config, train
 
     path = Path(args.config)
     if not path.is_file():

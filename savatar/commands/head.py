@@ -4,18 +4,18 @@ from __future__ import annotations
 import argparse
 
 from savatar.cli_args import UserError
-from savatar.core.head_model import HeadModelData
+from savatar.core.head.head_model import HeadModelData
 
 
 def head_data_arg(flame_dir: str | None) -> HeadModelData:
     """The user's FLAME from flame_dir, else the bundled open head model."""
     if flame_dir:
-        from savatar.core.flame import FlameFormatError, load_flame
+        from savatar.core.head.flame import FlameFormatError, load_flame
         try:
             return load_flame(flame_dir)
         except FlameFormatError as exc:
             raise UserError(str(exc)) from None
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.head.open_head import load_open_head_data
     return load_open_head_data()
 
 

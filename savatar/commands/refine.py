@@ -10,11 +10,11 @@ from pathlib import Path
 
 
 from savatar.cli_args import UserError
-from savatar.commands.progress import progress_bar
 from savatar.commands.common import load_avatar_arg, make_rig, tracking_bar
+from savatar.commands.progress import progress_bar
 
-# Defaults of savatar.core.frame_sources (tests check they agree), repeated so that registering the
-# command does not import OpenCV and the refiner.
+# Defaults of savatar.core.refine.frame_sources (tests check they agree), repeated so that
+# registering the command does not import OpenCV and the refiner.
 VIDEO_SIZE, VIDEO_MAX_FRAMES, VIDEO_FOV_Y_DEG = 384, 200, 50.0
 
 
@@ -27,7 +27,7 @@ def register(sub) -> None:
     src.add_argument("--video", metavar="V", help="monocular video of the avatar's person, tracked first with "
                      "the face tracker (the avatar's own head shape, the tracker's camera)")
     src.add_argument("--images", metavar="DIR",
-                     help="folder of images with params.npz (see savatar.core.frame_sources.frames_from_images)")
+                     help="folder of images with params.npz (see savatar.core.refine.frame_sources.frames_from_images)")
     src.add_argument("--sources", action="store_true",
                      help="the portraits the avatar was built from (kept in the file by savatar build)")
     v = p.add_argument_group("frames from --video and --sources")
@@ -57,7 +57,7 @@ def register(sub) -> None:
 
 
 def _frames(args: argparse.Namespace, avatar, rig):
-    from savatar.core.frame_sources import frames_from_images, frames_from_stored_sources
+    from savatar.core.refine.frame_sources import frames_from_images, frames_from_stored_sources
 
     if args.images:
         if not Path(args.images).is_dir():
@@ -75,7 +75,7 @@ def _frames(args: argparse.Namespace, avatar, rig):
 
 
 def _video_frames(args: argparse.Namespace, avatar, rig):
-    from savatar.core.frame_sources import frames_from_video
+    from savatar.core.refine.frame_sources import frames_from_video
 
     if not Path(args.video).is_file():
         raise UserError(f"{args.video}: no such file")
@@ -94,8 +94,8 @@ def _video_frames(args: argparse.Namespace, avatar, rig):
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from savatar.core.refine import Refiner, RefineConfig, report_line
-    from savatar.core.render import resolve_backend
+    from savatar.core.refine.refine import Refiner, RefineConfig, report_line
+    from savatar.core.render.api import resolve_backend
 
     if args.iters < 1 or args.report_every < 1 or args.checkpoint_every < 0:
         raise UserError("--iters and --report-every must be >= 1, --checkpoint-every >= 0")
@@ -127,7 +127,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     refiner = Refiner(avatar, rig, frames, cfg, output=out)
     if args.resume:
-        from savatar.core.avatar_file import AvatarFormatError
+        from savatar.core.io.avatar_file import AvatarFormatError
         try:
             refiner.resume_from(out)
         except (AvatarFormatError, AssertionError) as exc:

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from savatar.cli_args import UserError, add_expr_pose_args, parse_expr, parse_pose
-from savatar.commands.progress import progress_bar
 from savatar.commands.common import frame_renderer, load_avatar_arg, make_rig, parse_color
-from savatar.core.pixels import to_uint8
-from savatar.core.camera import orbit_camera
+from savatar.commands.progress import progress_bar
+from savatar.core.io.pixels import to_uint8
+from savatar.core.render.camera import orbit_camera
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".avi")
@@ -56,7 +56,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     base_pose = parse_pose(args.pose)
     motion = None
     if args.motion:
-        from savatar.core.motion import MotionFormatError, load_motion
+        from savatar.core.drive.motion import MotionFormatError, load_motion
         try:
             motion = load_motion(args.motion).remap(names)
         except MotionFormatError as exc:
@@ -111,7 +111,7 @@ def attach_audio(video: Path, audio: Path) -> None:
 
 def write_video(out: Path, frames, count: int, fps: float, width: int, height: int, label: str) -> None:
     """Encode RGB uint8 frames with a progress bar; the file appears only once complete."""
-    from savatar.core.video_file import VideoFileError, VideoWriter
+    from savatar.core.io.video_file import VideoFileError, VideoWriter
 
     try:
         writer = VideoWriter(out, fps, width, height)
@@ -132,7 +132,7 @@ def cmd_render_mesh(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from savatar.commands.head import head_data_arg
-    from savatar.core.head_model import HeadModel
+    from savatar.core.head.head_model import HeadModel
     from savatar.gl.mesh_renderer import MeshRenderer
 
     check_size(args)

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from savatar.core.head_model import HeadModelData
+from savatar.core.head.head_model import HeadModelData
 from savatar.latest_slot import LatestSlot
 
 
@@ -99,7 +99,7 @@ class VideoSource:
         self._cap.release()
 
     def _track(self) -> None:
-        from savatar.core.tracking import FaceTracker, TrackerParams
+        from savatar.core.drive.tracking import FaceTracker, TrackerParams
 
         tracker = FaceTracker(self.data, TrackerParams(fov_y_deg=self.fov_y_deg))
         try:
@@ -152,7 +152,7 @@ class MicrophoneSource:
         self._status = "starting"
 
     def start(self) -> None:
-        from savatar.core.lipsync import AudioUnavailableError, open_input_stream
+        from savatar.core.drive.lipsync import AudioUnavailableError, open_input_stream
 
         def on_audio(samples: np.ndarray) -> None:
             if not self._queue.full():  # never block PortAudio's thread
@@ -168,7 +168,7 @@ class MicrophoneSource:
     def _analyse(self) -> None:
         import queue
 
-        from savatar.core.lipsync import LipSync
+        from savatar.core.drive.lipsync import LipSync
 
         ls = LipSync(self.data.expr_names, self.sample_rate)
         while not self._stop.is_set():
@@ -214,7 +214,7 @@ class AudioFileSource:
         self.audible = False
 
     def start(self) -> None:
-        from savatar.core.lipsync import import_sounddevice, lipsync_file, read_audio
+        from savatar.core.drive.lipsync import import_sounddevice, lipsync_file, read_audio
 
         try:
             self._motion = lipsync_file(self.path, self.data.expr_names, self.fps)
@@ -243,7 +243,7 @@ class AudioFileSource:
 
     def stop(self) -> None:
         if self.audible:
-            from savatar.core.lipsync import import_sounddevice
+            from savatar.core.drive.lipsync import import_sounddevice
             try:
                 import_sounddevice().stop()
             except Exception:  # the device may be gone by now; nothing is left to stop

@@ -4,8 +4,8 @@ from __future__ import annotations
 import moderngl
 import numpy as np
 
-from savatar.core.camera import Camera, gl_projection
-from savatar.core.mesh_ops import vertex_normals
+from savatar.core.head.mesh_ops import vertex_normals
+from savatar.core.render.camera import Camera, gl_projection
 from savatar.gl.context import headless_context, program
 
 

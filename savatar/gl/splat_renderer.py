@@ -1,7 +1,7 @@
 """OpenGL Gaussian splatting (the `gl` backend): instanced quads, a per-frame depth sort on the
-CPU, front-to-back blending into float targets. Matches savatar.core.rasterize_cpu and gsplat's
-CUDA kernels (design.md: opacity-aware support, alpha capped at 0.999) up to the early stop at
-transmittance 1e-4 and float rounding."""
+CPU, front-to-back blending into float targets. Matches savatar.core.render.rasterize_cpu and
+gsplat's CUDA kernels (design.md: opacity-aware support, alpha capped at 0.999) up to the early
+stop at transmittance 1e-4 and float rounding."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,10 +11,10 @@ import moderngl
 import numpy as np
 import torch
 
-from savatar.core.camera import GL_FAR, GL_NEAR, Camera
-from savatar.core.gaussians import WorldGaussians
-from savatar.core.project_numpy import project
-from savatar.core.sh import camera_center, sh_to_rgb
+from savatar.core.gaussians.gaussians import WorldGaussians
+from savatar.core.gaussians.sh import camera_center, sh_to_rgb
+from savatar.core.render.camera import GL_FAR, GL_NEAR, Camera
+from savatar.core.render.project_numpy import project
 from savatar.gl.context import headless_context, program
 
 _INSTANCE_FLOATS = 14

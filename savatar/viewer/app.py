@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from savatar.core.antispike import AntiSpikeConfig, spike_mask, statistics
-from savatar.core.camera import scaled_camera
-from savatar.core.facing import skippable_faces, visible_gaussians
-from savatar.core.gaussians import GaussianAvatar
-from savatar.core.motion import Motion, load_motion, save_motion
-from savatar.core.pixels import to_uint8
-from savatar.core.rig import Rig
+from savatar.core.drive.motion import Motion, load_motion, save_motion
+from savatar.core.gaussians.antispike import AntiSpikeConfig, spike_mask, statistics
+from savatar.core.gaussians.facing import skippable_faces, visible_gaussians
+from savatar.core.gaussians.gaussians import GaussianAvatar
+from savatar.core.gaussians.rig import Rig
+from savatar.core.io.pixels import to_uint8
+from savatar.core.render.camera import scaled_camera
 from savatar.latest_slot import LatestSlot
 from savatar.viewer.drops import DropKind, classify
 from savatar.viewer.log import Log
@@ -152,7 +152,7 @@ class App:
         self.console.set_recent(self.settings.recent_files)
 
     def open_avatar(self, path: str) -> None:
-        from savatar.core.avatar_file import load_avatar
+        from savatar.core.io.avatar_file import load_avatar
 
         self.log.info(f"opening {path} ...")
         self.console.set_job(f"loading {Path(path).name} ...")
@@ -167,7 +167,7 @@ class App:
         self.jobs.submit("open", lambda: Rig.of(load_avatar(path)), done, lambda e: self._failed(f"cannot open {path}", e))
 
     def save_avatar(self, path: str | None) -> None:
-        from savatar.core.avatar_file import save_avatar
+        from savatar.core.io.avatar_file import save_avatar
 
         path = path or self.avatar_path
         if not path:
@@ -184,7 +184,7 @@ class App:
         self.log.info(f"saved {path}")
 
     def export_ply(self, path: str) -> None:
-        from savatar.core.ply import export_ply
+        from savatar.core.io.ply import export_ply
 
         g = self._world
         self.jobs.submit("export-ply", lambda: export_ply(g, path), lambda _: self.log.info(f"exported {path}"),
@@ -193,7 +193,7 @@ class App:
     def export_video(self, path: str, frames: int = 90) -> None:
         """The loaded motion (or an orbit) rendered at 512x512, one frame per loop iteration with
         the stage's GL context: the UI stays live and workers stay off GL."""
-        from savatar.core.video_file import VideoFileError, VideoWriter
+        from savatar.core.io.video_file import VideoFileError, VideoWriter
 
         motion = self.playback.motion
         count = len(motion) if motion else frames
@@ -381,7 +381,7 @@ class App:
 
     def build(self) -> None:
         """Build an avatar from the queued portraits on a worker; progress and cancel live."""
-        from savatar.core.build import BuildCancelled, build_avatar
+        from savatar.core.build.build import BuildCancelled, build_avatar
 
         if self._build_cancel is not None:
             self.log.warning("a build is already running")
@@ -401,7 +401,7 @@ class App:
 
         def run():
             if generator:
-                from savatar.core.generator import build_from_portraits
+                from savatar.core.build.generator import build_from_portraits
                 avatar, results = build_from_portraits(generator, paths, None, progress)
             else:
                 avatar, results = build_avatar(paths, count=count, progress=progress, cancel=cancel)
@@ -437,7 +437,7 @@ class App:
         refinement takes one core and the interface keeps the other. Frames: the portraits the
         avatar was built from (kept in its file), an image folder, or a video (tracked first, on
         a worker, with progress in the Refine panel)."""
-        from savatar.core.frame_sources import frames_from_images, frames_from_stored_sources, frames_from_video
+        from savatar.core.refine.frame_sources import frames_from_images, frames_from_stored_sources, frames_from_video
 
         if self.refiner is not None or self._refine_prep is not None:
             self.log.warning("a refinement is already running: stop it first")
@@ -479,8 +479,8 @@ class App:
     def _refine_config(st: dict, frame_count: int):
         """RefineConfig from the Refine panel's settings; the last frame is held out for the
         PSNR plot when there are more than two."""
-        from savatar.core.antispike import AntiSpikeConfig
-        from savatar.core.refine import RefineConfig
+        from savatar.core.gaussians.antispike import AntiSpikeConfig
+        from savatar.core.refine.refine import RefineConfig
 
         spike = AntiSpikeConfig(max_anisotropy=st["anisotropy_threshold"], max_size=st["size_threshold"],
                                 max_offset=st["offset_threshold"], weight_anisotropy=st["anisotropy_weight"],
@@ -491,7 +491,7 @@ class App:
 
     def refine_with(self, frames: list, cfg) -> None:
         """Run a Refiner on the shown avatar in a worker thread (see start_refine)."""
-        from savatar.core.refine import Refiner
+        from savatar.core.refine.refine import Refiner
 
         try:
             refiner = Refiner(self.rig.avatar, self.rig, frames, cfg)
@@ -764,8 +764,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size needs two numbers of at least 64")
     torch.set_num_threads(1)  # per-frame work is many small ops; one thread avoids pool hand-off costs
 
-    from savatar.commands.common import load_avatar_arg
     from savatar.cli_args import UserError
+    from savatar.commands.common import load_avatar_arg
 
     try:
         avatar = load_avatar_arg(args.avatar)

@@ -9,7 +9,7 @@ from typing import Protocol
 import dearpygui.dearpygui as dpg
 import numpy as np
 
-from savatar.core.antispike import AntiSpikeConfig
+from savatar.core.gaussians.antispike import AntiSpikeConfig
 from savatar.viewer.glx_context import SavedContext
 from savatar.viewer.state import DRIVE_SOURCES
 

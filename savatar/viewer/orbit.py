@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from savatar.core.camera import Camera, orbit_camera
+from savatar.core.render.camera import Camera, orbit_camera
 
 FACE_TARGET = (0.0, -0.03, -0.01)
 

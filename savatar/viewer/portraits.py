@@ -24,8 +24,8 @@ def check_portrait(path: str) -> Portrait:
     """Runs on a worker thread: MediaPipe and image decoding, no GUI."""
     import cv2
 
-    from savatar.core.build import check_sources
-    from savatar.core.face_landmarks import FaceLandmarker
+    from savatar.core.build.build import check_sources
+    from savatar.core.drive.face_landmarks import FaceLandmarker
 
     with FaceLandmarker() as landmarker:
         (result,), _ = check_sources([path], landmarker)

@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from savatar.core.atomic import atomic_path
+from savatar.core.io.atomic import atomic_path
 
 MAX_RECENT = 10
 

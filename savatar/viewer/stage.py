@@ -17,8 +17,8 @@ import torch
 # by the other (Dear PyGui) context; moderngl raises its own errors.
 pyglet.options["debug_gl"] = False
 
-from savatar.core.camera import Camera
-from savatar.core.gaussians import WorldGaussians
+from savatar.core.gaussians.gaussians import WorldGaussians
+from savatar.core.render.camera import Camera
 from savatar.gl.context import program
 from savatar.gl.mesh_renderer import MeshRenderer
 from savatar.gl.splat_renderer import SplatRenderer
@@ -120,7 +120,7 @@ class Stage:
     def upload(self, g: WorldGaussians, camera: Camera, settings: RenderSettings, spikes: np.ndarray | None,
                visible: torch.Tensor | None = None) -> None:
         """Sort and upload on the main thread (GL); spikes (N,) bool paints flagged ones red;
-        visible (N,) bool, when given, leaves the others out (savatar.core.facing)."""
+        visible (N,) bool, when given, leaves the others out (savatar.core.gaussians.facing)."""
         # Every GL entry point makes this window's context current: the console's is current
         # after each of its frames, and a buffer written there would land in the wrong context.
         self.window.switch_to()
@@ -169,7 +169,7 @@ class Stage:
         timings.record("draw", (time.perf_counter() - t0) * 1e3)
 
     def _draw_points(self, points: np.ndarray, cam: Camera) -> None:
-        from savatar.core.camera import gl_projection
+        from savatar.core.render.camera import gl_projection
         data = np.ascontiguousarray(points, np.float32)
         if data.nbytes > self._points_vbo.size:
             self._points_vbo.orphan(data.nbytes)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from savatar.core.head_model import POSE_DIM
-from savatar.core.motion import Motion
+from savatar.core.drive.motion import Motion
+from savatar.core.head.head_model import POSE_DIM
 
 DRIVE_SOURCES = ("sliders", "motion file", "webcam", "microphone", "audio file")
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.binding import default_avatar, deform
-from savatar.core.camera import orbit_camera
-from savatar.core.gaussians import WorldGaussians
-from savatar.core.open_head import open_head_model
-from savatar.core.rasterize_cpu import rasterize_cpu
+from savatar.core.gaussians.binding import default_avatar, deform
+from savatar.core.gaussians.gaussians import WorldGaussians
+from savatar.core.head.open_head import open_head_model
+from savatar.core.render.camera import orbit_camera
+from savatar.core.render.rasterize_cpu import rasterize_cpu
 from savatar.gl.splat_renderer import SplatRenderer
 
 SIZE = 192

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an 
 def app(tmp_path_factory):
     old_config = os.environ.get("SAVATAR_CONFIG_DIR")
     os.environ["SAVATAR_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
-    from savatar.core.binding import default_avatar
+    from savatar.core.gaussians.binding import default_avatar
     from savatar.viewer.app import App
 
     a = App(default_avatar(), None, (256, 256))
@@ -148,10 +148,10 @@ def drop(app, paths):
 
 
 def test_file_drops(app, tmp_path):
-    from savatar.core.avatar_file import save_avatar
-    from savatar.core.binding import init_avatar
-    from savatar.core.motion import Motion, save_motion
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.drive.motion import Motion, save_motion
+    from savatar.core.gaussians.binding import init_avatar
+    from savatar.core.head.open_head import load_open_head_data
+    from savatar.core.io.avatar_file import save_avatar
 
     data = load_open_head_data()
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "face.png")
@@ -184,7 +184,7 @@ def test_save_as_export_ply_and_mp4_from_the_console(app, tmp_path):
     import cv2
     from plyfile import PlyData
 
-    from savatar.core.avatar_file import load_avatar
+    from savatar.core.io.avatar_file import load_avatar
 
     app.save_avatar(str(tmp_path / "saved.h5"))
     app.export_ply(str(tmp_path / "scene.ply"))

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from savatar.core.open_head import load_open_head_data
+from savatar.core.head.open_head import load_open_head_data
 from savatar.drive.sources import AudioFileSource, DriveSourceError, MicrophoneSource, VideoSource
 
 
@@ -41,7 +41,7 @@ def test_missing_camera_and_file_are_one_line_errors(tmp_path):
 
 
 def test_microphone_without_device_is_a_clear_error(monkeypatch):
-    import savatar.core.lipsync as lipsync
+    import savatar.core.drive.lipsync as lipsync
 
     class FakeSd:
         class PortAudioError(Exception):
@@ -60,7 +60,7 @@ def test_audio_file_source_plays_by_the_clock_without_an_output_device(tmp_path,
     import shutil
     import subprocess
 
-    import savatar.core.lipsync as lipsync
+    import savatar.core.drive.lipsync as lipsync
 
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng not installed")

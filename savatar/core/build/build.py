@@ -7,13 +7,13 @@ is seen (depth test, viewing angle, person mask; a weighted mean, so the order a
 sources do not matter) and fill what no source saw (mirror, propagation over the surface,
 mouth defaults).
 
-Cameras live in the tracking world of savatar.core.tracking: camera at the origin looking along
-world -z (viewmat TRACKING_VIEWMAT), intrinsics intrinsics_for(W, H, FOV_Y_DEG). A source's view
-is reproduced with Camera(TRACKING_VIEWMAT, source.K, W, H) and the source's expr, pose and
+Cameras live in the tracking world of savatar.core.drive.tracking: camera at the origin looking
+along world -z (viewmat TRACKING_VIEWMAT), intrinsics intrinsics_for(W, H, FOV_Y_DEG). A source's
+view is reproduced with Camera(TRACKING_VIEWMAT, source.K, W, H) and the source's expr, pose and
 translation. The avatar rests at neutral: its layout is on the neutral head and default_expr is
 zero, only the colours come from the (posed) sources. The avatar keeps face crops of the
 sources with their fitted parameters and loss masks (metadata["sources"],
-savatar.core.frame_sources.stored_sources) for refinement.
+savatar.core.refine.frame_sources.stored_sources) for refinement.
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from savatar.core.binding import deform, face_frames, init_avatar
-from savatar.core.gaussians import GaussianAvatar, rgb_to_sh0
-from savatar.core.head_model import HeadModel, HeadModelData
-from savatar.core.pixels import to_uint8
-from savatar.core.tracking import FLIP, FaceFitter, TrackerParams, intrinsics_for
+from savatar.core.drive.tracking import FLIP, FaceFitter, TrackerParams, intrinsics_for
+from savatar.core.gaussians.binding import deform, face_frames, init_avatar
+from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
+from savatar.core.head.head_model import HeadModel, HeadModelData
+from savatar.core.io.pixels import to_uint8
 
 MAX_SIDE = 1024  # larger images are downscaled: landmarks and colours gain nothing above this
 MIN_FACE_PX = 80  # landmark box side below which colours would be a blur of a few pixels
@@ -463,10 +463,10 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     progress(fraction in [0, 1], stage name) is called between stages; setting cancel stops at
     the next check with BuildCancelled. Raises BuildError when no input is usable.
     """
-    from savatar.core.face_landmarks import FaceLandmarker
+    from savatar.core.drive.face_landmarks import FaceLandmarker
 
     if data is None:
-        from savatar.core.open_head import load_open_head_data
+        from savatar.core.head.open_head import load_open_head_data
         data = load_open_head_data()
 
     def step(fraction: float, stage: str) -> None:
@@ -517,8 +517,8 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     avatar.metadata["thumbnails"] = np.stack(thumbs)
     avatar.metadata["build"] = {"seen_fraction": float(seen.mean()), "sources": len(good)}
     step(0.95, "sources")
-    # What `savatar refine --sources` needs, kept in the avatar file (savatar.core.avatar_file).
-    from savatar.core.frame_sources import stored_sources
+    # What `savatar refine --sources` needs, kept in the avatar file (savatar.core.io.avatar_file).
+    from savatar.core.refine.frame_sources import stored_sources
     avatar.metadata["sources"] = stored_sources(good, data, shape)
     step(1.0, "done")
     return avatar, results

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from savatar.core.binding import deform, face_frames, init_avatar, quat_multiply
-from savatar.core.gaussians import SH_C0, GaussianAvatar, rgb_to_sh0, sh_coeff_count
-from savatar.core.head_model import HeadModel
+from savatar.core.gaussians.binding import deform, face_frames, init_avatar, quat_multiply
+from savatar.core.gaussians.gaussians import SH_C0, GaussianAvatar, rgb_to_sh0, sh_coeff_count
+from savatar.core.head.head_model import HeadModel
 
 # Below this total visibility weight a Gaussian keeps the head model's colour in the analytic
 # initialization (same threshold as the build pipeline's MIN_SEEN_WEIGHT).
@@ -120,7 +120,7 @@ class Views:
 def open_head() -> HeadModel:
     """The open head model, shared (kept out of Generator so its buffers are not module state
     that DDP would broadcast every step)."""
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.head.open_head import load_open_head_data
 
     return HeadModel(load_open_head_data())
 
@@ -296,7 +296,7 @@ class Generator(nn.Module):
 
 @lru_cache(maxsize=4)
 def _cached_layout(count: int, seed: int, sh_degree: int) -> GaussianAvatar:
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.head.open_head import load_open_head_data
 
     return init_avatar(load_open_head_data(), count, seed=seed, sh_degree=sh_degree)
 
@@ -324,7 +324,8 @@ _CHECKPOINT_KEYS = ("model", "optimizer", "step", "config", "generator_config", 
 
 
 def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """The plain contents of a generator checkpoint (savatar.core.generator_train.save_checkpoint).
+    """The plain contents of a generator checkpoint
+    (savatar.core.build.generator_train.save_checkpoint).
 
     Loaded with torch's weights-only unpickler: tensors and plain data only. A full pickle can
     run any code when it is opened, and checkpoints are files people share, so anything else is
@@ -349,7 +350,7 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
 
 
 def load_generator(ckpt: str | Path, device: torch.device | str = "cpu") -> Generator:
-    """A Generator from a checkpoint written by savatar.core.generator_train (eval mode);
+    """A Generator from a checkpoint written by savatar.core.build.generator_train (eval mode);
     CheckpointError when the file is not one."""
     state = read_checkpoint(ckpt, device)
     try:
@@ -366,7 +367,7 @@ def build_with_generator(ckpt: str | Path, images: Sequence[str | Path | np.ndar
     """The `savatar build --generator CKPT` path: portraits -> avatar in one forward pass.
 
     images: portrait files or (H, W, 3) arrays (checked and fitted with the build pipeline's
-    landmark fit, savatar.core.build, which needs MediaPipe), or Views whose cameras and head
+    landmark fit, savatar.core.build.build, which needs MediaPipe), or Views whose cameras and head
     parameters are already known. count: Gaussians (default: the checkpoint's layout size).
     """
     gen = load_generator(ckpt, device)  # a bad checkpoint fails before any fitting
@@ -393,16 +394,16 @@ def _generate(gen: Generator, ckpt: str | Path, views: Views, shape: torch.Tenso
 
 def build_from_portraits(ckpt: str | Path, paths: Sequence[str | Path], count: int | None = None,
                          progress: Callable[[float, str], None] | None = None):
-    """Like savatar.core.build.build_avatar, with a trained generator: every input is checked
-    and reported (SourceResult), the usable ones are fitted (identity and per-source head
+    """Like savatar.core.build.build.build_avatar, with a trained generator: every input is
+    checked and reported (SourceResult), the usable ones are fitted (identity and per-source head
     parameters, as the build does) and go through one forward pass. Like build_avatar, the
     avatar keeps the usable portraits for refinement (metadata["sources"],
-    savatar.core.frame_sources.stored_sources): the fitted parameters and cameras the generator
-    was given, with loss masks from a person segmentation. Returns (avatar, results);
-    BuildError when no input is usable."""
-    from savatar.core.build import person_masks
-    from savatar.core.frame_sources import stored_sources
-    from savatar.core.open_head import load_open_head_data
+    savatar.core.refine.frame_sources.stored_sources): the fitted parameters and cameras the
+    generator was given, with loss masks from a person segmentation. Returns (avatar,
+    results); BuildError when no input is usable."""
+    from savatar.core.build.build import person_masks
+    from savatar.core.head.open_head import load_open_head_data
+    from savatar.core.refine.frame_sources import stored_sources
 
     report = progress or (lambda fraction, stage: None)
     gen = load_generator(ckpt)  # a bad checkpoint fails before any fitting
@@ -423,10 +424,10 @@ def build_from_portraits(ckpt: str | Path, paths: Sequence[str | Path], count: i
 
 
 def _check_portraits(images: Sequence[str | Path | np.ndarray]) -> list:
-    """One SourceResult per input (savatar.core.build.check_sources, with the build's landmarker
-    settings); BuildError when none is usable."""
-    from savatar.core.build import BuildError, check_sources
-    from savatar.core.face_landmarks import FaceLandmarker
+    """One SourceResult per input (savatar.core.build.build.check_sources, with the build's
+    landmarker settings); BuildError when none is usable."""
+    from savatar.core.build.build import BuildError, check_sources
+    from savatar.core.drive.face_landmarks import FaceLandmarker
 
     with FaceLandmarker(static_images=True, max_faces=4) as landmarker:
         results, _ = check_sources(list(images), landmarker)
@@ -436,11 +437,11 @@ def _check_portraits(images: Sequence[str | Path | np.ndarray]) -> list:
 
 
 def _fit_sources(data, good: list) -> tuple[Views, torch.Tensor]:
-    """Usable SourceResults -> (Views in the tracking world of savatar.core.build, identity
-    shape (S,)). The fit (savatar.core.build.fit_identity) writes each source's K, expr, pose
-    and translation into it."""
-    from savatar.core.build import fit_identity
-    from savatar.core.tracking import TRACKING_VIEWMAT
+    """Usable SourceResults -> (Views in the tracking world of savatar.core.build.build,
+    identity shape (S,)). The fit (savatar.core.build.build.fit_identity) writes each source's
+    K, expr, pose and translation into it."""
+    from savatar.core.build.build import fit_identity
+    from savatar.core.drive.tracking import TRACKING_VIEWMAT
 
     shape = fit_identity(data, good)
     f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
@@ -456,8 +457,9 @@ def _fit_sources(data, good: list) -> tuple[Views, torch.Tensor]:
 
 
 def _fit_portraits(images: Sequence[str | Path | np.ndarray]) -> tuple[Views, torch.Tensor]:
-    """Portraits -> (Views in the tracking world of savatar.core.build, identity shape (S,))."""
-    from savatar.core.open_head import load_open_head_data
+    """Portraits -> (Views in the tracking world of savatar.core.build.build, identity shape
+    (S,))."""
+    from savatar.core.head.open_head import load_open_head_data
 
     good = [r for r in _check_portraits(images) if r.ok]
     return _fit_sources(load_open_head_data(), good)

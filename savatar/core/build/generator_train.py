@@ -1,5 +1,5 @@
-"""Training of the feed-forward generator (savatar.core.generator): data adapters, the two-phase
-schedule, checkpoints, and distribution with torch.distributed.
+"""Training of the feed-forward generator (savatar.core.build.generator): data adapters, the
+two-phase schedule, checkpoints, and distribution with torch.distributed.
 
 Schedule
 --------
@@ -22,13 +22,13 @@ every batch stays one well-defined task.
 Loss per sample: mean over its targets of the L1 photometric error of the generated avatar,
 posed with the target's head parameters and rendered through the differentiable renderer
 (render(..., backend=cfg.backend)), optionally + ssim_weight (1 - SSIM), plus the anti-spike
-penalties (savatar.core.antispike) of the generated avatar, each Gaussian's threshold raised to
-its layout value (see anchored_penalties). Batch loss: mean over samples.
+penalties (savatar.core.gaussians.antispike) of the generated avatar, each Gaussian's threshold
+raised to its layout value (see anchored_penalties). Batch loss: mean over samples.
 
 Data adapters (all stream from disk with a bounded LRU cache of decoded, resized frames)
 ---------------------------------------------------------------------------------------
 - videos (phase 1): a folder of talking-head videos (.mp4 .avi .mov .mkv .webm). Each is tracked
-  once with savatar.core.tracking.track_video (absolute translations) and the result cached
+  once with savatar.core.drive.tracking.track_video (absolute translations) and the result cached
   beside it as `<video>.track.npz` (expr, pose, translation, width, height, fov_y_deg); the
   camera is the tracking camera (TRACKING_VIEWMAT, intrinsics_for(width, height, fov_y_deg)).
 - capture (phase 2): a multi-view capture folder:
@@ -65,14 +65,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from savatar.core.antispike import QUANTITIES, AntiSpikeConfig, quantities, thresholds
-from savatar.core.atomic import atomic_path
-from savatar.core.binding import deform, init_avatar
-from savatar.core.camera import orbit_camera
-from savatar.core.gaussians import SH_C0, GaussianAvatar, rgb_to_sh0
-from savatar.core.generator import (CHECKPOINT_FORMAT, Generator, GeneratorConfig, Views, open_head, posed_vertices,
-                                    read_checkpoint)
-from savatar.core.render import render
+from savatar.core.build.generator import (CHECKPOINT_FORMAT, Generator, GeneratorConfig, Views, open_head,
+                                          posed_vertices, read_checkpoint)
+from savatar.core.gaussians.antispike import QUANTITIES, AntiSpikeConfig, quantities, thresholds
+from savatar.core.gaussians.binding import deform, init_avatar
+from savatar.core.gaussians.gaussians import SH_C0, GaussianAvatar, rgb_to_sh0
+from savatar.core.io.atomic import atomic_path
+from savatar.core.render.api import render
+from savatar.core.render.camera import orbit_camera
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -169,7 +169,7 @@ class SyntheticDataset:
 
     def avatar(self, seed: int) -> GaussianAvatar:
         if seed not in self._avatars:
-            from savatar.core.open_head import load_open_head_data
+            from savatar.core.head.open_head import load_open_head_data
 
             a = init_avatar(load_open_head_data(), self.count, seed=seed, bake_light=True)
             tint = np.random.default_rng(1000 + seed).uniform(0.5, 1.3, 3)
@@ -227,7 +227,7 @@ class VideoFolderDataset:
 
     def __init__(self, folder: str | Path, size: int = 64, cache_frames: int = 512, fov_y_deg: float = 50.0,
                  progress: Callable[[str], None] | None = None):
-        from savatar.core.tracking import TRACKING_VIEWMAT, intrinsics_for
+        from savatar.core.drive.tracking import TRACKING_VIEWMAT, intrinsics_for
 
         self.folder = Path(folder)
         self.videos = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
@@ -252,8 +252,8 @@ class VideoFolderDataset:
         if cache.is_file() and cache.stat().st_mtime >= video.stat().st_mtime:
             with np.load(cache) as z:
                 return {k: z[k] for k in z.files}
-        from savatar.core.open_head import load_open_head_data
-        from savatar.core.tracking import TrackerParams, track_video
+        from savatar.core.drive.tracking import TrackerParams, track_video
+        from savatar.core.head.open_head import load_open_head_data
 
         if progress is not None:
             progress(f"tracking {video.name}")
@@ -299,7 +299,7 @@ class CaptureDataset:
         self.folder = Path(folder)
         cams_file = self.folder / "cameras.json"
         if not cams_file.is_file():
-            raise FileNotFoundError(f"{cams_file}: missing (see savatar.core.generator_train)")
+            raise FileNotFoundError(f"{cams_file}: missing (see savatar.core.build.generator_train)")
         cams = json.loads(cams_file.read_text())
         self.size = size
         self.cameras = {name: (_f32(c["viewmat"]), _f32(_scaled_K(c["K"], int(c["width"]), int(c["height"]), size)))
@@ -482,10 +482,11 @@ def photometric_loss(avatar: GaussianAvatar, targets: Views, cfg: TrainConfig) -
 
 
 def anchored_penalties(avatar: GaussianAvatar, base: GaussianAvatar, cfg: AntiSpikeConfig) -> torch.Tensor:
-    """The three anti-spike hinges of savatar.core.antispike, each Gaussian's threshold raised to
-    its value in the base layout: a layout of few Gaussians has discs well over the default size
-    bound (500 Gaussians: up to 20 face units), and the generator must not be pushed to shrink
-    what it was given, only kept from growing spikes of its own. Scalar, weighted, summed."""
+    """The three anti-spike hinges of savatar.core.gaussians.antispike, each Gaussian's threshold
+    raised to its value in the base layout: a layout of few Gaussians has discs well over the
+    default size bound (500 Gaussians: up to 20 face units), and the generator must not be pushed
+    to shrink what it was given, only kept from growing spikes of its own. Scalar, weighted,
+    summed."""
     q, q0, t = quantities(avatar), quantities(base), thresholds(cfg)
     w = {"anisotropy": cfg.weight_anisotropy, "size": cfg.weight_size, "offset": cfg.weight_offset}
     return sum(w[k] * torch.relu(q[k] - torch.maximum(q0[k].detach(), torch.full_like(q0[k], t[k]))).mean()
@@ -563,7 +564,7 @@ def batch_samples(data: dict[str, Dataset], step: int, indices: Sequence[int], c
 def save_checkpoint(path: str | Path, generator: Generator, optimizer: torch.optim.Optimizer, step: int,
                     cfg: TrainConfig) -> None:
     """torch.save of model, optimizer, step and config; written beside and renamed over path
-    (savatar.core.atomic), so an interrupted save leaves the previous checkpoint intact."""
+    (savatar.core.io.atomic), so an interrupted save leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": generator.state_dict(), "optimizer": optimizer.state_dict(), "step": int(step),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from savatar.core.pixels import to_uint8
+from savatar.core.io.pixels import to_uint8
 
 
 class FaceLandmarker:

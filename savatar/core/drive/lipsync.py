@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from scipy.linalg import solve_toeplitz
 
-from savatar.core.motion import Motion
+from savatar.core.drive.motion import Motion
 
 VISEMES: tuple[str, ...] = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR",
                             "aa", "E", "ih", "oh", "ou")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from savatar.core.atomic import atomic_path
-from savatar.core.head_model import POSE_DIM
+from savatar.core.head.head_model import POSE_DIM
+from savatar.core.io.atomic import atomic_path
 
 
 class MotionFormatError(ValueError):
@@ -62,7 +62,7 @@ class Motion:
 
 
 def save_motion(motion: Motion, path: str | Path) -> None:
-    """Write atomically (see savatar.core.atomic)."""
+    """Write atomically (see savatar.core.io.atomic)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, fps=np.float32(motion.fps), expr=motion.expr.astype(np.float32),
                             pose=motion.pose.astype(np.float32), translation=motion.translation.astype(np.float32),

@@ -21,9 +21,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from savatar.core.camera import intrinsics_from_fov
-from savatar.core.head_model import HeadModelData
-from savatar.core.motion import Motion
+from savatar.core.drive.motion import Motion
+from savatar.core.head.head_model import HeadModelData
+from savatar.core.render.camera import intrinsics_from_fov
 
 # Camera at the origin, x right, y down, z forward = world (x, -y, -z) (OpenCV convention).
 FLIP = np.diag([1.0, -1.0, -1.0])
@@ -463,7 +463,7 @@ class FaceTracker:
 
     def __init__(self, data: HeadModelData, params: TrackerParams | None = None, K: np.ndarray | None = None,
                  shape: np.ndarray | None = None, landmarker=None, static_offset: np.ndarray | None = None):
-        from savatar.core.face_landmarks import FaceLandmarker
+        from savatar.core.drive.face_landmarks import FaceLandmarker
 
         self.data, self.params, self.shape = data, params or TrackerParams(), shape
         self.static_offset = static_offset

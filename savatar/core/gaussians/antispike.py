@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from savatar.core.gaussians import GaussianAvatar
+from savatar.core.gaussians.gaussians import GaussianAvatar
 
 
 @dataclass
@@ -22,7 +22,7 @@ class AntiSpikeConfig:
     its face's size, or whose centre sits more than 1.5 face units from its face, is a spike
     in the making (initial discs are about one face unit and sit on the face). The size weight
     is the strongest: against frames that reward oversized Gaussians, 5 keeps under 0.2% of
-    them over the bound through a run where 1 let 1% through (tests/core/test_refine.py)."""
+    them over the bound through a run where 1 let 1% through (tests/core/refine/test_refine.py)."""
 
     max_anisotropy: float = 10.0
     max_size: float = 2.0

@@ -10,9 +10,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from savatar.core.gaussians import GaussianAvatar, WorldGaussians, rgb_to_sh0, sh_coeff_count
-from savatar.core.head_model import HeadModelData
-from savatar.core.mesh_ops import face_areas
+from savatar.core.gaussians.gaussians import GaussianAvatar, WorldGaussians, rgb_to_sh0, sh_coeff_count
+from savatar.core.head.head_model import HeadModelData
+from savatar.core.head.mesh_ops import face_areas
 
 # Norms below this are treated as this, so degenerate (zero-area or zero-edge) faces give finite
 # frames and gradients instead of NaN.
@@ -142,7 +142,7 @@ def _faces_of(avatar: GaussianAvatar) -> np.ndarray:
     if head is not None:
         return head.faces
     if avatar.head_model == "open-head":
-        from savatar.core.open_head import load_open_head_data
+        from savatar.core.head.open_head import load_open_head_data
 
         return load_open_head_data().faces
     raise ValueError(f"deform needs the faces of head model {avatar.head_model!r}: pass faces=")
@@ -282,6 +282,6 @@ def init_avatar(data: HeadModelData, count: int, seed: int = 0,
 @lru_cache(maxsize=2)
 def default_avatar(count: int = 30000) -> GaussianAvatar:
     """init_avatar on the bundled open head model (cached: callers must not modify it in place)."""
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.head.open_head import load_open_head_data
 
     return init_avatar(load_open_head_data(), count, bake_light=True)

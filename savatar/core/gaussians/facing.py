@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from savatar.core.head_model import HeadModelData
+from savatar.core.head.head_model import HeadModelData
 
 # cos of the angle between a face's normal and the ray from the eye to it above which the face
 # counts as facing away: 0.3 keeps faces up to about 17 degrees past edge-on, enough for

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from savatar.core.binding import deform
-from savatar.core.gaussians import GaussianAvatar, WorldGaussians
-from savatar.core.head_model import HeadModel, HeadModelData
+from savatar.core.gaussians.binding import deform
+from savatar.core.gaussians.gaussians import GaussianAvatar, WorldGaussians
+from savatar.core.head.head_model import HeadModel, HeadModelData
 
 
 def head_data_for(avatar: GaussianAvatar, flame_dir: str | None = None) -> HeadModelData:
@@ -18,9 +18,9 @@ def head_data_for(avatar: GaussianAvatar, flame_dir: str | None = None) -> HeadM
     if data is not None:
         return data
     if avatar.head_model == "open-head":
-        from savatar.core.open_head import load_open_head_data
+        from savatar.core.head.open_head import load_open_head_data
         return load_open_head_data()
-    from savatar.core.flame import load_flame
+    from savatar.core.head.flame import load_flame
     return load_flame(flame_dir)
 
 

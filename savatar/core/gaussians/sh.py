@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from savatar.core.gaussians import SH_C0, sh_coeff_count
+from savatar.core.gaussians.gaussians import SH_C0, sh_coeff_count
 
 SH_C1 = 0.4886025119029199
 SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from savatar.core.head_model import NUM_JOINTS, HeadModelData
+from savatar.core.head.head_model import NUM_JOINTS, HeadModelData
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from importlib import resources
 
 import numpy as np
 
-from savatar.core.head_model import HeadModel, HeadModelData
+from savatar.core.head.head_model import HeadModel, HeadModelData
 
 ASSET = "open_head.npz"
 

@@ -23,7 +23,7 @@ Layout (format "savatar-avatar", version 1):
     mask (H, W) uint8: 255 where the pixel counts in the refinement loss (the person
       segmentation times the head mesh's silhouette dilated a little; gzip);
     K (3, 3) float32 intrinsics in pixels of this image; viewmat (4, 4) float32 world-to-camera
-      (OpenCV; the tracking camera, savatar.core.tracking.TRACKING_VIEWMAT);
+      (OpenCV; the tracking camera, savatar.core.drive.tracking.TRACKING_VIEWMAT);
     expr (E,) with E the head model's expression count, pose (15,), translation (3,) float32:
       the head parameters the build fitted to this portrait (the avatar's identity: /head).
   The avatar posed with a source's parameters and rendered with its camera lines up with its
@@ -44,9 +44,9 @@ import h5py
 import numpy as np
 import torch
 
-from savatar.core.atomic import atomic_path
-from savatar.core.gaussians import GaussianAvatar
-from savatar.core.head_model import HeadModelData
+from savatar.core.gaussians.gaussians import GaussianAvatar
+from savatar.core.head.head_model import HeadModelData
+from savatar.core.io.atomic import atomic_path
 
 FORMAT = "savatar-avatar"
 VERSION = 1
@@ -210,7 +210,7 @@ def save_avatar(avatar: GaussianAvatar, path: str | Path, head: HeadModelData | 
     if head is None:
         head = avatar.metadata.get("head_data")
     if head is None and avatar.head_model == "open-head":
-        from savatar.core.open_head import load_open_head_data
+        from savatar.core.head.open_head import load_open_head_data
 
         head = load_open_head_data()
     head_sha256 = _sha256(head_file) if head_file is not None else avatar.metadata.get("head_file_sha256")

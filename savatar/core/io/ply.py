@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from savatar.core.atomic import atomic_path
-from savatar.core.binding import deform, face_frames, matrix_to_quat, quat_multiply
-from savatar.core.gaussians import GaussianAvatar, WorldGaussians, sh_degree_of
-from savatar.core.head_model import HeadModel, HeadModelData
+from savatar.core.gaussians.binding import deform, face_frames, matrix_to_quat, quat_multiply
+from savatar.core.gaussians.gaussians import GaussianAvatar, WorldGaussians, sh_degree_of
+from savatar.core.head.head_model import HeadModel, HeadModelData
+from savatar.core.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _normalize_quats(q: np.ndarray) -> np.ndarray:
 
 
 def _write_atomic(path: Path, header: bytes, body: np.ndarray) -> None:
-    """header + body, atomically (see savatar.core.atomic)."""
+    """header + body, atomically (see savatar.core.io.atomic)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(header)
         body.tofile(fh)
@@ -215,7 +215,7 @@ def _vector(arr: np.ndarray, n: int, key: str, path: Path) -> np.ndarray:
 
 def _model_file_sha256(flame_dir: str | Path | None) -> str | None:
     """sha256 of the FLAME model file load_flame reads (avatar files record it for FLAME)."""
-    from savatar.core.flame import MODEL_FILES, find_flame_dir
+    from savatar.core.head.flame import MODEL_FILES, find_flame_dir
 
     d = find_flame_dir(flame_dir)
     model = next((d / f for f in MODEL_FILES if (d / f).is_file()), None) if d is not None else None
@@ -266,7 +266,7 @@ def import_gaussian_avatars(point_cloud_ply: str | Path, flame_param_npz: str | 
     binding = binding_f.astype(np.int64)
 
     if head is None:
-        from savatar.core.flame import FlameFormatError, load_flame
+        from savatar.core.head.flame import FlameFormatError, load_flame
 
         try:
             head = load_flame(flame_dir)

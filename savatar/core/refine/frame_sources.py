@@ -1,6 +1,6 @@
-"""Where refinement frames (savatar.core.refine.Frame) come from: a ground-truth rig rendered
-along a motion (tests, benches), a folder of images with their head parameters, a video, or the
-portraits an avatar was built from."""
+"""Where refinement frames (savatar.core.refine.refine.Frame) come from: a ground-truth rig
+rendered along a motion (tests, benches), a folder of images with their head parameters, a video,
+or the portraits an avatar was built from."""
 from __future__ import annotations
 
 import math
@@ -12,13 +12,13 @@ import cv2
 import numpy as np
 import torch
 
-from savatar.core.gaussians import GaussianAvatar
-from savatar.core.pixels import to_uint8
-from savatar.core.refine import Frame
-from savatar.core.render import render
+from savatar.core.gaussians.gaussians import GaussianAvatar
+from savatar.core.io.pixels import to_uint8
+from savatar.core.refine.refine import Frame
+from savatar.core.render.api import render
 
 if TYPE_CHECKING:
-    from savatar.core.build import SourceResult
+    from savatar.core.build.build import SourceResult
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -26,7 +26,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def frames_from_motion(rig_gt, expr: np.ndarray, pose: np.ndarray, translation: np.ndarray, cameras: Sequence,
                        backend: str = "cpu", background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[Frame]:
     """Render training frames from a ground-truth Rig. expr: (T, E); pose: (T, 15);
-    translation: (T, 3); frame t is seen by cameras[t % len(cameras)] (savatar.core.camera.Camera)."""
+    translation: (T, 3); frame t is seen by cameras[t % len(cameras)]
+    (savatar.core.render.camera.Camera)."""
     bg = torch.tensor(background, dtype=torch.float32)
     frames = []
     for t in range(len(expr)):
@@ -131,7 +132,7 @@ class View:
     PARAMS = ("K", "viewmat", "expr", "pose", "translation")
 
     def record(self) -> dict:
-        """The plain dict kept in avatar.metadata["sources"] (savatar.core.avatar_file)."""
+        """The plain dict kept in avatar.metadata["sources"] (savatar.core.io.avatar_file)."""
         return {"name": self.name, "image": self.image, "mask": self.mask,
                 **{k: np.asarray(getattr(self, k), np.float32) for k in self.PARAMS}}
 
@@ -210,7 +211,7 @@ class HeadMasker:
 
     def __init__(self, data, shape: np.ndarray | torch.Tensor | None = None,
                  static_offset: np.ndarray | torch.Tensor | None = None):
-        from savatar.core.head_model import HeadModel
+        from savatar.core.head.head_model import HeadModel
 
         self.model = HeadModel(data)
         self.faces = np.asarray(data.faces, np.int64)
@@ -257,7 +258,7 @@ def prepare_view(name: str, image: np.ndarray, K: np.ndarray, landmarks: np.ndar
     the landmarks (never upscaled), else the whole image downscaled. The person probability is
     person (H, W) of the full image cropped alike, or (person None) segmenter's on the prepared
     view."""
-    from savatar.core.tracking import TRACKING_VIEWMAT
+    from savatar.core.drive.tracking import TRACKING_VIEWMAT
 
     h, w = image.shape[:2]
     if crop:
@@ -280,12 +281,13 @@ def prepare_view(name: str, image: np.ndarray, K: np.ndarray, landmarks: np.ndar
 def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size: int = VIDEO_SIZE,
                       max_frames: int = VIDEO_MAX_FRAMES, stride: int | None = None,
                       fov_y_deg: float = VIDEO_FOV_Y_DEG, crop: bool = True,
-                      min_confidence: float = MIN_CONFIDENCE,
+                      min_confidence: float = MIN_CONFIDENCE, stop: int | None = None,
                       progress: Callable[[int, int], None] | None = None) -> list[Frame]:
     """Refinement frames from a monocular video of the avatar's person.
 
-    Every stride-th frame (default: spread over the clip so at most max_frames are used) is
-    tracked (savatar.core.tracking.FaceTracker, no smoothing) with the avatar's own identity
+    Every stride-th frame before frame stop (default: the whole clip; spread over it so at most
+    max_frames are used) is
+    tracked (savatar.core.drive.tracking.FaceTracker, no smoothing) with the avatar's own identity
     (shape and static offset), so the avatar posed with the tracked expr, pose and translation
     lines up with the frame. The camera is the tracker's (and the build's): viewmat
     TRACKING_VIEWMAT, K = intrinsics_for(W, H, fov_y_deg) of the tracked frame, adjusted for the
@@ -293,13 +295,13 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
     is HeadMasker's (person segmentation x dilated head-mesh silhouette). Frames with no face,
     or a fit whose confidence is below min_confidence, are left out.
 
-    data: the avatar's HeadModelData (default: savatar.core.rig.head_data_for(avatar)).
+    data: the avatar's HeadModelData (default: savatar.core.gaussians.rig.head_data_for(avatar)).
     progress(done, total): frames of the file read so far, and its frame count (0 if unknown).
     Raises OSError when the file cannot be read as a video, ValueError when no frame has a face;
     both name the file.
     """
-    from savatar.core.rig import head_data_for
-    from savatar.core.tracking import FaceTracker, TrackerParams, VideoReader, intrinsics_for
+    from savatar.core.drive.tracking import FaceTracker, TrackerParams, VideoReader, intrinsics_for
+    from savatar.core.gaussians.rig import head_data_for
 
     if size < 16 or max_frames < 1 or (stride is not None and stride < 1):
         raise ValueError("size must be >= 16, max_frames and stride >= 1")
@@ -309,8 +311,9 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
     frames: list[Frame] = []
     read = tracked = 0
     with VideoReader(path) as video:
+        end = video.count if stop is None else min(stop, video.count or stop)
         if stride is None:
-            stride = max(1, math.ceil(video.count / max_frames)) if video.count else 1
+            stride = max(1, math.ceil(end / max_frames)) if end else 1
         # Fitting more iterations per frame than live tracking does (the fit is about a
         # millisecond): frames may be stride apart, and each frame's alignment is what counts.
         params = TrackerParams(fov_y_deg=fov_y_deg, filter=False, iterations=10, static_images=False)
@@ -318,6 +321,8 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
         segmenter = PersonSegmenter()
         try:
             for i, rgb in video.frames(stride):
+                if stop is not None and i >= stop:
+                    break
                 read, tracked = i + 1, tracked + 1
                 h, w = rgb.shape[:2]
                 s = min(1.0, TRACK_SIDE / max(h, w))

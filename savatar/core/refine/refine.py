@@ -20,7 +20,7 @@ also optimizes face-local attributes with 3DGS's Adam setup:
 All of them are multiplied by `lr_scale`, halved on every divergence roll-back.
 
 Where frames come from (a rendered motion, a folder of images, a video, a build's portraits):
-savatar.core.frame_sources.
+savatar.core.refine.frame_sources.
 """
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from savatar.core.antispike import AntiSpikeConfig, QuantityStats, penalties, statistics
-from savatar.core.binding import deform
-from savatar.core.gaussians import GaussianAvatar
-from savatar.core.head_model import HeadModel
-from savatar.core.image_metrics import psnr, ssim
-from savatar.core.render import render, resolve_backend
+from savatar.core.gaussians.antispike import AntiSpikeConfig, QuantityStats, penalties, statistics
+from savatar.core.gaussians.binding import deform
+from savatar.core.gaussians.gaussians import GaussianAvatar
+from savatar.core.head.head_model import HeadModel
+from savatar.core.refine.image_metrics import psnr, ssim
+from savatar.core.render.api import render, resolve_backend
 
 # Attributes the refiner optimizes; `face` is deliberately absent.
 PARAMS = ("mean", "rot", "log_scale", "opacity_logit", "sh")
@@ -406,7 +406,7 @@ class Refiner:
         the resume state (Adam's moments, per-frame corrections, the frame sampler), so that
         resume_from continues exactly where it stopped; the finished avatar leaves it out (it
         would triple the file)."""
-        from savatar.core.avatar_file import save_avatar
+        from savatar.core.io.avatar_file import save_avatar
 
         path = Path(path or self.output)
         avatar = self.current_avatar()
@@ -464,7 +464,7 @@ class Refiner:
         rate scale and, when the checkpoint has them, Adam's moments and the frame sampler (an
         unfinished run's checkpoints do: the continuation is then the same as an uninterrupted
         run). From a finished avatar, Adam restarts from zero moments."""
-        from savatar.core.avatar_file import load_avatar
+        from savatar.core.io.avatar_file import load_avatar
 
         a = load_avatar(path)
         if len(a) != self.count or not torch.equal(a.face, self.source.face):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from savatar.core.gaussians import WorldGaussians
+from savatar.core.gaussians.gaussians import WorldGaussians
 
 # "gl" is a valid backend name for the viewer, which draws it with its own OpenGL path;
 # render() below cannot produce it.
@@ -56,12 +56,12 @@ def render(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int
     resolved = resolve_backend(backend)
     # Imported here: both rasterizers import RenderOutput from this module.
     if resolved == "cpu":
-        from savatar.core.rasterize_cpu import rasterize_cpu
+        from savatar.core.render.rasterize_cpu import rasterize_cpu
 
         return rasterize_cpu(g, viewmat, K, width, height, background, sh_degree=sh_degree,
                              rasterize_mode=rasterize_mode)
     if resolved == "gsplat":
-        from savatar.core.rasterize_gsplat import rasterize_gsplat
+        from savatar.core.render.rasterize_gsplat import rasterize_gsplat
 
         return rasterize_gsplat(g, viewmat, K, width, height, background, sh_degree=sh_degree,
                                 rasterize_mode=rasterize_mode)

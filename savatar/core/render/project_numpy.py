@@ -1,6 +1,6 @@
 """EWA projection of many Gaussians at once in plain numpy, for display.
 
-The same formulas as savatar.core.rasterize_cpu.project_gaussians (the differentiable
+The same formulas as savatar.core.render.rasterize_cpu.project_gaussians (the differentiable
 reference; tests compare the two), written as elementwise operations on (N,) columns: no
 (N, 3, 3) batched matmuls, which are slow on CPU, and no autograd. Used by the OpenGL splatter
 so its vertex shader only expands precomputed quads (llvmpipe runs vertex shaders on one core).

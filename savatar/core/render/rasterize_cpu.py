@@ -30,9 +30,9 @@ from typing import Callable
 
 import torch
 
-from savatar.core.gaussians import WorldGaussians
-from savatar.core.render import RenderOutput
-from savatar.core.sh import camera_center, sh_to_rgb
+from savatar.core.gaussians.gaussians import WorldGaussians
+from savatar.core.gaussians.sh import camera_center, sh_to_rgb
+from savatar.core.render.api import RenderOutput
 
 EPS2D = 0.3
 NEAR_PLANE = 0.01

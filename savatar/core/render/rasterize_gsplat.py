@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from savatar.core.gaussians import WorldGaussians
-from savatar.core.render import RenderOutput
+from savatar.core.gaussians.gaussians import WorldGaussians
+from savatar.core.render.api import RenderOutput
 
 
 def rasterize_gsplat(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int,

@@ -1,6 +1,6 @@
-"""Building an avatar from portraits (savatar.core.build) on scikit-image's astronaut: quality at
-the source camera, faces found in novel views, order independence, bad inputs, and held-out views
-of sources rendered from a known avatar."""
+"""Building an avatar from portraits (savatar.core.build.build) on scikit-image's astronaut:
+quality at the source camera, faces found in novel views, order independence, bad inputs, and
+held-out views of sources rendered from a known avatar."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +12,12 @@ import torch
 from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from savatar.core.build import BuildError, SourceResult, build_avatar, fill_unseen, rasterize_depth
-from savatar.core.camera import Camera, orbit_camera
-from savatar.core.face_landmarks import FaceLandmarker
-from savatar.core.gaussians import GaussianAvatar
-from savatar.core.rig import Rig
-from savatar.core.tracking import TRACKING_VIEWMAT
+from savatar.core.build.build import BuildError, SourceResult, build_avatar, fill_unseen, rasterize_depth
+from savatar.core.drive.face_landmarks import FaceLandmarker
+from savatar.core.drive.tracking import TRACKING_VIEWMAT
+from savatar.core.gaussians.gaussians import GaussianAvatar
+from savatar.core.gaussians.rig import Rig
+from savatar.core.render.camera import Camera, orbit_camera
 
 OUT = Path("/tmp/savatar_build_test")
 
@@ -31,7 +31,7 @@ def render(avatar: GaussianAvatar, camera: Camera, expr=None, pose=None, transla
         out = SplatRenderer().render(world, camera, background)
         return out.rgb, out.alpha[..., 0]
     except Exception:  # no EGL/GL on this machine: the reference renderer gives the same image
-        from savatar.core.render import render as cpu_render
+        from savatar.core.render.api import render as cpu_render
         with torch.no_grad():
             out = cpu_render(world, torch.tensor(camera.viewmat, dtype=torch.float32),
                              torch.tensor(camera.K, dtype=torch.float32), camera.width, camera.height,
@@ -192,8 +192,8 @@ def test_fill_mirror_and_propagation():
 
 def _fit_view(avatar: GaussianAvatar, image: np.ndarray):
     """Fitted (expr, pose, translation, K) of the avatar's identity to a rendered view."""
-    from savatar.core.build import FOV_Y_DEG
-    from savatar.core.tracking import FaceFitter, TrackerParams, intrinsics_for
+    from savatar.core.build.build import FOV_Y_DEG
+    from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_for
 
     rig = Rig.of(avatar)
     with FaceLandmarker() as landmarker:
@@ -235,7 +235,7 @@ def test_held_out_view_improves_with_sources(built):
 def test_cancel_stops_the_build(astronaut):
     import threading
 
-    from savatar.core.build import BuildCancelled
+    from savatar.core.build.build import BuildCancelled
 
     cancel = threading.Event()
     stages = []
@@ -252,7 +252,7 @@ def test_cancel_stops_the_build(astronaut):
 
 def test_bilinear_sampling_many_points():
     # More points than cv2.remap takes on one side (32767), as with the default 60K Gaussians.
-    from savatar.core.build import _bilinear
+    from savatar.core.build.build import _bilinear
 
     image = np.arange(8 * 8, dtype=np.float32).reshape(8, 8)
     uv = np.tile([[3.5, 2.5], [4.0, 2.5]], (20000, 1))  # a pixel centre, then halfway to the next

@@ -1,8 +1,9 @@
-"""The learned generator (savatar.core.generator) and its training (savatar.core.generator_train):
-order independence and K = 1..8 in one model, a tiny training run on synthetic renders that
-lowers the held-out loss, checkpoint round trip and resume, DDP over two CPU processes giving
-the gradient of one process on the combined batch, and a build from portrait files keeping its
-sources for refinement as the parameter-free build does."""
+"""The learned generator (savatar.core.build.generator) and its training
+(savatar.core.build.generator_train): order independence and K = 1..8 in one model, a tiny
+training run on synthetic renders that lowers the held-out loss, checkpoint round trip and
+resume, DDP over two CPU processes giving the gradient of one process on the combined batch, and
+a build from portrait files keeping its sources for refinement as the parameter-free build
+does."""
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.generator import Generator, GeneratorConfig, Views, load_generator
-from savatar.core.generator_train import (CaptureDataset, FrameCache, Objective, SyntheticDataset, TrainConfig,
-                                          batch_samples, evaluate, load_checkpoint, load_config, phase_of,
-                                          save_checkpoint, setup_distributed, shard, train, wrap_ddp)
+from savatar.core.build.generator import Generator, GeneratorConfig, Views, load_generator
+from savatar.core.build.generator_train import (CaptureDataset, FrameCache, Objective, SyntheticDataset, TrainConfig,
+                                                batch_samples, evaluate, load_checkpoint, load_config, phase_of,
+                                                save_checkpoint, setup_distributed, shard, train, wrap_ddp)
 
 SIZE = 32
 GEN = GeneratorConfig(count=500, image_size=SIZE, features=8, hidden=32)
@@ -77,7 +78,7 @@ def test_any_k_from_1_to_8_in_one_model(views8: Views) -> None:
 
 
 def test_untrained_generator_returns_the_analytic_init(views8: Views) -> None:
-    from savatar.core.generator import analytic_init
+    from savatar.core.build.generator import analytic_init
 
     g = Generator(GEN)
     base = g.default_layout()
@@ -142,7 +143,7 @@ def _payload_ran(message: str) -> str:
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, capsys) -> None:
     from savatar.cli import main
-    from savatar.core.generator import CheckpointError
+    from savatar.core.build.generator import CheckpointError
 
     g = perturbed_generator(3)
     cfg = small_config(tmp_path)
@@ -224,12 +225,12 @@ def test_build_from_portraits_keeps_its_sources(tmp_path: Path) -> None:
     from PIL import Image
     from skimage import data as skdata
 
-    from savatar.core.avatar_file import load_avatar, save_avatar
-    from savatar.core.build import build_avatar
-    from savatar.core.frame_sources import frames_from_stored_sources
-    from savatar.core.generator import build_from_portraits
-    from savatar.core.render import render
-    from savatar.core.rig import Rig
+    from savatar.core.build.build import build_avatar
+    from savatar.core.build.generator import build_from_portraits
+    from savatar.core.gaussians.rig import Rig
+    from savatar.core.io.avatar_file import load_avatar, save_avatar
+    from savatar.core.refine.frame_sources import frames_from_stored_sources
+    from savatar.core.render.api import render
 
     # Untrained, so the avatar is the analytic colour lifting; sources seen at 128 px so its
     # colours are sharp enough to show the alignment.

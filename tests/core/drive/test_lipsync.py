@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from savatar.core import lipsync
-from savatar.core.lipsync import (AudioUnavailableError, LipSync, lipsync_file, open_input_stream, read_audio,
-                                  resample)
-from savatar.core.motion import load_motion, save_motion
-from savatar.core.open_head import load_open_head_data
+from savatar.core.drive import lipsync
+from savatar.core.drive.lipsync import (AudioUnavailableError, LipSync, lipsync_file, open_input_stream, read_audio,
+                                        resample)
+from savatar.core.drive.motion import load_motion, save_motion
+from savatar.core.head.open_head import load_open_head_data
 
 SR = 16000
 GAP_S = 0.5

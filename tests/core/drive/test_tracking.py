@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.head_model import HeadModel
-from savatar.core.open_head import load_open_head_data
-from savatar.core.tracking import (FaceFitter, FaceTracker, LandmarkModel, OneEuroFilter, TrackerParams,
-                                   intrinsics_for, rodrigues, rotation_vector, track_video)
+from savatar.core.drive.tracking import (FaceFitter, FaceTracker, LandmarkModel, OneEuroFilter, TrackerParams,
+                                         intrinsics_for, rodrigues, rotation_vector, track_video)
+from savatar.core.head.head_model import HeadModel
+from savatar.core.head.open_head import load_open_head_data
 
 K = intrinsics_for(640, 480, 50.0)
 

@@ -16,11 +16,11 @@ import math
 import numpy as np
 import pytest
 
-from savatar.core.binding import default_avatar
-from savatar.core.camera import orbit_camera
-from savatar.core.face_landmarks import FaceLandmarker
-from savatar.core.rig import Rig
-from savatar.core.tracking import FaceTracker, TrackerParams
+from savatar.core.drive.face_landmarks import FaceLandmarker
+from savatar.core.drive.tracking import FaceTracker, TrackerParams
+from savatar.core.gaussians.binding import default_avatar
+from savatar.core.gaussians.rig import Rig
+from savatar.core.render.camera import orbit_camera
 from savatar.gl.splat_renderer import SplatRenderer
 
 SIZE = 512

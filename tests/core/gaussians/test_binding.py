@@ -1,4 +1,4 @@
-"""Face frames, quaternion helpers, deform and init_avatar (savatar.core.binding)."""
+"""Face frames, quaternion helpers, deform and init_avatar (savatar.core.gaussians.binding)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.binding import (default_avatar, deform, face_frames, init_avatar, matrix_to_quat,
-                                  quat_multiply, quat_to_matrix)
-from savatar.core.gaussians import GaussianAvatar
-from savatar.core.head_model import HeadModel, HeadModelData, axis_angle_to_matrix
-from savatar.core.mesh_ops import face_areas
-from savatar.core.open_head import load_open_head_data
+from savatar.core.gaussians.binding import (default_avatar, deform, face_frames, init_avatar, matrix_to_quat,
+                                            quat_multiply, quat_to_matrix)
+from savatar.core.gaussians.gaussians import GaussianAvatar
+from savatar.core.head.head_model import HeadModel, HeadModelData, axis_angle_to_matrix
+from savatar.core.head.mesh_ops import face_areas
+from savatar.core.head.open_head import load_open_head_data
 
 
 @pytest.fixture(scope="module")

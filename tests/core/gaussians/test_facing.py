@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.binding import default_avatar
-from savatar.core.camera import orbit_camera
-from savatar.core.facing import INNER_REGIONS, skippable_faces, visible_gaussians
-from savatar.core.render import render
-from savatar.core.rig import Rig
+from savatar.core.gaussians.binding import default_avatar
+from savatar.core.gaussians.facing import INNER_REGIONS, skippable_faces, visible_gaussians
+from savatar.core.gaussians.rig import Rig
+from savatar.core.render.api import render
+from savatar.core.render.camera import orbit_camera
 
 SIZE = 128
 

@@ -12,8 +12,8 @@ import pytest
 import scipy.sparse
 import torch
 
-from savatar.core import flame
-from savatar.core.flame import (
+from savatar.core.head import flame
+from savatar.core.head.flame import (
     FlameFormatError,
     find_flame_dir,
     flame_to_head_data,
@@ -21,7 +21,7 @@ from savatar.core.flame import (
     load_flame_pickle,
     load_landmark_embedding,
 )
-from savatar.core.head_model import HeadModel
+from savatar.core.head.head_model import HeadModel
 
 FLAME_V, FLAME_F = 5023, 9976
 UINT32_MAX = 4294967295  # how FLAME's kintree_table stores the root's parent
@@ -349,7 +349,7 @@ def test_load_flame_from_env_prefers_2023(tmp_path, monkeypatch, fake_chumpy):
     assert data.exprdirs.shape[2] == 6 and data.lmk_faces.shape == (105,)
     assert data.name == "flame"
     # The tracker maps detected MediaPipe landmarks onto FLAME's through the embedding's indices.
-    from savatar.core.tracking import mediapipe_indices
+    from savatar.core.drive.tracking import mediapipe_indices
     assert np.array_equal(mediapipe_indices(data), mp_ids)
     out = HeadModel(data)()
     assert out.landmarks.shape == (1, 105, 3)
@@ -362,7 +362,7 @@ def test_load_flame_without_embedding(tmp_path, fake_chumpy):
     write_flame_pickle(tmp_path / "generic_model.pkl", make_flame_arrays(k=302), fake_chumpy)
     data = load_flame(tmp_path, num_shape=50, num_expr=1)
     assert data.shapedirs.shape[2] == 50 and data.exprdirs.shape[2] == 1
-    from savatar.core.tracking import mediapipe_indices
+    from savatar.core.drive.tracking import mediapipe_indices
     with pytest.raises(ValueError, match="no MediaPipe landmark embedding"):
         mediapipe_indices(data)
     assert data.lmk_faces.shape == (0,) and data.lmk_bary.shape == (0, 3)

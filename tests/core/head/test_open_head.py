@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.camera import orbit_camera
-from savatar.core.head_model import HeadModel, JOINT_NAMES
-from savatar.core.open_head import load_open_head_data
+from savatar.core.head.head_model import HeadModel, JOINT_NAMES
+from savatar.core.head.open_head import load_open_head_data
+from savatar.core.render.camera import orbit_camera
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def renderer(data):
 
 @pytest.fixture(scope="module")
 def landmarker():
-    from savatar.core.face_landmarks import FaceLandmarker
+    from savatar.core.drive.face_landmarks import FaceLandmarker
     with FaceLandmarker() as lm:
         yield lm
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_open_head.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "build_open_head.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Avatar file round trip, validation of damaged files and atomic saves (savatar.core.avatar_file)."""
+"""Avatar file round trip, validation of damaged files and atomic saves
+(savatar.core.io.avatar_file)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core import avatar_file
-from savatar.core.avatar_file import AvatarFormatError, load_avatar, save_avatar
-from savatar.core.binding import init_avatar
-from savatar.core.gaussians import GaussianAvatar
-from savatar.core.open_head import load_open_head_data
+from savatar.core.gaussians.binding import init_avatar
+from savatar.core.gaussians.gaussians import GaussianAvatar
+from savatar.core.head.open_head import load_open_head_data
+from savatar.core.io import avatar_file
+from savatar.core.io.avatar_file import AvatarFormatError, load_avatar, save_avatar
 
 TENSORS = ("face", "mean", "rot", "log_scale", "opacity_logit", "sh", "shape", "static_offset", "default_expr")
 
@@ -184,9 +185,9 @@ def test_interrupted_save_keeps_previous_file(avatar: GaussianAvatar, saved: Pat
 
 def test_mediapipe_landmark_map_survives_the_file(tmp_path):
     """The tracker needs it: an avatar opened from a file must be trackable like the bundled one."""
-    from savatar.core.binding import init_avatar
-    from savatar.core.open_head import load_open_head_data
-    from savatar.core.tracking import mediapipe_indices
+    from savatar.core.drive.tracking import mediapipe_indices
+    from savatar.core.gaussians.binding import init_avatar
+    from savatar.core.head.open_head import load_open_head_data
 
     data = load_open_head_data()
     save_avatar(init_avatar(data, 200), tmp_path / "a.h5", head=data)

@@ -1,4 +1,4 @@
-"""3DGS PLY export/import and the GaussianAvatars importer (savatar.core.ply)."""
+"""3DGS PLY export/import and the GaussianAvatars importer (savatar.core.io.ply)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,13 +9,12 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from savatar.core.binding import deform, init_avatar
-from savatar.core.flame import FlameFormatError
-from savatar.core.gaussians import GaussianAvatar, WorldGaussians
-from savatar.core.head_model import HeadModelData
-from savatar.core.open_head import load_open_head_data, open_head_model
-from savatar.core.ply import (PlyFormatError, avatar_to_ply, export_ply, import_gaussian_avatars,
-                              read_ply_gaussians)
+from savatar.core.gaussians.binding import deform, init_avatar
+from savatar.core.gaussians.gaussians import GaussianAvatar, WorldGaussians
+from savatar.core.head.flame import FlameFormatError
+from savatar.core.head.head_model import HeadModelData
+from savatar.core.head.open_head import load_open_head_data, open_head_model
+from savatar.core.io.ply import PlyFormatError, avatar_to_ply, export_ply, import_gaussian_avatars, read_ply_gaussians
 
 INRIA_DEG3 = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
               + [f"f_rest_{i}" for i in range(45)]
@@ -158,7 +157,7 @@ def _ga_ply(path: Path, binding: np.ndarray, seed: int = 0) -> dict[str, np.ndar
 def _ga_world(verts: torch.Tensor, faces: np.ndarray, vals: dict[str, np.ndarray], binding: np.ndarray,
               legacy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """World means, scales, rotation matrices by GaussianAvatars' published formulas (a2 from
-    -(a1 x a0)), written independently of savatar.core.binding."""
+    -(a1 x a0)), written independently of savatar.core.gaussians.binding."""
     v = verts.double()
     f = torch.as_tensor(faces)
     v0, v1, v2 = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
@@ -183,7 +182,7 @@ def _ga_world(verts: torch.Tensor, faces: np.ndarray, vals: dict[str, np.ndarray
 
 
 def _rotation_of(q: torch.Tensor) -> torch.Tensor:
-    from savatar.core.binding import quat_to_matrix
+    from savatar.core.gaussians.binding import quat_to_matrix
 
     return quat_to_matrix(q.double())
 
@@ -214,7 +213,7 @@ def test_gaussian_avatars_import_maps_fields_and_matches_their_deformation(tmp_p
     assert av.head_model == "tiny" and av.default_expr.shape == (1,)
 
     # Our deform on a posed mesh reproduces GaussianAvatars' world Gaussians.
-    from savatar.core.head_model import HeadModel
+    from savatar.core.head.head_model import HeadModel
 
     pose = torch.zeros(1, 15)
     pose[0, :3] = torch.tensor([0.3, -0.5, 0.2])

@@ -1,8 +1,9 @@
-"""Refinement frames from a video and from the portraits a build keeps (savatar.core.frame_sources):
-a clip of the default avatar rendered with the tracking camera under known, varied parameters is
-tracked back into frames whose renders line up with the video; a build of scikit-image's
-astronaut keeps its source in the avatar file, which survives saving, loading and refinement,
-and a damaged sources group is refused naming the path inside the file."""
+"""Refinement frames from a video and from the portraits a build keeps
+(savatar.core.refine.frame_sources): a clip of the default avatar rendered with the tracking
+camera under known, varied parameters is tracked back into frames whose renders line up with the
+video; a build of scikit-image's astronaut keeps its source in the avatar file, which survives
+saving, loading and refinement, and a damaged sources group is refused naming the path inside
+the file."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,17 +18,17 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from savatar.core.avatar_file import AvatarFormatError, load_avatar, save_avatar
-from savatar.core.binding import default_avatar
-from savatar.core.camera import Camera
-from savatar.core.frame_sources import (
+from savatar.core.drive.tracking import TRACKING_VIEWMAT, intrinsics_for
+from savatar.core.gaussians.binding import default_avatar
+from savatar.core.gaussians.rig import Rig
+from savatar.core.io.avatar_file import AvatarFormatError, load_avatar, save_avatar
+from savatar.core.io.pixels import to_uint8
+from savatar.core.io.video_file import VideoWriter
+from savatar.core.refine.frame_sources import (
     View, face_box, frames_from_stored_sources, frames_from_video, resample,
 )
-from savatar.core.image_metrics import psnr
-from savatar.core.pixels import to_uint8
-from savatar.core.rig import Rig
-from savatar.core.tracking import TRACKING_VIEWMAT, intrinsics_for
-from savatar.core.video_file import VideoWriter
+from savatar.core.refine.image_metrics import psnr
+from savatar.core.render.camera import Camera
 
 W, H, FOV, N = 480, 360, 50.0, 10
 BG = (0.35, 0.45, 0.55)  # not white: the refiner's own background must not make masks look right
@@ -57,7 +58,7 @@ def drawer():
             out = splat.render(g, cam, BG)
             return out.rgb, out.alpha[..., 0]
     except Exception:
-        from savatar.core.render import render
+        from savatar.core.render.api import render
 
         def draw(g, cam):
             f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
@@ -190,7 +191,7 @@ def test_resample_crop_keeps_the_camera():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from savatar.core.build import build_avatar
+    from savatar.core.build.build import build_avatar
 
     avatar, results = build_avatar([skdata.astronaut()], count=3000)
     path = tmp_path_factory.mktemp("built") / "astronaut.h5"
@@ -255,7 +256,7 @@ def test_build_keeps_its_sources_through_save_and_load(built):
 def test_refined_avatar_keeps_the_sources(built, tmp_path):
     """Refiner.current_avatar (what its checkpoints save) carries the sources over; a full
     `savatar refine --sources` run is in tests/test_cli.py."""
-    from savatar.core.refine import RefineConfig, Refiner
+    from savatar.core.refine.refine import RefineConfig, Refiner
 
     _, _, path = built
     loaded = load_avatar(path)
@@ -266,8 +267,8 @@ def test_refined_avatar_keeps_the_sources(built, tmp_path):
 
 
 def test_avatar_without_sources_loads_and_says_what_to_use(tmp_path):
-    from savatar.core.binding import init_avatar
-    from savatar.core.open_head import load_open_head_data
+    from savatar.core.gaussians.binding import init_avatar
+    from savatar.core.head.open_head import load_open_head_data
 
     path = tmp_path / "old.h5"
     save_avatar(init_avatar(load_open_head_data(), 200), path)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.avatar_file import load_avatar, save_avatar
-from savatar.core.binding import init_avatar
-from savatar.core.camera import orbit_camera
-from savatar.core.open_head import load_open_head_data
-from savatar.core.frame_sources import frames_from_motion
-from savatar.core.image_metrics import psnr, ssim
-from savatar.core.refine import LayoutError, Refiner, RefineConfig
-from savatar.core.rig import Rig
+from savatar.core.gaussians.binding import init_avatar
+from savatar.core.gaussians.rig import Rig
+from savatar.core.head.open_head import load_open_head_data
+from savatar.core.io.avatar_file import load_avatar, save_avatar
+from savatar.core.refine.frame_sources import frames_from_motion
+from savatar.core.refine.image_metrics import psnr, ssim
+from savatar.core.refine.refine import LayoutError, Refiner, RefineConfig
+from savatar.core.render.camera import orbit_camera
 
 SIZE = 48
 COUNT = 2000

@@ -1,7 +1,8 @@
 """Refining from a video improves the avatar (savatar refine --video, end to end in the library):
 a clip of a "person" who differs from the start avatar in appearance (the same head with a tan,
 painted cheeks and forehead and darker brows) is rendered through the tracking camera, tracked
-with the START avatar's identity (savatar.core.frame_sources.frames_from_video) and refined on.
+with the START avatar's identity (savatar.core.refine.frame_sources.frames_from_video) and refined
+on.
 Held-out frames get clearly closer inside their masks, the colours move towards the person's,
 the layout stays; the same refinement on frames whose camera is 15 % off gains far less.
 
@@ -21,19 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_frame_sources import FOV, H, W, clip_params, drawer  # noqa: E402
 
-from savatar.core.binding import deform, init_avatar  # noqa: E402
-from savatar.core.camera import Camera  # noqa: E402
-from savatar.core.frame_sources import frames_from_video  # noqa: E402
-from savatar.core.gaussians import SH_C0, rgb_to_sh0  # noqa: E402
-from savatar.core.head_model import HeadModel  # noqa: E402
-from savatar.core.image_metrics import psnr  # noqa: E402
-from savatar.core.open_head import load_open_head_data  # noqa: E402
-from savatar.core.pixels import to_uint8  # noqa: E402
-from savatar.core.refine import RefineConfig, Refiner  # noqa: E402
-from savatar.core.render import render  # noqa: E402
-from savatar.core.rig import Rig  # noqa: E402
-from savatar.core.tracking import TRACKING_VIEWMAT, intrinsics_for  # noqa: E402
-from savatar.core.video_file import VideoWriter  # noqa: E402
+from savatar.core.drive.tracking import TRACKING_VIEWMAT, intrinsics_for  # noqa: E402
+from savatar.core.gaussians.binding import deform, init_avatar  # noqa: E402
+from savatar.core.gaussians.gaussians import SH_C0, rgb_to_sh0  # noqa: E402
+from savatar.core.gaussians.rig import Rig  # noqa: E402
+from savatar.core.head.head_model import HeadModel  # noqa: E402
+from savatar.core.head.open_head import load_open_head_data  # noqa: E402
+from savatar.core.io.pixels import to_uint8  # noqa: E402
+from savatar.core.io.video_file import VideoWriter  # noqa: E402
+from savatar.core.refine.frame_sources import frames_from_video  # noqa: E402
+from savatar.core.refine.image_metrics import psnr  # noqa: E402
+from savatar.core.refine.refine import RefineConfig, Refiner  # noqa: E402
+from savatar.core.render.api import render  # noqa: E402
+from savatar.core.render.camera import Camera  # noqa: E402
 
 COUNT = 5000  # Gaussians (the default avatar's layout, smaller: a CPU step costs ~0.15 s at 128 px)
 SIZE = 128  # refinement frames: face crops of 128x128

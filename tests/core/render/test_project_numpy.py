@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from savatar.core.camera import orbit_camera
-from savatar.core.project_numpy import project
-from savatar.core.rasterize_cpu import project_gaussians, support_cutoff
+from savatar.core.render.camera import orbit_camera
+from savatar.core.render.project_numpy import project
+from savatar.core.render.rasterize_cpu import project_gaussians, support_cutoff
 
 
 def test_matches_reference_projection():

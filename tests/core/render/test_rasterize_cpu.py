@@ -11,13 +11,13 @@ import types
 import pytest
 import torch
 
-from savatar.core import render as render_mod
-from savatar.core.gaussians import WorldGaussians, rgb_to_sh0
-from savatar.core.rasterize_cpu import (
+from savatar.core.gaussians.gaussians import WorldGaussians, rgb_to_sh0
+from savatar.core.gaussians.sh import camera_center, eval_sh, sh_to_rgb
+from savatar.core.render import api as render_mod
+from savatar.core.render.api import RenderOutput, available_backends, render, resolve_backend
+from savatar.core.render.rasterize_cpu import (
     ALPHA_MAX, ALPHA_MIN, covariance_3d, intersect_tiles, project_gaussians, rasterize_cpu,
 )
-from savatar.core.render import RenderOutput, available_backends, render, resolve_backend
-from savatar.core.sh import camera_center, eval_sh, sh_to_rgb
 
 torch_impl = pytest.importorskip("gsplat.cuda._torch_impl")
 
@@ -162,7 +162,7 @@ def test_imports_do_not_touch_cuda():
     backend (which would try a JIT build here). Checked in a fresh interpreter."""
     code = (
         "import sys\n"
-        "import savatar.core.render, savatar.core.rasterize_cpu, savatar.core.rasterize_gsplat\n"
+        "import savatar.core.render.api, savatar.core.render.rasterize_cpu, savatar.core.render.rasterize_gsplat\n"
         "assert 'gsplat' not in sys.modules\n"
         "import gsplat.cuda._torch_impl\n"
         "assert 'gsplat.cuda._backend' not in sys.modules\n"
@@ -473,7 +473,7 @@ def test_render_dispatches_to_cpu(monkeypatch):
 
 def test_gsplat_backend_refuses_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    from savatar.core.rasterize_gsplat import rasterize_gsplat
+    from savatar.core.render.rasterize_gsplat import rasterize_gsplat
 
     g = scene_in_view(3, torch.eye(4, dtype=F64), seed=11)
     with pytest.raises(RuntimeError, match="CUDA"):

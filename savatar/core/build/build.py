@@ -12,8 +12,8 @@ along world -z (viewmat TRACKING_VIEWMAT), intrinsics intrinsics_for(W, H, FOV_Y
 view is reproduced with Camera(TRACKING_VIEWMAT, source.K, W, H) and the source's expr, pose and
 translation. The avatar rests at neutral: its layout is on the neutral head and default_expr is
 zero, only the colours come from the (posed) sources. The avatar keeps face crops of the
-sources with their fitted parameters and loss masks (metadata["sources"],
-savatar.core.refine.frame_sources.stored_sources) for refinement.
+sources with their fitted parameters and loss masks (metadata["sources"], stored_sources) for
+refinement.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from savatar.core.gaussians.binding import deform, face_frames, init_avatar
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.head.head_model import HeadModel, HeadModelData
 from savatar.core.io.pixels import to_uint8
+from savatar.core.refine.frame_sources import HeadMasker, prepare_view
 
 MAX_SIDE = 1024  # larger images are downscaled: landmarks and colours gain nothing above this
 MIN_FACE_PX = 80  # landmark box side below which colours would be a blur of a few pixels
@@ -42,6 +43,7 @@ FOV_Y_DEG = 40.0  # guessed vertical field of view of a portrait camera
 SHAPE_PRIOR = 300.0  # px^2 per unit^2 of shape coefficient (one unit moves vertices 1-7 mm)
 SHAPE_LIMIT = 3.0
 THUMB_SIZE = 128
+SOURCE_SIDE = 512  # the avatar keeps its sources (stored_sources) with at most this side
 DEPTH_TOL = 0.005  # metres a Gaussian may lie behind the nearest surface and still count as seen
 MIRROR_RADIUS = 0.004  # metres from the mirrored position to the seen Gaussian it copies
 MIN_SEEN_WEIGHT = 0.02
@@ -518,7 +520,17 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     avatar.metadata["build"] = {"seen_fraction": float(seen.mean()), "sources": len(good)}
     step(0.95, "sources")
     # What `savatar refine --sources` needs, kept in the avatar file (savatar.core.io.avatar_file).
-    from savatar.core.refine.frame_sources import stored_sources
     avatar.metadata["sources"] = stored_sources(good, data, shape)
     step(1.0, "done")
     return avatar, results
+
+
+def stored_sources(results: Sequence[SourceResult], data, shape: np.ndarray,
+                   size: int = SOURCE_SIDE) -> list[dict]:
+    """A build's usable sources as the records avatar files keep for refinement
+    (avatar.metadata["sources"]): face crops of at most size pixels, their fitted head
+    parameters and camera, and HeadMasker's loss mask from the build's person segmentation."""
+    masker = HeadMasker(data, shape)
+    return [prepare_view(r.name, to_uint8(r.image), r.K, r.landmarks, r.expr, r.pose, r.translation, masker, size,
+                         person=r.mask).record()
+            for r in results if r.ok and r.image is not None]

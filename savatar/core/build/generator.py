@@ -398,12 +398,11 @@ def build_from_portraits(ckpt: str | Path, paths: Sequence[str | Path], count: i
     checked and reported (SourceResult), the usable ones are fitted (identity and per-source head
     parameters, as the build does) and go through one forward pass. Like build_avatar, the
     avatar keeps the usable portraits for refinement (metadata["sources"],
-    savatar.core.refine.frame_sources.stored_sources): the fitted parameters and cameras the
-    generator was given, with loss masks from a person segmentation. Returns (avatar,
-    results); BuildError when no input is usable."""
-    from savatar.core.build.build import person_masks
+    savatar.core.build.build.stored_sources): the fitted parameters and cameras the generator
+    was given, with loss masks from a person segmentation. Returns (avatar, results);
+    BuildError when no input is usable."""
+    from savatar.core.build.build import person_masks, stored_sources
     from savatar.core.head.open_head import load_open_head_data
-    from savatar.core.refine.frame_sources import stored_sources
 
     report = progress or (lambda fraction, stage: None)
     gen = load_generator(ckpt)  # a bad checkpoint fails before any fitting

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -16,9 +16,6 @@ from savatar.core.gaussians.gaussians import GaussianAvatar
 from savatar.core.io.pixels import to_uint8
 from savatar.core.refine.refine import Frame
 from savatar.core.render.api import render
-
-if TYPE_CHECKING:
-    from savatar.core.build.build import SourceResult
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -93,7 +90,6 @@ VIDEO_SIZE = 384  # longer side of refinement frames from a video or stored sour
 VIDEO_MAX_FRAMES = 200  # 2.4 MB each in memory at 384 px (float32 image and mask): under 0.5 GB
 VIDEO_FOV_Y_DEG = 50.0  # the tracker's default: most laptop and phone front cameras
 TRACK_SIDE = 1024  # frames are tracked at most this large (landmarks gain nothing above)
-SOURCE_SIDE = 512  # build sources are stored with at most this side
 CROP_SCALE = 2.3  # face crop side, in units of the landmark box's larger side (the hair fits in)
 CROP_RAISE = 0.15  # crop centre above the landmark box centre, in landmark box heights (hair)
 MASK_MARGIN = 0.03  # the head-mesh silhouette is dilated by this fraction of the image side
@@ -281,12 +277,11 @@ def prepare_view(name: str, image: np.ndarray, K: np.ndarray, landmarks: np.ndar
 def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size: int = VIDEO_SIZE,
                       max_frames: int = VIDEO_MAX_FRAMES, stride: int | None = None,
                       fov_y_deg: float = VIDEO_FOV_Y_DEG, crop: bool = True,
-                      min_confidence: float = MIN_CONFIDENCE, stop: int | None = None,
+                      min_confidence: float = MIN_CONFIDENCE,
                       progress: Callable[[int, int], None] | None = None) -> list[Frame]:
     """Refinement frames from a monocular video of the avatar's person.
 
-    Every stride-th frame before frame stop (default: the whole clip; spread over it so at most
-    max_frames are used) is
+    Every stride-th frame (default: spread over the clip so at most max_frames are used) is
     tracked (savatar.core.drive.tracking.FaceTracker, no smoothing) with the avatar's own identity
     (shape and static offset), so the avatar posed with the tracked expr, pose and translation
     lines up with the frame. The camera is the tracker's (and the build's): viewmat
@@ -311,9 +306,8 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
     frames: list[Frame] = []
     read = tracked = 0
     with VideoReader(path) as video:
-        end = video.count if stop is None else min(stop, video.count or stop)
         if stride is None:
-            stride = max(1, math.ceil(end / max_frames)) if end else 1
+            stride = max(1, math.ceil(video.count / max_frames)) if video.count else 1
         # Fitting more iterations per frame than live tracking does (the fit is about a
         # millisecond): frames may be stride apart, and each frame's alignment is what counts.
         params = TrackerParams(fov_y_deg=fov_y_deg, filter=False, iterations=10, static_images=False)
@@ -321,8 +315,6 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
         segmenter = PersonSegmenter()
         try:
             for i, rgb in video.frames(stride):
-                if stop is not None and i >= stop:
-                    break
                 read, tracked = i + 1, tracked + 1
                 h, w = rgb.shape[:2]
                 s = min(1.0, TRACK_SIDE / max(h, w))
@@ -351,17 +343,6 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
     if not frames:
         raise ValueError(f"{path}: no face found in any of the {tracked} frames tracked")
     return frames
-
-
-def stored_sources(results: Sequence[SourceResult], data, shape: np.ndarray,
-                   size: int = SOURCE_SIDE) -> list[dict]:
-    """A build's usable sources as the records avatar files keep for refinement
-    (avatar.metadata["sources"]): face crops of at most size pixels, their fitted head
-    parameters and camera, and HeadMasker's loss mask from the build's person segmentation."""
-    masker = HeadMasker(data, shape)
-    return [prepare_view(r.name, to_uint8(r.image), r.K, r.landmarks, r.expr, r.pose, r.translation, masker, size,
-                         person=r.mask).record()
-            for r in results if r.ok and r.image is not None]
 
 
 def frames_from_stored_sources(avatar: GaussianAvatar, size: int | None = None) -> list[Frame]:

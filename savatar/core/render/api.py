@@ -3,26 +3,16 @@ rasterizer everywhere, gsplat's CUDA rasterizer when a GPU is present. Both foll
 formation of design.md; "gl" (the viewer's OpenGL splatting) is drawn by the viewer itself."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from savatar.core.gaussians.gaussians import WorldGaussians
+from savatar.core.render.output import RenderOutput
+from savatar.core.render.rasterize_cpu import rasterize_cpu
+from savatar.core.render.rasterize_gsplat import rasterize_gsplat
 
 # "gl" is a valid backend name for the viewer, which draws it with its own OpenGL path;
 # render() below cannot produce it.
 KNOWN_BACKENDS = ("auto", "cpu", "gsplat", "gl")
-
-
-@dataclass
-class RenderOutput:
-    """rgb: (H, W, 3) with the background composited in; alpha: (H, W, 1) = 1 - final
-    transmittance; depth: (H, W, 1) expected camera-space z, sum(z_i a_i T_i) / alpha
-    (gsplat's "ED"), 0 where nothing was drawn."""
-
-    rgb: torch.Tensor
-    alpha: torch.Tensor
-    depth: torch.Tensor
 
 
 def available_backends() -> list[str]:
@@ -54,15 +44,10 @@ def render(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int
     sh_degree: SH bands to use (default: all that g holds).
     """
     resolved = resolve_backend(backend)
-    # Imported here: both rasterizers import RenderOutput from this module.
     if resolved == "cpu":
-        from savatar.core.render.rasterize_cpu import rasterize_cpu
-
         return rasterize_cpu(g, viewmat, K, width, height, background, sh_degree=sh_degree,
                              rasterize_mode=rasterize_mode)
     if resolved == "gsplat":
-        from savatar.core.render.rasterize_gsplat import rasterize_gsplat
-
         return rasterize_gsplat(g, viewmat, K, width, height, background, sh_degree=sh_degree,
                                 rasterize_mode=rasterize_mode)
     raise ValueError(f"backend {resolved!r} is drawn by the viewer's OpenGL path, not by render()")

@@ -32,7 +32,7 @@ import torch
 
 from savatar.core.gaussians.gaussians import WorldGaussians
 from savatar.core.gaussians.sh import camera_center, sh_to_rgb
-from savatar.core.render.api import RenderOutput
+from savatar.core.render.output import RenderOutput
 
 EPS2D = 0.3
 NEAR_PLANE = 0.01

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from savatar.core.gaussians.gaussians import WorldGaussians
-from savatar.core.render.api import RenderOutput
+from savatar.core.render.output import RenderOutput
 
 
 def rasterize_gsplat(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int,

@@ -14,7 +14,8 @@ import torch
 from savatar.core.gaussians.gaussians import WorldGaussians, rgb_to_sh0
 from savatar.core.gaussians.sh import camera_center, eval_sh, sh_to_rgb
 from savatar.core.render import api as render_mod
-from savatar.core.render.api import RenderOutput, available_backends, render, resolve_backend
+from savatar.core.render.api import available_backends, render, resolve_backend
+from savatar.core.render.output import RenderOutput
 from savatar.core.render.rasterize_cpu import (
     ALPHA_MAX, ALPHA_MIN, covariance_3d, intersect_tiles, project_gaussians, rasterize_cpu,
 )

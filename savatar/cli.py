@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from savatar.cli_args import UserError
-from savatar.commands import avatar, build, drive, generator, head, refine, render
+from savatar.commands import avatar, build, drive, generator, head, reenact, refine, render
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="savatar", description="SpatialAvatar: 3D Gaussian head avatars from the command line.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (head, avatar, render, drive, build, refine, generator):
+    for module in (head, avatar, render, drive, reenact, build, refine, generator):
         module.register(sub)
     return parser
 

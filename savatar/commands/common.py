@@ -40,10 +40,14 @@ def make_rig(avatar: GaussianAvatar, flame_dir: str | None = None):
 
 @dataclass
 class FrameRenderer:
-    """Renders WorldGaussians for a camera to an (H, W, 3) float image with one backend."""
+    """Renders WorldGaussians for a camera with one backend: draw_with_alpha gives the (H, W, 3)
+    float image on the background and its (H, W) alpha, draw the image alone."""
 
     backend: str
-    draw: Callable[[WorldGaussians, Camera], np.ndarray]
+    draw_with_alpha: Callable[[WorldGaussians, Camera], tuple[np.ndarray, np.ndarray]]
+
+    def draw(self, g: WorldGaussians, camera: Camera) -> np.ndarray:
+        return self.draw_with_alpha(g, camera)[0]
 
 
 def frame_renderer(backend: str, background: tuple[float, float, float]) -> FrameRenderer:
@@ -55,7 +59,12 @@ def frame_renderer(backend: str, background: tuple[float, float, float]) -> Fram
             splat = SplatRenderer()
         except GLUnavailableError as exc:
             raise UserError(str(exc)) from None
-        return FrameRenderer("gl", lambda g, cam: splat.render(g, cam, background).rgb)
+
+        def draw_gl(g: WorldGaussians, cam: Camera) -> tuple[np.ndarray, np.ndarray]:
+            image = splat.render(g, cam, background)
+            return image.rgb, image.alpha[..., 0]
+
+        return FrameRenderer("gl", draw_gl)
     from savatar.core.render.api import render, resolve_backend
     try:
         resolved = resolve_backend(backend)
@@ -63,11 +72,11 @@ def frame_renderer(backend: str, background: tuple[float, float, float]) -> Fram
         raise UserError(str(exc)) from None
     bg = torch.tensor(background, dtype=torch.float32)
 
-    def draw(g: WorldGaussians, cam: Camera) -> np.ndarray:
+    def draw(g: WorldGaussians, cam: Camera) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
             out = render(g, torch.tensor(cam.viewmat, dtype=torch.float32), torch.tensor(cam.K, dtype=torch.float32),
                          cam.width, cam.height, bg, backend=resolved)
-        return out.rgb.cpu().numpy()
+        return out.rgb.cpu().numpy(), out.alpha[..., 0].cpu().numpy()
 
     return FrameRenderer(resolved, draw)
 

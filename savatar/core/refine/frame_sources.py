@@ -277,11 +277,12 @@ def prepare_view(name: str, image: np.ndarray, K: np.ndarray, landmarks: np.ndar
 def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size: int = VIDEO_SIZE,
                       max_frames: int = VIDEO_MAX_FRAMES, stride: int | None = None,
                       fov_y_deg: float = VIDEO_FOV_Y_DEG, crop: bool = True,
-                      min_confidence: float = MIN_CONFIDENCE,
+                      min_confidence: float = MIN_CONFIDENCE, stop: int | None = None,
                       progress: Callable[[int, int], None] | None = None) -> list[Frame]:
     """Refinement frames from a monocular video of the avatar's person.
 
-    Every stride-th frame (default: spread over the clip so at most max_frames are used) is
+    Every stride-th frame before frame stop (default: the whole clip; spread over it so at most
+    max_frames are used) is
     tracked (savatar.core.drive.tracking.FaceTracker, no smoothing) with the avatar's own identity
     (shape and static offset), so the avatar posed with the tracked expr, pose and translation
     lines up with the frame. The camera is the tracker's (and the build's): viewmat
@@ -306,8 +307,9 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
     frames: list[Frame] = []
     read = tracked = 0
     with VideoReader(path) as video:
+        end = video.count if stop is None else min(stop, video.count or stop)
         if stride is None:
-            stride = max(1, math.ceil(video.count / max_frames)) if video.count else 1
+            stride = max(1, math.ceil(end / max_frames)) if end else 1
         # Fitting more iterations per frame than live tracking does (the fit is about a
         # millisecond): frames may be stride apart, and each frame's alignment is what counts.
         params = TrackerParams(fov_y_deg=fov_y_deg, filter=False, iterations=10, static_images=False)
@@ -315,6 +317,8 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
         segmenter = PersonSegmenter()
         try:
             for i, rgb in video.frames(stride):
+                if stop is not None and i >= stop:
+                    break
                 read, tracked = i + 1, tracked + 1
                 h, w = rgb.shape[:2]
                 s = min(1.0, TRACK_SIDE / max(h, w))

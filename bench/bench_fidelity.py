@@ -1,0 +1,118 @@
+"""Fidelity on real people: self-reenactment of real clips (the one-shot avatar papers' protocol).
+
+For each clip of the real development set (SAVATAR_REAL_DIR, default ../shared/real beside the
+repository; the entry is skipped with a one-line message where it is absent):
+(a) one-shot: an avatar built from the clip's first frame, driven by the tracked rest;
+(b) from video: the same avatar refined on the clip's first half (REFINE_ITERATIONS at
+    REFINE_SIZE px), driven by the tracked second half.
+Scores (savatar.core.reenact.scores) over at most SCORED_FRAMES frames evenly spread over the
+driven part: PSNR in the real frame's head mask, PSNR and SSIM of the matted head crop, coverage,
+landmark distance and the face signals' correlations; build, refine and reenact times.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import entry
+from bench.display import x_display
+
+REAL_DIR = Path(os.environ.get("SAVATAR_REAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "real"))
+SCORED_FRAMES = 40
+REFINE_ITERATIONS = 150
+REFINE_SIZE = 192
+REFINE_FRAMES = 40
+
+
+def _scores(clip, avatar, rig, draw, frames) -> dict:
+    from savatar.core.reenact.reenact import reenact
+    from savatar.core.reenact.scores import summarize
+
+    t0 = time.perf_counter()
+    scored = [f.scores for f in reenact(clip, avatar, draw, self_reenactment=True, frames=frames, rig=rig)]
+    out = summarize(scored)
+    out["reenact_s_per_frame"] = (time.perf_counter() - t0) / max(len(scored), 1)
+    return out
+
+
+def _spread(start: int, stop: int, count: int) -> list[int]:
+    return sorted({int(round(x)) for x in np.linspace(start, stop - 1, min(count, stop - start))})
+
+
+def _first_frame(path: Path) -> np.ndarray:
+    from savatar.core.drive.tracking import VideoReader
+
+    with VideoReader(path) as video:
+        return next(video.frames())[1]
+
+
+def _clip_entry(path: Path, draw) -> dict[str, float]:
+    import torch
+
+    from savatar.core.build.build import build_avatar
+    from savatar.core.gaussians.rig import Rig
+    from savatar.core.reenact.reenact import track_clip
+    from savatar.core.refine.frame_sources import frames_from_video
+    from savatar.core.refine.refine import RefineConfig, Refiner
+
+    t0 = time.perf_counter()
+    avatar, _ = build_avatar([_first_frame(path)])
+    build_s = time.perf_counter() - t0
+    rig = Rig.of(avatar)
+    clip = track_clip(path, avatar, rig.data)
+    n = len(clip)
+    half = n // 2
+    one_shot = _scores(clip, avatar, rig, draw, _spread(1, n, SCORED_FRAMES))
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(2)
+    frames = frames_from_video(path, avatar, rig.data, size=REFINE_SIZE, max_frames=REFINE_FRAMES,
+                               stop=int(clip.indices[half]))
+    refiner = Refiner(avatar, rig, frames, RefineConfig(iterations=REFINE_ITERATIONS, backend="cpu",
+                                                        report_every=10 ** 9, checkpoint_every=0))
+    refiner.run()
+    refined = refiner.current_avatar()
+    refine_s = time.perf_counter() - t0
+    video = _scores(clip, refined, Rig(refined, rig.model), draw, _spread(half, n, SCORED_FRAMES))
+
+    out: dict[str, float] = {"frames_count": float(n), "build_s": build_s, "refine_s": refine_s}
+    for label, s in (("oneshot", one_shot), ("video", video)):
+        for key in ("psnr_mask", "psnr_crop", "ssim_crop", "coverage", "landmark_distance", "correlation_mean",
+                    "reenact_s_per_frame"):
+            unit = {"psnr_mask": "_db", "psnr_crop": "_db", "landmark_distance": "_iod"}.get(key, "")
+            out[f"{label}_{key}{unit}"] = float(s[key])
+        for signal, r in s["correlation"].items():
+            out[f"{label}_corr_{signal}"] = float(r)
+    return out
+
+
+@entry("fidelity")
+def fidelity() -> dict[str, float]:
+    clips = sorted(REAL_DIR.glob("*.mp4")) if REAL_DIR.is_dir() else []
+    if not clips:
+        print(f"fidelity: skipped, no real clips in {REAL_DIR} (set SAVATAR_REAL_DIR)", file=sys.stderr)
+        return {}
+    with x_display():
+        from savatar.gl.splat_renderer import SplatRenderer
+
+        splat = SplatRenderer()
+
+        def draw(g, cam):
+            image = splat.render(g, cam, (1.0, 1.0, 1.0))
+            return image.rgb, image.alpha[..., 0]
+
+        out: dict[str, float] = {}
+        per_clip = []
+        for path in clips:
+            numbers = _clip_entry(path, draw)
+            per_clip.append(numbers)
+            out.update({f"{path.stem}_{k}": v for k, v in numbers.items()})
+        for key in per_clip[0]:
+            values = [c[key] for c in per_clip if math.isfinite(c[key])]
+            out[f"mean_{key}"] = float(np.mean(values)) if values else float("nan")
+    return out

@@ -1,0 +1,140 @@
+"""`savatar reenact`: animate an avatar with a video of a face, frame for frame, and say how
+faithful it was."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from savatar.cli_args import UserError
+from savatar.commands.common import frame_renderer, load_avatar_arg, make_rig, parse_color, tracking_bar
+from savatar.commands.progress import progress_bar
+
+
+def cmd_reenact(args: argparse.Namespace) -> int:
+    from savatar.core.io.atomic import atomic_path
+    from savatar.core.io.video_file import VideoFileError, VideoWriter
+    from savatar.core.reenact.reenact import reenact, side_by_side, track_clip
+    from savatar.core.reenact.scores import summarize
+
+    video = Path(args.video)
+    if not video.is_file():
+        raise UserError(f"{video}: no such file")
+    out = Path(args.output)
+    as_video = out.suffix.lower() == ".mp4"
+    if not as_video and out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder (give a folder for PNG frames, or an .mp4)")
+    avatar = load_avatar_arg(args.avatar)
+    rig = make_rig(avatar)
+    background = parse_color(args.background)
+    drawer = frame_renderer(args.backend, background)
+    try:
+        with tracking_bar("track") as progress:
+            clip = track_clip(video, avatar, rig.data, fov_y_deg=args.fov, progress=progress)
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+    width = clip.width * (3 if args.side_by_side else 1)
+    writer = None
+    if as_video:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            writer = VideoWriter(out, clip.fps, width, clip.height)
+        except VideoFileError as exc:
+            raise UserError(str(exc)) from None
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    scores = []
+    try:
+        bar = progress_bar(total=len(clip), desc=f"reenact ({drawer.backend})", unit="frame")
+        for f in reenact(clip, avatar, drawer.draw_with_alpha, background, args.self_reenactment, rig=rig):
+            image = side_by_side(f) if args.side_by_side else _uint8(f.render)
+            if writer is not None:
+                writer.write(image)
+            else:
+                _write_png(out / f"{f.index:06d}.png", image)
+            scores.append(f.scores)
+            bar.update(1)
+        bar.close()
+    except BaseException as exc:
+        if writer is not None:
+            writer.abort()
+        if isinstance(exc, OSError):  # the video changed size or broke off between the two passes
+            raise UserError(str(exc)) from None
+        raise
+    if writer is not None:
+        writer.close()
+        if args.side_by_side:
+            _mux_audio(out, video)
+    summary = summarize(scores)
+    if args.metrics:
+        report = {"video": str(video), "avatar": args.avatar or "(bundled default avatar)",
+                  "self_reenactment": args.self_reenactment, "fps": clip.fps, "width": clip.width,
+                  "height": clip.height, "summary": summary, "frames": [s.to_json() for s in scores]}
+        with atomic_path(args.metrics) as tmp:
+            tmp.write_text(json.dumps(report, indent=1, allow_nan=True))
+    print(f"wrote {out}: {len(scores)} frames at {clip.fps:g} fps, {len(summary['frames_without_face'])} without a face"
+          f" (pose held); {_summary_line(summary)}")
+    return 0
+
+
+def _uint8(image):
+    from savatar.core.io.pixels import to_uint8
+    return to_uint8(image)
+
+
+def _write_png(path: Path, rgb) -> None:
+    from PIL import Image
+
+    from savatar.core.io.atomic import atomic_path
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+
+
+def _summary_line(s: dict) -> str:
+    parts = []
+    if "psnr_mask" in s:
+        parts.append(f"PSNR in head mask {s['psnr_mask']:.2f} dB, matted head crop {s['psnr_crop']:.2f} dB, "
+                     f"SSIM {s['ssim_crop']:.3f}, coverage {100 * s['coverage']:.1f}%")
+    parts.append(f"landmark distance {s['landmark_distance']:.3f} IOD, signal correlation {s['correlation_mean']:.2f}")
+    return "; ".join(parts)
+
+
+def _mux_audio(out: Path, source: Path) -> None:
+    """The source video's audio into out, when ffmpeg is on PATH and the source has any."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("ffmpeg"):
+        print("no ffmpeg on PATH: the side-by-side video has no audio")
+        return
+    muxed = out.with_name(f".{out.stem}.mux{out.suffix}")
+    proc = subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(out), "-i", str(source), "-map", "0:v:0",
+                           "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac", "-shortest", str(muxed)],
+                          capture_output=True, text=True)
+    if proc.returncode == 0:
+        muxed.replace(out)
+    else:
+        muxed.unlink(missing_ok=True)
+        print(f"ffmpeg could not carry the audio over: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("reenact", help="animate an avatar with a video of a face, frame for frame, and score it",
+                       description="Track VIDEO with the avatar's identity held fixed and render the avatar in the "
+                                   "tracker's camera at the video's own size, frame for frame (frames without a "
+                                   "face hold the last pose).")
+    p.add_argument("video", help="a video of a face")
+    p.add_argument("--avatar", help="avatar .h5 (default: the bundled avatar)")
+    p.add_argument("-o", "--output", required=True,
+                   help="an .mp4, or a folder (created when missing) for lossless PNG frames 000000.png, ...")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="real | avatar | per-pixel error in each frame (with the video's audio when ffmpeg is there)")
+    p.add_argument("--background", default="1,1,1", help="R,G,B of the background (default white)")
+    p.add_argument("--metrics", metavar="M.json", help="write per-frame and mean scores to this JSON file")
+    p.add_argument("--self-reenactment", action="store_true",
+                   help="the avatar is of the person in the video: also score the pixels (PSNR in the head mask "
+                        "and of the matted head crop, SSIM, coverage)")
+    p.add_argument("--fov", type=float, default=50.0, help="the video camera's vertical field of view in degrees")
+    p.add_argument("--backend", default="gl", choices=("gl", "cpu", "gsplat", "auto"), help="renderer (default gl)")
+    p.set_defaults(func=cmd_reenact)

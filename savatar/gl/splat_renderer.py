@@ -1,6 +1,6 @@
 """OpenGL Gaussian splatting (the `gl` backend): instanced quads, a per-frame depth sort on the
 CPU, front-to-back blending into float targets. Matches savatar.core.render.rasterize_cpu and
-gsplat's CUDA kernels (design.md: opacity-aware support, alpha capped at 0.999) up to the early
+gsplat's CUDA kernels (docs/conventions.md: opacity-aware support, alpha capped at 0.999) up to the early
 stop at transmittance 1e-4 and float rounding."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #version 330
 // Front-to-back compositing: blending adds src * (1 - dst.a), so with premultiplied colour the
 // accumulated rgb is sum(c a T) and the accumulated alpha is 1 - T.
-// Per pixel as gsplat's CUDA rasterizer (design.md): alpha capped at 0.999, contributions below
+// Per pixel as gsplat's CUDA rasterizer (docs/conventions.md): alpha capped at 0.999, contributions below
 // 1/255 skipped; the quad is the opacity-aware support ellipse's rectangle (project_numpy).
 uniform vec2 image_size;
 flat in vec2 v_centre;

@@ -1,4 +1,4 @@
-"""The OpenGL splatter agrees with the CPU rasterizer (design.md's image formation, as gsplat's
+"""The OpenGL splatter agrees with the CPU rasterizer (the image formation of docs/conventions.md, as gsplat's
 CUDA kernels do it)."""
 from __future__ import annotations
 

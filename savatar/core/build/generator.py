@@ -16,7 +16,7 @@ Pipeline for one subject with K sources (any K >= 1, any order):
    opacity logit and SH. Its last layer starts at zero, so an untrained generator returns the
    analytic initialization exactly.
 
-Cameras follow design.md (OpenCV viewmat world-to-camera, K in pixels). The output keeps the
+Cameras follow docs/conventions.md (OpenCV viewmat world-to-camera, K in pixels). The output keeps the
 input layout: same faces, same count, same identity.
 """
 from __future__ import annotations

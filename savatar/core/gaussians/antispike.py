@@ -1,4 +1,4 @@
-"""The three anti-spike quantities of design.md, their penalties and their statistics.
+"""The three anti-spike quantities of docs/conventions.md, their penalties and their statistics.
 
 Per Gaussian, all in the parent face's frame and units:
 1. anisotropy: log(s_max / s_min), bounded by log(r_max);
@@ -18,7 +18,7 @@ from savatar.core.gaussians.gaussians import GaussianAvatar
 
 @dataclass
 class AntiSpikeConfig:
-    """Thresholds and weights. Defaults: r_max = 10 (design.md); a Gaussian more than twice
+    """Thresholds and weights. Defaults: r_max = 10 (docs/conventions.md); a Gaussian more than twice
     its face's size, or whose centre sits more than 1.5 face units from its face, is a spike
     in the making (initial discs are about one face unit and sit on the face). The size weight
     is the strongest: against frames that reward oversized Gaussians, 5 keeps under 0.2% of

@@ -1,4 +1,4 @@
-"""Binding of Gaussians to the triangles of a head mesh (design.md, "The representation").
+"""Binding of Gaussians to the triangles of a head mesh (docs/conventions.md, "Gaussians bound to a head mesh").
 
 Face frames, quaternion helpers, the deformation from face-local storage to world Gaussians, and
 the initial layout of a new avatar on a head model's template.

@@ -1,5 +1,5 @@
 """Gaussian containers: the bound avatar (face-local, what files hold) and world-space Gaussians
-(what renderers take). Conventions are those of design.md."""
+(what renderers take). Conventions are those of docs/conventions.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,7 +57,7 @@ class WorldGaussians:
 
 @dataclass
 class GaussianAvatar:
-    """Gaussians bound to the triangles of a head model (face-local storage, design.md).
+    """Gaussians bound to the triangles of a head model (face-local storage, docs/conventions.md).
 
     face: (N,) int64 parent triangle; mean: (N, 3) local position in face units;
     rot: (N, 4) unit quaternion wxyz in the face frame; log_scale: (N, 3) log scale relative to

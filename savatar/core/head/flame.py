@@ -1,4 +1,4 @@
-"""Load the user's licensed FLAME files into `HeadModelData` (design.md, "FLAME facts").
+"""Load the user's licensed FLAME files into `HeadModelData` (docs/conventions.md, "FLAME files").
 
 FLAME is licensed, so we never ship or download it: the user points us at the directory holding
 FLAME 2020 `generic_model.pkl` or FLAME 2023 `flame2023.pkl` (argument or `SAVATAR_FLAME_DIR`).

@@ -1,6 +1,6 @@
 """One parametric head interface for FLAME and the bundled open head model.
 
-Both models share FLAME's structure (design.md): template + shape and expression blendshapes,
+Both models share FLAME's structure (docs/conventions.md): template + shape and expression blendshapes,
 pose correctives, 5 joints (root, neck, jaw, left eye, right eye) skinned by linear blend skinning,
 and a landmark embedding (face index + barycentric coordinates per landmark).
 """

@@ -1,4 +1,4 @@
-"""Conversions between the float images of design.md (RGB in [0, 1]) and 8-bit pixels."""
+"""Conversions between the float images of docs/conventions.md (RGB in [0, 1]) and 8-bit pixels."""
 from __future__ import annotations
 
 import numpy as np

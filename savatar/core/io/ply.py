@@ -10,7 +10,7 @@ then all G, then all B), opacity as a logit, scales as logs and rot a wxyz quate
 GaussianAvatars (Qian et al., CVPR 2024) saves its rigged Gaussians in the same layout plus a
 `binding_0` property (the parent FLAME face, stored as float32 like every other property) and puts
 the tracked FLAME parameters next to it in `flame_param.npz`. Its per-Gaussian values are
-face-local with the same meaning as ours (design.md); see `import_gaussian_avatars` for the
+face-local with the same meaning as ours (docs/conventions.md); see `import_gaussian_avatars` for the
 checked details and the one historical difference.
 """
 from __future__ import annotations

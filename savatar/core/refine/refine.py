@@ -1,4 +1,4 @@
-"""Layout-preserving refinement of a bound avatar against frames (issue 7, design.md "Anti-spike
+"""Layout-preserving refinement of a bound avatar against frames (docs/conventions.md, "Anti-spike
 regularization").
 
 The Refiner optimizes the face-local attributes (mean, rot, log_scale, opacity_logit, sh) with

@@ -1,6 +1,6 @@
 """One entry point for rendering WorldGaussians, whatever the machine: the pure-PyTorch CPU
 rasterizer everywhere, gsplat's CUDA rasterizer when a GPU is present. Both follow the image
-formation of design.md; "gl" (the viewer's OpenGL splatting) is drawn by the viewer itself."""
+formation of docs/conventions.md; "gl" (the viewer's OpenGL splatting) is drawn by the viewer itself."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Pinhole cameras in the OpenCV convention (design.md): viewmat is world-to-camera 4x4 with
+"""Pinhole cameras in the OpenCV convention (docs/conventions.md): viewmat is world-to-camera 4x4 with
 x right, y down, z forward; K is 3x3 in pixels."""
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ reference; tests compare the two), written as elementwise operations on (N,) col
 (N, 3, 3) batched matmuls, which are slow on CPU, and no autograd. Used by the OpenGL splatter
 so its vertex shader only expands precomputed quads (llvmpipe runs vertex shaders on one core).
 
-Support, as in gsplat's CUDA kernels (design.md): where alpha = opacity exp(-0.5 d^T conic d)
+Support, as in gsplat's CUDA kernels (docs/conventions.md): where alpha = opacity exp(-0.5 d^T conic d)
 >= 1/255, within 3.33 standard deviations; opacity <= 1/255 is culled. It is an ellipse whose
 size shrinks with the opacity, and the quad is the rectangle along its axes: the smallest
 parallelogram around an ellipse, so software GL shades as few pixels as it can.

@@ -1,11 +1,11 @@
 """Differentiable pure-PyTorch 3DGS rasterizer for machines without a GPU.
 
-Implements the image formation of design.md in three exposed steps:
+Implements the image formation of docs/conventions.md in three exposed steps:
 1. project_gaussians: EWA projection to 2D means, covariances, conics, depths, radii;
 2. intersect_tiles: which Gaussians touch which tile (TILE_SIZE square), front to back (vectorized);
 3. rasterize_to_pixels: per-tile compositing with a hand-written backward pass.
 
-Support of a Gaussian, as gsplat 1.5.3's CUDA kernels do it (design.md). The projection gives
+Support of a Gaussian, as gsplat 1.5.3's CUDA kernels do it (docs/conventions.md). The projection gives
 each Gaussian an opacity-aware extent e = min(3.33, sqrt(2 ln(255 opacity))) standard deviations
 and a per-axis box radius ceil(e sqrt(Sigma2D[axis, axis])); opacity < 1/255 is culled. A pixel
 of a tile the box touches takes alpha = min(0.999, opacity exp(-0.5 d^T Sigma2D^-1 d)) unless

@@ -1,7 +1,7 @@
 """gsplat's CUDA rasterizer behind the RenderOutput interface.
 
 gsplat is imported inside the function: on a machine without CUDA any call into its CUDA
-wrapper tries to JIT-build the extension (design.md), so nothing here touches gsplat until a
+wrapper tries to JIT-build the extension (docs/conventions.md), so nothing here touches gsplat until a
 GPU is known to be present.
 """
 from __future__ import annotations

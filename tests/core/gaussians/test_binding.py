@@ -61,7 +61,7 @@ def test_deform_formulas_on_one_triangle() -> None:
     faces = torch.tensor([[0, 1, 2]])
     av = _tiny_avatar(n=3, seed=4)
     w = deform(av, v, faces)
-    # Independent frame from numpy, per design.md.
+    # Independent frame from numpy, per docs/conventions.md.
     v0, v1, v2 = v.numpy()
     a0 = (v1 - v0) / np.linalg.norm(v1 - v0)
     a1 = np.cross(a0, v2 - v0)

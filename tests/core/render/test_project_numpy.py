@@ -1,5 +1,5 @@
 """The numpy display projection equals the differentiable reference projection, and its quads
-bound the opacity-aware support (design.md)."""
+bound the opacity-aware support (docs/conventions.md)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,6 @@
 """CPU rasterizer against gsplat's pure-PyTorch reference functions and a plain
 Gaussian-by-Gaussian compositing reference written here after gsplat 1.5.3's CUDA kernels
-(design.md image formation)."""
+(docs/conventions.md image formation)."""
 from __future__ import annotations
 
 import math
@@ -101,7 +101,7 @@ def gsplat_projection(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor,
 
 def reference_render(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int,
                      height: int, background: torch.Tensor, rasterize_mode: str = "classic"):
-    """design.md as gsplat's CUDA kernels do it, written plainly: the projection above, tiles
+    """docs/conventions.md as gsplat's CUDA kernels do it, written plainly: the projection above, tiles
     from gsplat's _isect_tiles on those radii, SH from its reference; then every pixel composites
     its tile's Gaussians one at a time, nearest first, with RasterizeToPixels3DGSFwd.cu's test:
     alpha = min(0.999, opacity exp(-sigma)), skipped if sigma < 0 or alpha < 1/255, stop before

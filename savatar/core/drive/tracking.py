@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -577,6 +577,49 @@ class VideoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+TRACK_SIDE = 1024  # video frames are tracked at most this large (landmarks gain nothing above)
+
+
+@dataclass
+class TrackedFrame:
+    """One tracked video frame: index in the video; image RGB uint8 at most TRACK_SIDE a side;
+    scale of image against video_size (W, H), the video's frame size; K (3, 3) the camera of
+    image (viewmat TRACKING_VIEWMAT); fit the tracker's result (landmarks in image pixels)."""
+
+    index: int
+    image: np.ndarray
+    scale: float
+    video_size: tuple[int, int]
+    K: np.ndarray
+    fit: FitResult
+
+
+def track_identity(video: VideoReader, data: HeadModelData, shape: np.ndarray | None = None,
+                   static_offset: np.ndarray | None = None, fov_y_deg: float = 50.0, stride: int = 1,
+                   stop: int | None = None) -> Iterator[TrackedFrame]:
+    """Track every stride-th frame before frame stop of an open video with a fixed identity
+    (shape, static_offset), offline: no smoothing and more fit iterations than live tracking
+    (the fit costs about a millisecond; frames may be stride apart, and each one's alignment is
+    what counts)."""
+    params = TrackerParams(fov_y_deg=fov_y_deg, filter=False, iterations=10, static_images=False)
+    tracker: FaceTracker | None = None
+    try:
+        for i, rgb in video.frames(stride):
+            if stop is not None and i >= stop:
+                return
+            h, w = rgb.shape[:2]
+            scale = min(1.0, TRACK_SIDE / max(h, w))
+            if scale < 1.0:
+                rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            if tracker is None:
+                K = intrinsics_for(rgb.shape[1], rgb.shape[0], fov_y_deg)
+                tracker = FaceTracker(data, params, K=K, shape=shape, static_offset=static_offset)
+            yield TrackedFrame(i, rgb, scale, (w, h), K, tracker.process(rgb, i / video.fps))
+    finally:
+        if tracker is not None:
+            tracker.close()
 
 
 def track_video(path: str | Path, data: HeadModelData, fps: float | None = None,

@@ -9,6 +9,7 @@ count and timing.
 """
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -16,8 +17,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from savatar.core.drive.tracking import (TRACKING_VIEWMAT, FaceTracker, TrackerParams, VideoReader,
-                                         intrinsics_for)
+from savatar.core.drive.tracking import TRACKING_VIEWMAT, VideoReader, intrinsics_for, track_identity
 from savatar.core.gaussians.gaussians import GaussianAvatar, WorldGaussians
 from savatar.core.gaussians.rig import Rig, head_data_for
 from savatar.core.io.pixels import to_uint8
@@ -25,7 +25,6 @@ from savatar.core.reenact.head_mask import head_mask
 from savatar.core.reenact.scores import FrameScores, score_frame
 from savatar.core.render.camera import Camera
 
-TRACK_SIDE = 1024  # frames are tracked at most this large (landmarks gain nothing above)
 FOV_Y_DEG = 50.0  # the tracker's default: most laptop and phone front cameras
 
 # draw(world, camera) -> (rgb (H, W, 3) float in [0, 1] on the background, alpha (H, W))
@@ -65,33 +64,19 @@ def track_clip(path: str | Path, avatar: GaussianAvatar, data=None, fov_y_deg: f
     OSError when the video cannot be read, ValueError when no frame has a face; both name it."""
     data = data if data is not None else head_data_for(avatar)
     shape, offset = avatar.shape.detach().numpy(), avatar.static_offset.detach().numpy()
-    params = TrackerParams(fov_y_deg=fov_y_deg, filter=False, iterations=10, static_images=False)
     indices, fits, marks = [], [], []
     size = None
     with VideoReader(path) as video:
         fps, total = video.fps, video.count
-        tracker = None
-        try:
-            for i, rgb in video.frames(stride):
-                h, w = rgb.shape[:2]
-                scale = min(1.0, TRACK_SIDE / max(h, w))
-                if scale < 1.0:
-                    rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                     interpolation=cv2.INTER_AREA)
-                if tracker is None:
-                    size = (w, h)
-                    tracker = FaceTracker(data, params, K=intrinsics_for(rgb.shape[1], rgb.shape[0], fov_y_deg),
-                                          shape=shape, static_offset=offset)
-                fit = tracker.process(rgb, i / fps)
-                ok = fit.status == "ok" and fit.landmarks is not None
-                indices.append(i)
-                fits.append(fit if ok else None)
-                marks.append(np.asarray(fit.landmarks, np.float64)[:, :2] / scale if ok else None)
+        with closing(track_identity(video, data, shape, offset, fov_y_deg, stride)) as tracked:
+            for t in tracked:
+                size = t.video_size
+                ok = t.fit.status == "ok" and t.fit.landmarks is not None
+                indices.append(t.index)
+                fits.append(t.fit if ok else None)
+                marks.append(np.asarray(t.fit.landmarks, np.float64)[:, :2] / t.scale if ok else None)
                 if progress is not None:
-                    progress(i + 1, total)
-        finally:
-            if tracker is not None:
-                tracker.close()
+                    progress(t.index + 1, total)
     if not indices:
         raise OSError(f"{path}: no frame could be decoded (not a video, or damaged)")
     found = [f for f in fits if f is not None]

@@ -4,6 +4,7 @@ or the portraits an avatar was built from."""
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -89,7 +90,6 @@ VIDEO_SIZE = 384  # longer side of refinement frames from a video or stored sour
 #                   keeps the face at ~150 px; refinement time on a CPU grows with the pixels
 VIDEO_MAX_FRAMES = 200  # 2.4 MB each in memory at 384 px (float32 image and mask): under 0.5 GB
 VIDEO_FOV_Y_DEG = 50.0  # the tracker's default: most laptop and phone front cameras
-TRACK_SIDE = 1024  # frames are tracked at most this large (landmarks gain nothing above)
 CROP_SCALE = 2.3  # face crop side, in units of the landmark box's larger side (the hair fits in)
 CROP_RAISE = 0.15  # crop centre above the landmark box centre, in landmark box heights (hair)
 MASK_MARGIN = 0.03  # the head-mesh silhouette is dilated by this fraction of the image side
@@ -296,7 +296,7 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
     Raises OSError when the file cannot be read as a video, ValueError when no frame has a face;
     both name the file.
     """
-    from savatar.core.drive.tracking import FaceTracker, TrackerParams, VideoReader, intrinsics_for
+    from savatar.core.drive.tracking import VideoReader, track_identity
     from savatar.core.gaussians.rig import head_data_for
 
     if size < 16 or max_frames < 1 or (stride is not None and stride < 1):
@@ -310,36 +310,21 @@ def frames_from_video(path: str | Path, avatar: GaussianAvatar, data=None, size:
         end = video.count if stop is None else min(stop, video.count or stop)
         if stride is None:
             stride = max(1, math.ceil(end / max_frames)) if end else 1
-        # Fitting more iterations per frame than live tracking does (the fit is about a
-        # millisecond): frames may be stride apart, and each frame's alignment is what counts.
-        params = TrackerParams(fov_y_deg=fov_y_deg, filter=False, iterations=10, static_images=False)
-        tracker: FaceTracker | None = None
         segmenter = PersonSegmenter()
         try:
-            for i, rgb in video.frames(stride):
-                if stop is not None and i >= stop:
-                    break
-                read, tracked = i + 1, tracked + 1
-                h, w = rgb.shape[:2]
-                s = min(1.0, TRACK_SIDE / max(h, w))
-                if s < 1.0:
-                    rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-                if tracker is None:
-                    K = intrinsics_for(rgb.shape[1], rgb.shape[0], fov_y_deg)
-                    tracker = FaceTracker(data, params, K=K, shape=shape, static_offset=offset)
-                fit = tracker.process(rgb, i / video.fps)
-                if fit.status == "ok" and fit.confidence >= min_confidence:
-                    view = prepare_view(f"frame {i}", rgb, K, fit.landmarks, fit.expr, fit.pose, fit.translation,
-                                        masker, size, crop, segmenter=segmenter)
-                    frames.append(view.to_frame())
-                if progress is not None:
-                    progress(read, video.count)
-                if len(frames) >= max_frames:
-                    break
+            with closing(track_identity(video, data, shape, offset, fov_y_deg, stride, stop)) as tracked_frames:
+                for t in tracked_frames:
+                    read, tracked, fit = t.index + 1, tracked + 1, t.fit
+                    if fit.status == "ok" and fit.confidence >= min_confidence:
+                        view = prepare_view(f"frame {t.index}", t.image, t.K, fit.landmarks, fit.expr, fit.pose,
+                                            fit.translation, masker, size, crop, segmenter=segmenter)
+                        frames.append(view.to_frame())
+                    if progress is not None:
+                        progress(read, video.count)
+                    if len(frames) >= max_frames:
+                        break
         finally:
             segmenter.close()
-            if tracker is not None:
-                tracker.close()
         if progress is not None and video.count:
             progress(video.count, video.count)
     if read == 0:

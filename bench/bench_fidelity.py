@@ -7,7 +7,9 @@ repository; the entry is skipped with a one-line message where it is absent):
     REFINE_SIZE px), driven by the tracked second half.
 Scores (savatar.core.reenact.scores) over at most SCORED_FRAMES frames evenly spread over the
 driven part: PSNR in the real frame's head mask, PSNR and SSIM of the matted head crop, coverage,
-landmark distance and the face signals' correlations; build, refine and reenact times.
+landmark distance and the face signals' correlations; build, refine and reenact times; with the
+judge extra installed, dlib's identity distance between each real frame and its render (same
+person below 0.6) and the fraction of frames judged the same person.
 """
 from __future__ import annotations
 
@@ -21,22 +23,35 @@ import numpy as np
 
 from bench import entry
 from bench.display import x_display
+from bench.identity import SAME_PERSON, IdentityJudge
+from bench.identity import available as identity_available
 
 REAL_DIR = Path(os.environ.get("SAVATAR_REAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "real"))
-SCORED_FRAMES = 40
+SCORED_FRAMES = 30
 REFINE_ITERATIONS = 150
 REFINE_SIZE = 192
 REFINE_FRAMES = 40
 
 
-def _scores(clip, avatar, rig, draw, frames) -> dict:
+def _scores(clip, avatar, rig, draw, frames, judge) -> dict:
+    from savatar.core.io.pixels import to_uint8
     from savatar.core.reenact.reenact import reenact
     from savatar.core.reenact.scores import summarize
 
     t0 = time.perf_counter()
-    scored = [f.scores for f in reenact(clip, avatar, draw, self_reenactment=True, frames=frames, rig=rig)]
+    scored, identity, judged_s = [], [], 0.0
+    for f in reenact(clip, avatar, draw, self_reenactment=True, frames=frames, rig=rig):
+        scored.append(f.scores)
+        if judge is not None and f.scores.face:
+            t1 = time.perf_counter()
+            identity.append(judge.distance(f.real, to_uint8(f.render)))
+            judged_s += time.perf_counter() - t1
     out = summarize(scored)
-    out["reenact_s_per_frame"] = (time.perf_counter() - t0) / max(len(scored), 1)
+    out["reenact_s_per_frame"] = (time.perf_counter() - t0 - judged_s) / max(len(scored), 1)
+    if judge is not None:
+        found = [d for d in identity if math.isfinite(d)]
+        out["identity_distance"] = float(np.mean(found)) if found else float("nan")
+        out["identity_same_fraction"] = float(np.mean([d < SAME_PERSON for d in found])) if found else float("nan")
     return out
 
 
@@ -51,7 +66,7 @@ def _first_frame(path: Path) -> np.ndarray:
         return next(video.frames())[1]
 
 
-def _clip_entry(path: Path, draw) -> dict[str, float]:
+def _clip_entry(path: Path, draw, judge) -> dict[str, float]:
     import torch
 
     from savatar.core.build.build import build_avatar
@@ -67,7 +82,7 @@ def _clip_entry(path: Path, draw) -> dict[str, float]:
     clip = track_clip(path, avatar, rig.data)
     n = len(clip)
     half = n // 2
-    one_shot = _scores(clip, avatar, rig, draw, _spread(1, n, SCORED_FRAMES))
+    one_shot = _scores(clip, avatar, rig, draw, _spread(1, n, SCORED_FRAMES), judge)
 
     t0 = time.perf_counter()
     torch.set_num_threads(2)
@@ -78,14 +93,15 @@ def _clip_entry(path: Path, draw) -> dict[str, float]:
     refiner.run()
     refined = refiner.current_avatar()
     refine_s = time.perf_counter() - t0
-    video = _scores(clip, refined, Rig(refined, rig.model), draw, _spread(half, n, SCORED_FRAMES))
+    video = _scores(clip, refined, Rig(refined, rig.model), draw, _spread(half, n, SCORED_FRAMES), judge)
 
     out: dict[str, float] = {"frames_count": float(n), "build_s": build_s, "refine_s": refine_s}
     for label, s in (("oneshot", one_shot), ("video", video)):
         for key in ("psnr_mask", "psnr_crop", "ssim_crop", "coverage", "landmark_distance", "correlation_mean",
-                    "reenact_s_per_frame"):
+                    "reenact_s_per_frame", "identity_distance", "identity_same_fraction"):
             unit = {"psnr_mask": "_db", "psnr_crop": "_db", "landmark_distance": "_iod"}.get(key, "")
-            out[f"{label}_{key}{unit}"] = float(s[key])
+            if key in s:
+                out[f"{label}_{key}{unit}"] = float(s[key])
         for signal, r in s["correlation"].items():
             out[f"{label}_corr_{signal}"] = float(r)
     return out
@@ -101,6 +117,9 @@ def fidelity() -> dict[str, float]:
         from savatar.gl.splat_renderer import SplatRenderer
 
         splat = SplatRenderer()
+        judge = IdentityJudge() if identity_available() else None
+        if judge is None:
+            print("fidelity: no identity scores (pip install .[judge] for dlib's face recognition)", file=sys.stderr)
 
         def draw(g, cam):
             image = splat.render(g, cam, (1.0, 1.0, 1.0))
@@ -109,7 +128,7 @@ def fidelity() -> dict[str, float]:
         out: dict[str, float] = {}
         per_clip = []
         for path in clips:
-            numbers = _clip_entry(path, draw)
+            numbers = _clip_entry(path, draw, judge)
             per_clip.append(numbers)
             out.update({f"{path.stem}_{k}": v for k, v in numbers.items()})
         for key in per_clip[0]:

@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 from savatar.core.drive.tracking import FLIP, FaceFitter, TrackerParams, intrinsics_for
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
+from savatar.core.build.hair_volume import hair_offsets
 from savatar.core.head.head_model import HeadModel, HeadModelData
 from savatar.core.io.pixels import to_uint8
 from savatar.core.refine.frame_sources import HeadMasker, prepare_view
@@ -366,7 +367,7 @@ def lift_colours(avatar: GaussianAvatar, model: HeadModel, src: SourceResult) ->
     f = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
     with torch.no_grad():
         verts = model(shape=avatar.shape[None], expr=f(src.expr), pose=f(src.pose),
-                      translation=f(src.translation)).vertices[0]
+                      translation=f(src.translation), static_offset=avatar.static_offset).vertices[0]
         g = deform(avatar, verts, model.faces)
         R, _, _ = face_frames(verts, model.faces)
     means = g.means.double().numpy()
@@ -382,8 +383,9 @@ def lift_colours(avatar: GaussianAvatar, model: HeadModel, src: SourceResult) ->
     cos = np.clip((normals * to_cam).sum(1), 0.0, 1.0)
     # Grazing views smear a pixel over a long strip of surface; below cos 0.15 nothing is kept.
     angle = np.clip((cos - 0.15) / 0.85, 0.0, 1.0) ** 2
-    # The mask is eroded a few pixels so silhouette pixels (mixed with background) are not used.
-    k = max(3, int(round(0.006 * max(h, w))) | 1)
+    # The mask is eroded so silhouette pixels (mixed with background) are not used: the
+    # segmentation's edge spills a little background, which the grown cranium would pick up.
+    k = max(3, int(round(0.015 * max(h, w))) | 1)
     mask = cv2.erode(src.mask, np.ones((k, k), np.uint8))
     weight = visible * angle * np.clip(_bilinear(mask, uvz[:, :2]), 0.0, 1.0)
     colour = _bilinear(src.image, uvz[:, :2]).astype(np.float64)
@@ -400,7 +402,8 @@ def _face_labels(data: HeadModelData) -> tuple[np.ndarray, list[str]]:
 
 
 def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mouth: np.ndarray,
-                default: np.ndarray, neighbours: int = 8, smooth: int = 10) -> np.ndarray:
+                default: np.ndarray, neighbours: int = 8, smooth: int = 10,
+                group: np.ndarray | None = None) -> np.ndarray:
     """Colours (N, 3) for Gaussians no source saw, from those it did.
 
     positions: (N, 3) on the neutral head (x = 0 is the symmetry plane); colour (N, 3) valid
@@ -408,7 +411,9 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
     (the model's colours) unless seen, and neither give nor take propagated colour.
     1. mirror: the seen Gaussians near (-x, y, z); 2. propagation: unseen Gaussians repeatedly
     take the mean of their already coloured nearest neighbours (a front moving out from the seen
-    area), then a few smoothing passes over the filled ones only.
+    area), then a few smoothing passes over the filled ones only. group (N,) int, optional:
+    propagation stays within a group that has seen Gaussians (the back of the head takes the
+    hair's colour from the cranium, not the skin of the cheeks next to it).
     """
     out = colour.copy()
     known = seen.copy()
@@ -425,9 +430,22 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
         col = (wts[:, :, None] * out[donors[j]]).sum(1) / np.maximum(wts.sum(1), 1e-12)[:, None]
         out[todo[hit]] = col[hit]
         known[todo[hit]] = True
-    skin = np.flatnonzero(~mouth)
+    group = np.zeros(len(out), np.int64) if group is None else group
+    seen_in = {g: int((seen & ~mouth & (group == g)).sum()) for g in np.unique(group)}
+    fallback = max(seen_in, key=seen_in.get)
+    for g, count in seen_in.items():
+        if not count:  # nothing seen in this group: the best-seen group fills it
+            group = np.where(group == g, fallback, group)
+    for g in np.unique(group):
+        _propagate(positions, out, known, np.flatnonzero(~mouth & (group == g)), default, neighbours, smooth)
+    return out
+
+
+def _propagate(positions: np.ndarray, out: np.ndarray, known: np.ndarray, skin: np.ndarray,
+               default: np.ndarray, neighbours: int, smooth: int) -> None:
+    """fill_unseen's front propagation and smoothing over the Gaussians skin, in place."""
     if not len(skin):
-        return out
+        return
     _, nb = cKDTree(positions[skin]).query(positions[skin], k=min(neighbours + 1, len(skin)))
     nb = skin[np.atleast_2d(nb)[:, 1:]]  # (M, k) global indices, self dropped
     filled = np.zeros(len(out), bool)
@@ -445,14 +463,14 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
         out[gi] = mean[have]
         known[gi] = True
         filled[gi] = True
-    rest = ~known
+    rest = skin[~known[skin]]
     out[rest] = default[rest]  # islands no front reached
+    known[rest] = True
     smooth_idx = np.flatnonzero(filled[skin])
     for _ in range(smooth):
         if not len(smooth_idx):
             break
         out[skin[smooth_idx]] = out[nb[smooth_idx]].mean(1)
-    return out
 
 
 def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
@@ -488,12 +506,15 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     shape = fit_identity(data, good, check=lambda: step(0.2, "fit"))
     step(0.45, "segmentation")
     person_masks(good)
+    step(0.5, "hair volume")
+    offset = hair_offsets(data, shape, good)
     step(0.55, "layout")
     density = {"face": 3.0, "left_eyeball": 2.0, "right_eyeball": 2.0, "mouth_cavity": 0.5,
                "upper_teeth": 1.0, "lower_teeth": 1.0, "scalp": 1.0, "neck": 0.7, "eye_socket": 0.3,
                **FEATURE_DENSITY}
     avatar = init_avatar(feature_regions(data), count, seed=seed, region_density=density)
     avatar.shape = torch.as_tensor(shape, dtype=torch.float32)
+    avatar.static_offset = torch.as_tensor(offset, dtype=torch.float32)
     model = HeadModel(data)
     default = (avatar.sh[:, 0].double().numpy() * 0.28209479177387814 + 0.5).clip(0, 1)
     acc_c = np.zeros((count, 3))
@@ -511,26 +532,28 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     mouth_ids = [names.index(n) for n in MOUTH_REGIONS if n in names]
     mouth = np.isin(labels[avatar.face.numpy()], mouth_ids)
     with torch.no_grad():
-        neutral = model(shape=avatar.shape[None]).vertices[0]
+        neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
         positions = deform(avatar, neutral, model.faces).means.double().numpy()
-    colour = fill_unseen(positions, colour, seen, mouth, default)
+    scalp = [names.index("scalp")] if "scalp" in names else []
+    colour = fill_unseen(positions, colour, seen, mouth, default, group=np.isin(labels[avatar.face.numpy()], scalp))
     avatar.sh[:, 0] = rgb_to_sh0(torch.as_tensor(colour.clip(0, 1), dtype=torch.float32))
     avatar.default_expr = torch.zeros(data.exprdirs.shape[2])
     avatar.metadata["thumbnails"] = np.stack(thumbs)
     avatar.metadata["build"] = {"seen_fraction": float(seen.mean()), "sources": len(good)}
     step(0.95, "sources")
     # What `savatar refine --sources` needs, kept in the avatar file (savatar.core.io.avatar_file).
-    avatar.metadata["sources"] = stored_sources(good, data, shape)
+    avatar.metadata["sources"] = stored_sources(good, data, shape, static_offset=offset)
     step(1.0, "done")
     return avatar, results
 
 
 def stored_sources(results: Sequence[SourceResult], data, shape: np.ndarray,
-                   size: int = SOURCE_SIDE) -> list[dict]:
+                   size: int = SOURCE_SIDE, static_offset: np.ndarray | None = None) -> list[dict]:
     """A build's usable sources as the records avatar files keep for refinement
     (avatar.metadata["sources"]): face crops of at most size pixels, their fitted head
-    parameters and camera, and HeadMasker's loss mask from the build's person segmentation."""
-    masker = HeadMasker(data, shape)
+    parameters and camera, and HeadMasker's loss mask from the build's person segmentation
+    (with the avatar's static offset, e.g. its hair volume)."""
+    masker = HeadMasker(data, shape, static_offset)
     return [prepare_view(r.name, to_uint8(r.image), r.K, r.landmarks, r.expr, r.pose, r.translation, masker, size,
                          person=r.mask).record()
             for r in results if r.ok and r.image is not None]

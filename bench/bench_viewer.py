@@ -29,7 +29,7 @@ def _loop(avatar, size: tuple[int, int]) -> dict[str, float]:
                 times = []
                 for i in range(40):
                     if animate:  # new parameters every frame: deform and sort each time
-                        app.set_pose(6, 0.2 * (1 + np.sin(i / 3)))
+                        app.driving.set_pose(6, 0.2 * (1 + np.sin(i / 3)))
                         app.stage.orbit.yaw = 10.0 * np.sin(i / 5)
                     t0 = time.perf_counter()
                     app.stage.dispatch_events()
@@ -92,7 +92,7 @@ def viewer_while_refining() -> dict[str, float]:
         app.log.echo = False
         out: dict[str, float] = {}
         try:
-            app.refine_with(frames, RefineConfig(iterations=10 ** 6, report_every=2, checkpoint_every=0, backend="cpu"))
+            app.refining.run(frames, RefineConfig(iterations=10 ** 6, report_every=2, checkpoint_every=0, backend="cpu"))
             times = []
             t_end = time.perf_counter() + 20.0
             i = 0
@@ -106,9 +106,10 @@ def viewer_while_refining() -> dict[str, float]:
             ms = float(np.median(times[5:]) * 1e3)
             out["frame_ms"] = ms
             out["fps"] = 1000.0 / ms
-            out["refine_it_per_s"] = app.refiner.last_report.it_per_s if app.refiner and app.refiner.last_report else 0.0
+            refiner = app.refining.refiner
+            out["refine_it_per_s"] = refiner.last_report.it_per_s if refiner and refiner.last_report else 0.0
         finally:
-            app.stop_refine()
+            app.refining.stop()
             app.running = False
             app.shutdown()
     return out

@@ -1,37 +1,40 @@
 """`savatar-viewer`: two windows, one process, one main loop.
 
-The stage (pyglet + moderngl) draws the avatar; the console (Dear PyGui) holds the panels.
-Long work runs on worker threads (viewer.workers.Jobs) and comes back to this loop, which is
-the only place that swaps the avatar or touches GL and Dear PyGui."""
+The stage (pyglet + moderngl) draws the avatar; the console (Dear PyGui) holds the panels and
+hands user actions to one controller per concern: avatar files and exports (viewer.files),
+driving and motion (viewer.driving), building (viewer.building), refining (viewer.refining).
+Long work runs on worker threads (viewer.workers.Jobs) and reports through tasks
+(viewer.tasks); its results come back to this loop, which is the only place that swaps the
+avatar or touches GL and Dear PyGui."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from savatar.core.drive.motion import Motion, load_motion, save_motion
-from savatar.core.gaussians.antispike import AntiSpikeConfig, spike_mask, statistics
+from savatar.core.drive.motion import load_motion
 from savatar.core.gaussians.facing import skippable_faces, visible_gaussians
 from savatar.core.gaussians.gaussians import GaussianAvatar
 from savatar.core.gaussians.rig import Rig
-from savatar.core.io.pixels import to_uint8
 from savatar.core.render.camera import scaled_camera
-from savatar.latest_slot import LatestSlot
+from savatar.viewer.building import Building
+from savatar.viewer.driving import LIVE_SOURCES, Driving
 from savatar.viewer.drops import DropKind, classify
+from savatar.viewer.files import AvatarFiles
 from savatar.viewer.log import Log
 from savatar.viewer.orbit import Orbit
-from savatar.viewer.portraits import Portrait
+from savatar.viewer.refining import FrameChoice, Refining
 from savatar.viewer.settings import Settings, load_settings, save_settings
-from savatar.viewer.state import DRIVE_SOURCES, Drive, Playback, Recorder, RenderSettings, StageTimings
+from savatar.viewer.shown import ShownAvatar
+from savatar.viewer.state import RenderSettings, StageTimings
+from savatar.viewer.tasks import Tasks
 from savatar.viewer.workers import Jobs
 
-LIVE_SOURCES = ("webcam", "microphone", "audio file")
 # How far behind the avatar's surface, along the view rays, the occluding mesh sits: more than
 # the splats' own offsets from the mesh (also at silhouettes, where an inset along the surface
 # normal would not move it back at all), much less than the head's depth.
@@ -71,28 +74,21 @@ def push_back(verts: np.ndarray, eye: np.ndarray, margin: float) -> np.ndarray:
 
 
 class App:
+    """The two windows, the main loop and the glue between them; what the console asks for goes
+    to the controllers (files, driving, building, refining) or, for the stage, to the App."""
+
     def __init__(self, avatar: GaussianAvatar, avatar_path: str | None, size: tuple[int, int],
                  visible: bool = True, settings: Settings | None = None, settings_warning: str | None = None):
-        from savatar.viewer.console import Console
+        from savatar.viewer.console import Actions, Console
         from savatar.viewer.stage import Stage, StageCallbacks
 
         self.log = Log()
         self.jobs = Jobs()
+        self.tasks = Tasks()
         self.settings = settings or Settings()
         self.render = RenderSettings()
         self.timings = StageTimings()
-        self.playback = Playback()
-        self.recorder = Recorder()
-        self.spike_cfg = AntiSpikeConfig()
-        self.portraits: list[Portrait] = []
-        self._build_cancel: threading.Event | None = None
-        self._build_progress: tuple[float, str] = (0.0, "")
-        self._refine_prep: tuple[float, str] | None = None  # (fraction, text) while a video is tracked
-        self.refiner = None
-        self._refine_slot: LatestSlot = LatestSlot()
-        self._refine_history: list = []
         self.running = True
-        self.export = None  # generator advanced one frame per loop iteration
         self._last_key: tuple | None = None
         self._world = None
         self._mesh_verts: np.ndarray | None = None
@@ -101,449 +97,68 @@ class App:
         self._last_motion = 0.0
         self._last_change = 0.0  # when a redraw was last needed for anything but the HUD
         self._hud_idle = False
-        self.live = None  # the running webcam / microphone / audio-file source
-        self.drive: Drive | None = None
-        self._last_recording: Motion | None = None
         self._pending_screenshot: str | None = None
 
         self.stage = Stage(size, StageCallbacks(self.handle_drop, self.handle_key, self.quit), visible,
                            tuple(self.settings.stage_pos) if self.settings.stage_pos else None)
         if self.settings.camera:
             self.stage.orbit = Orbit.from_dict(self.settings.camera)
-        self._set_avatar(Rig.of(avatar), avatar_path)
-        self.console = Console(self, self.rig.data.expr_names, tuple(self.settings.console_size),
+        self.shown = ShownAvatar(Rig.of(avatar), avatar_path)
+        self.shown.on_swap(self._avatar_swapped)
+        self._avatar_swapped(self.shown.rig, avatar_path)
+        self.console = Console(self.shown.rig.data.expr_names, tuple(self.settings.console_size),
                                tuple(self.settings.console_pos) if self.settings.console_pos else None)
-        self.console.set_recent(self.settings.recent_files)
-        self._refresh_info()
+        self.driving = Driving(self.shown, self.log, self.jobs, self.console)
+        self.files = AvatarFiles(self.shown, self.log, self.jobs, self.tasks, self.settings, self.console,
+                                 self.stage, self.driving, lambda: self.render.background)
+        self.refining = Refining(self.shown, self.log, self.jobs, self.tasks)
+        self.building = Building(self.shown, self.log, self.jobs, self.tasks, self.console, self._refine_after_build)
+        self.console.connect(Actions(self.files, self.driving, self.building, self.refining, self))
         if settings_warning:
             self.log.warning(settings_warning)
         self.log.info(f"showing {avatar_path or 'the bundled default avatar'} ({len(avatar)} Gaussians)")
 
-    # ------------------------------------------------------------------ avatar
-    def _set_avatar(self, rig: Rig, path: str | None) -> None:
-        """Swap the shown avatar (main thread only)."""
-        self.rig = rig
-        self.avatar_path = path
-        old = self.drive
-        self.drive = Drive.neutral(rig.model.num_expr)
-        if old is not None:  # the new avatar keeps being driven the same way
-            self.drive.source, self.drive.strength, self.drive.smoothing = old.source, old.strength, old.smoothing
-        if self.playback.motion is not None:
-            self.playback.motion = self.playback.motion.remap(rig.data.expr_names)
-        self.spikes = spike_mask(rig.avatar, self.spike_cfg).numpy()
+    def _avatar_swapped(self, rig: Rig, path: str | None) -> None:
+        """Another avatar: the stage's mesh overlay and occluder, the faces it may skip."""
         data = rig.data
         # One light-blue tint, so the overlay reads as the mesh and not as more skin.
         self.stage.set_mesh(data.faces, np.tile(np.float32([0.35, 0.6, 1.0]), (len(data.v_template), 1)),
                             occluder_faces(data))
         self._skippable = skippable_faces(data)
-        self._last_key = None
-        if path:
-            self.settings.add_recent(path)
 
-    def _refresh_info(self) -> None:
-        a, data = self.rig.avatar, self.rig.data
-        size = f"{Path(self.avatar_path).stat().st_size / 1e6:.1f} MB" if self.avatar_path and Path(self.avatar_path).exists() else "-"
-        self.console.set_info(f"file        {self.avatar_path or '(bundled default avatar)'}\n"
-                              f"Gaussians   {len(a)}   SH degree {a.sh_degree}\n"
-                              f"head model  {data.name}: {len(data.v_template)} vertices, {len(data.faces)} faces\n"
-                              f"file size   {size}")
-        stats = statistics(a, self.spike_cfg)
-        self.console.set_spikes("anti-spike: " + ", ".join(f"{k} {s.count_over} over" for k, s in stats.items()))
-        self.console.set_recent(self.settings.recent_files)
+    def _refine_after_build(self) -> None:
+        config = self.console.refine_after_build()
+        if config is not None:
+            self.refining.start(FrameChoice(), config)
 
-    def open_avatar(self, path: str) -> None:
-        from savatar.core.io.avatar_file import load_avatar
-
-        self.log.info(f"opening {path} ...")
-        self.console.set_job(f"loading {Path(path).name} ...")
-
-        def done(rig: Rig) -> None:
-            self._set_avatar(rig, path)
-            self._refresh_info()
-            self.console.set_values(self.drive.expr, self.drive.pose, self.drive.translation)
-            self.console.set_job("")
-            self.log.info(f"opened {path} ({len(rig.avatar)} Gaussians)")
-
-        self.jobs.submit("open", lambda: Rig.of(load_avatar(path)), done, lambda e: self._failed(f"cannot open {path}", e))
-
-    def save_avatar(self, path: str | None) -> None:
-        from savatar.core.io.avatar_file import save_avatar
-
-        path = path or self.avatar_path
-        if not path:
-            self.log.warning("the default avatar has no file yet: use Save as...")
-            return
-        avatar, head = self.rig.avatar, self.rig.data if self.rig.avatar.head_model == "open-head" else None
-        self.jobs.submit("save", lambda: save_avatar(avatar, path, head=head),
-                         lambda _: self._saved(path), lambda e: self._failed(f"cannot save {path}", e))
-
-    def _saved(self, path: str) -> None:
-        self.avatar_path = path
-        self.settings.add_recent(path)
-        self._refresh_info()
-        self.log.info(f"saved {path}")
-
-    def export_ply(self, path: str) -> None:
-        from savatar.core.io.ply import export_ply
-
-        g = self._world
-        self.jobs.submit("export-ply", lambda: export_ply(g, path), lambda _: self.log.info(f"exported {path}"),
-                         lambda e: self._failed(f"cannot export {path}", e))
-
-    def export_video(self, path: str, frames: int = 90) -> None:
-        """The loaded motion (or an orbit) rendered at 512x512, one frame per loop iteration with
-        the stage's GL context: the UI stays live and workers stay off GL."""
-        from savatar.core.io.video_file import VideoFileError, VideoWriter
-
-        motion = self.playback.motion
-        count = len(motion) if motion else frames
-        size = 512
-        try:
-            writer = VideoWriter(path, motion.fps if motion else 30.0, size, size)
-        except VideoFileError as exc:
-            self.log.error(str(exc))
-            return
-        orbit = Orbit.from_dict(self.stage.orbit.to_dict())
-        params = self.drive.current
-
-        def steps():
-            try:
-                for i in range(count):
-                    if motion is not None:
-                        p = (motion.expr[i], motion.pose[i], motion.translation[i])
-                    else:
-                        p = params
-                        orbit.yaw = self.stage.orbit.yaw + 360.0 * i / count
-                    img = self.stage.render_offscreen(self.rig.world(*p), orbit.camera(size, size), self.render.background)
-                    writer.write(to_uint8(img))
-                    self.console.set_job(f"exporting {Path(path).name}: frame {i + 1}/{count}")
-                    yield
-                writer.close()
-                self.log.info(f"exported {path} ({count} frames)")
-            except Exception as exc:  # reported; the viewer keeps running
-                writer.abort()
-                self._failed(f"cannot export {path}", exc)
-            self.console.set_job("")
-
-        self.export = steps()
-
-    def _failed(self, what: str, exc: BaseException) -> None:
-        self.console.set_job("")
-        self.log.error(f"{what}: {exc}")
-
-    # ------------------------------------------------------------------ motion and drive
-    def load_motion(self, path: str) -> None:
-        def done(motion: Motion) -> None:
-            self.playback.load(motion.remap(self.rig.data.expr_names), Path(path).name)
-            self.drive.source = "motion file"
-            self.log.info(f"loaded motion {path}: {len(motion)} frames at {motion.fps:g} fps")
-
-        self.jobs.submit("motion", lambda: load_motion(path), done, lambda e: self._failed("cannot load motion", e))
-
-    def save_recording(self, path: str) -> None:
-        motion = self._last_recording
-        if motion is None:
-            self.log.warning("nothing recorded yet")
-            return
-        self.jobs.submit("save-motion", lambda: save_motion(motion, path),
-                         lambda _: self.log.info(f"saved {len(motion)} frames to {path}"),
-                         lambda e: self._failed(f"cannot save {path}", e))
-
-    def toggle_record(self) -> None:
-        if self.recorder.recording:
-            self._last_recording = self.recorder.stop(self.rig.data.expr_names)
-            n = len(self._last_recording) if self._last_recording else 0
-            self.log.info(f"recorded {n} frames: save them from the Motion panel")
-        else:
-            self.recorder.start()
-            self.log.info("recording")
-
-    def toggle_play(self) -> None:
-        if self.playback.motion is None:
-            self.log.warning("load a motion file first")
-            return
-        self.playback.playing = not self.playback.playing
-        if self.playback.playing:
-            self.drive.source = "motion file"
-
-    def seek(self, fraction: float) -> None:
-        self.playback.seek(fraction)
-
-    def set_expr(self, index: int, value: float) -> None:
-        self.drive.expr[index] = value
-        self.drive.source = "sliders"
-
-    def set_pose(self, index: int, value: float) -> None:
-        self.drive.pose[index] = value
-        self.drive.source = "sliders"
-
-    def set_translation(self, index: int, value: float) -> None:
-        self.drive.translation[index] = value
-
-    def reset_drive(self) -> None:
-        self.drive.reset()
-        self.console.set_values(self.drive.expr, self.drive.pose, self.drive.translation)
-
-    def set_source(self, source: str) -> None:
-        self._stop_live()
-        if source in LIVE_SOURCES:
-            self._start_live(source)
-            return
-        if source == "motion file" and self.playback.motion is None:
-            self.log.warning("load a motion file first")
-            source = "sliders"
-        self.drive.source = source if source in DRIVE_SOURCES else "sliders"
-
-    def _start_live(self, source: str) -> None:
-        """Open the webcam/video, microphone or audio file on a worker (that can take a while),
-        then drive from it; a failure is logged and the sliders stay in charge."""
-        from savatar.drive.sources import AudioFileSource, MicrophoneSource, VideoSource
-
-        data = self.rig.data
-        c = self.console
-        if source == "webcam":
-            dev = c.value(c.video_device).strip() or "0"
-            live = VideoSource(data, int(dev) if dev.isdigit() else dev)
-        elif source == "microphone":
-            live = MicrophoneSource(data)
-        else:
-            path = c.value(c.audio_path)
-            if not path:
-                self.log.warning("choose an audio file first (Audio file... in the Drive panel)")
-                self.drive.source = "sliders"
-                return
-            live = AudioFileSource(data, path)
-        self.drive.source = "sliders"
-        self.log.info(f"starting {source} ...")
-
-        def started(_) -> None:
-            self.live = live
-            self.drive.source = source
-            self.log.info(f"driving from {live.status()}")
-
-        def failed(exc: BaseException) -> None:
-            self._failed(f"cannot drive from {source}", exc)
-            self.drive.source = "sliders"
-
-        self.jobs.submit(f"start-{source}", live.start, started, failed)
-
-    def _stop_live(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-
+    # ------------------------------------------------------------------ stage actions (from the console)
     def frame_face(self) -> None:
-        verts = self.rig.vertices(*self.drive.current).numpy() if self.drive.current else self.rig.vertices().numpy()
-        face = self.rig.data.vertex_regions.get("face")
+        rig, current = self.shown.rig, self.driving.drive.current
+        verts = rig.vertices(*current).numpy() if current else rig.vertices().numpy()
+        face = rig.data.vertex_regions.get("face")
         self.stage.orbit.frame(verts[face] if face is not None and len(face) else verts)
 
     def set_stage_size(self, width: int, height: int) -> None:
         self.stage.window.set_size(width, height)
+
+    def set_render(self, settings: RenderSettings) -> None:
+        self.render = settings
+
+    def set_fov(self, degrees: float) -> None:
+        self.stage.orbit.fov = degrees
 
     # ------------------------------------------------------------------ stage input
     def handle_drop(self, paths: list[str]) -> None:
         for path in paths:
             kind = classify(path)
             if kind is DropKind.AVATAR:
-                self.open_avatar(path)
+                self.files.open(path)
             elif kind is DropKind.MOTION:
-                self.load_motion(path)
+                self.driving.load_motion(path)
             elif kind is DropKind.PORTRAIT:
-                self._queue_portrait(path)
+                self.building.queue_portrait(path)
             else:
                 self.log.error(f"{Path(path).name}: not an avatar (.h5), motion (.npz) or image file")
-
-    def _queue_portrait(self, path: str) -> None:
-        from savatar.viewer.portraits import check_portrait
-
-        def done(p: Portrait) -> None:
-            self.portraits.append(p)
-            self.console.set_portraits(self.portraits)
-            (self.log.info if p.ok else self.log.warning)(f"portrait {p.status}")
-
-        self.jobs.submit("portrait", lambda: check_portrait(path), done,
-                         lambda e: self._failed(f"{Path(path).name} could not be checked", e))
-
-    def move_portrait(self, index: int, step: int) -> None:
-        j = index + step
-        if 0 <= index < len(self.portraits) and 0 <= j < len(self.portraits):
-            self.portraits[index], self.portraits[j] = self.portraits[j], self.portraits[index]
-            self.console.set_portraits(self.portraits)
-
-    def remove_portrait(self, index: int) -> None:
-        if 0 <= index < len(self.portraits):
-            del self.portraits[index]
-            self.console.set_portraits(self.portraits)
-
-    def clear_portraits(self) -> None:
-        self.portraits.clear()
-        self.console.set_portraits(self.portraits)
-
-    def build(self) -> None:
-        """Build an avatar from the queued portraits on a worker; progress and cancel live."""
-        from savatar.core.build.build import BuildCancelled, build_avatar
-
-        if self._build_cancel is not None:
-            self.log.warning("a build is already running")
-            return
-        paths = [p.path for p in self.portraits]
-        if not paths:
-            self.log.warning("no portraits queued: drop some on the stage first")
-            return
-        count = int(self.console.value(self.console.build_count))
-        generator = self.console.value(self.console.build_generator).strip()
-        cancel = threading.Event()
-        self._build_cancel = cancel
-        self._build_progress = (0.0, "starting")
-
-        def progress(fraction: float, stage: str) -> None:  # called on the worker
-            self._build_progress = (fraction, stage)
-
-        def run():
-            if generator:
-                from savatar.core.build.generator import build_from_portraits
-                avatar, results = build_from_portraits(generator, paths, None, progress)
-            else:
-                avatar, results = build_avatar(paths, count=count, progress=progress, cancel=cancel)
-            return Rig.of(avatar), results
-
-        def done(out) -> None:
-            rig, results = out
-            self._build_cancel = None
-            for r in results:
-                (self.log.info if r.ok else self.log.warning)(f"build: {r.line()}")
-            self._set_avatar(rig, None)
-            self._refresh_info()
-            self._build_progress = (1.0, f"built {len(rig.avatar)} Gaussians from "
-                                         f"{sum(r.ok for r in results)} of {len(results)} portraits: Save as... to keep it")
-            self.log.info(self._build_progress[1])
-            if self.console.value(self.console.refine_after):
-                self.start_refine(after_build=True)
-
-        def failed(exc: BaseException) -> None:
-            self._build_cancel = None
-            if isinstance(exc, BuildCancelled):
-                self._build_progress = (0.0, "cancelled")
-                self.log.info("build cancelled")
-            else:
-                self._build_progress = (0.0, f"failed: {exc}")
-                self._failed("build failed", exc)
-
-        self.jobs.submit("build", run, done, failed)
-
-    def start_refine(self, after_build: bool = False) -> None:
-        """Refine the shown avatar on a worker thread; reports come back through a slot and the
-        stage shows the avatar as it improves. torch runs single-threaded in the viewer, so the
-        refinement takes one core and the interface keeps the other. Frames: the portraits the
-        avatar was built from (kept in its file), an image folder, or a video (tracked first, on
-        a worker, with progress in the Refine panel)."""
-        from savatar.core.refine.frame_sources import frames_from_images, frames_from_stored_sources, frames_from_video
-
-        if self.refiner is not None or self._refine_prep is not None:
-            self.log.warning("a refinement is already running: stop it first")
-            return
-        st = self.console.refine_settings(after_build)
-        path = st["path"].strip()
-        try:
-            if st["data"] == "video":
-                if not Path(path).is_file():
-                    raise ValueError(f"{path or 'no video chosen'}: no such file")
-                avatar = self.rig.avatar
-                self._refine_prep = (0.0, f"tracking {Path(path).name}")
-
-                def progress(done: int, total: int) -> None:  # worker thread
-                    self._refine_prep = (done / total if total else 0.0, f"tracking {Path(path).name}: frame {done}/{total or '?'}")
-
-                def tracked(frames: list) -> None:
-                    self._refine_prep = None
-                    self.log.info(f"{Path(path).name}: {len(frames)} tracked frames")
-                    self.refine_with(frames, self._refine_config(st, len(frames)))
-
-                def failed(exc: BaseException) -> None:
-                    self._refine_prep = None
-                    self._failed("cannot refine", exc)
-
-                self.jobs.submit("track", lambda: frames_from_video(path, avatar, progress=progress), tracked, failed)
-                return
-            frames = frames_from_images(path) if st["data"] == "image folder" else frames_from_stored_sources(self.rig.avatar)
-        except ValueError as exc:
-            msg = str(exc).replace("; use --images or --video", ": choose an image folder or a video")
-            self.log.error(f"cannot refine: {msg}")
-            return
-        except OSError as exc:
-            self.log.error(f"cannot refine: {exc}")
-            return
-        self.refine_with(frames, self._refine_config(st, len(frames)))
-
-    @staticmethod
-    def _refine_config(st: dict, frame_count: int):
-        """RefineConfig from the Refine panel's settings; the last frame is held out for the
-        PSNR plot when there are more than two."""
-        from savatar.core.gaussians.antispike import AntiSpikeConfig
-        from savatar.core.refine.refine import RefineConfig
-
-        spike = AntiSpikeConfig(max_anisotropy=st["anisotropy_threshold"], max_size=st["size_threshold"],
-                                max_offset=st["offset_threshold"], weight_anisotropy=st["anisotropy_weight"],
-                                weight_size=st["size_weight"], weight_offset=st["offset_weight"])
-        return RefineConfig(iterations=st["iterations"], lambda_dssim=st["lambda_dssim"], antispike=spike,
-                            regularize=st["regularize"], held_out=(frame_count - 1,) if frame_count > 2 else (),
-                            checkpoint_every=0, report_every=max(1, min(10, st["iterations"] // 5)), backend="auto")
-
-    def refine_with(self, frames: list, cfg) -> None:
-        """Run a Refiner on the shown avatar in a worker thread (see start_refine)."""
-        from savatar.core.refine.refine import Refiner
-
-        try:
-            refiner = Refiner(self.rig.avatar, self.rig, frames, cfg)
-        except ValueError as exc:
-            self.log.error(f"cannot refine: {exc}")
-            return
-        self.refiner, self._refine_history = refiner, []
-        self.log.info(f"refining {len(self.rig.avatar)} Gaussians on {len(frames)} frames for {cfg.iterations} iterations")
-
-        def on_report(report) -> None:  # worker thread: hand over, never touch the GUI
-            self._refine_slot.put((report, refiner.current_avatar()))
-
-        def done(report) -> None:
-            self.refiner = None
-            self.log.info(f"refinement ended at iteration {report.iteration}"
-                          + (f", held-out PSNR in mask {report.psnr_mask:.2f} dB" if report.psnr_mask is not None else ""))
-
-        def failed(exc: BaseException) -> None:
-            self.refiner = None
-            self._failed("refinement failed", exc)
-
-        self.jobs.submit("refine", lambda: refiner.run(on_report), done, failed)
-
-    def pause_refine(self) -> None:
-        if self.refiner is None:
-            return
-        if self.refiner.paused:
-            self.refiner.resume()
-        else:
-            self.refiner.pause()
-
-    def stop_refine(self) -> None:
-        if self.refiner is not None:
-            self.refiner.stop()
-
-    def _take_refine_report(self) -> bool:
-        """Main thread: newest report to the plots, newest avatar to the stage; True if new."""
-        got = self._refine_slot.take()
-        if got is None:
-            return False
-        report, avatar = got
-        self._refine_history.append(report)
-        if report.event:
-            self.log.warning(f"refinement: {report.event}")
-        self.rig = Rig(avatar, self.rig.model)
-        self.spikes = spike_mask(avatar, self.spike_cfg).numpy()
-        self._last_key = None
-        return True
-
-    def cancel_build(self) -> None:
-        if self._build_cancel is not None:
-            self._build_cancel.set()
 
     def handle_key(self, key: str) -> None:
         if key == "reset":
@@ -551,12 +166,12 @@ class App:
         elif key == "frame":
             self.frame_face()
         elif key == "play":
-            self.toggle_play()
+            self.driving.toggle_play()
         elif key == "screenshot":
             path = f"savatar-{time.strftime('%Y%m%d-%H%M%S')}.png"
             self._pending_screenshot = path
         elif key == "hud":
-            self.console.toggle(self.console.show_hud)
+            self.console.toggle_hud()
         elif key == "fullscreen":
             self.stage.window.set_fullscreen(not self.stage.window.fullscreen)
         elif key == "quit":
@@ -566,40 +181,11 @@ class App:
         self.running = False
 
     # ------------------------------------------------------------------ the loop
-    def _read_console(self) -> None:
-        c = self.console
-        self.drive.strength = c.value(c.strength)
-        self.drive.smoothing = c.value(c.smoothing)
-        self.playback.loop = c.value(c.loop_box)
-        self.playback.speed = c.value(c.speed)
-        r = self.render
-        r.sh_degree = c.value(c.sh_degree)
-        r.scale_modifier = c.value(c.scale_mod)
-        r.background = tuple(x / 255.0 for x in c.value(c.bg_color)[:3])
-        r.show_mesh, r.show_centres = c.value(c.show_mesh), c.value(c.show_centres)
-        r.show_hud = c.value(c.show_hud)
-        r.highlight_spikes = c.value(c.highlight)
-        r.occlusion = c.value(c.occlusion)
-        r.quality = c.value(c.quality)
-        self.stage.orbit.fov = c.value(c.fov)
-
     def step(self, dt: float) -> None:
         """One frame: worker results, drive, deform, sort, draw both windows."""
         self.jobs.poll()
-        self._read_console()
         t0 = time.perf_counter()
-        self.playback.advance(dt)
-        target = None
-        if self.drive.source == "motion file":
-            target = self.playback.frame()
-        elif self.drive.source in LIVE_SOURCES and self.live is not None:
-            f = self.live.latest()
-            if f is not None:
-                target = (f.expr, f.pose, f.translation)
-                for name, ms in f.timings.items():
-                    self.timings.record(name, ms)
-        params = self.drive.step(target)
-        self.recorder.add(dt, params)
+        params = self.driving.step(dt, self.timings)
         t1 = time.perf_counter()
         self.timings.record("drive", (t1 - t0) * 1e3)
 
@@ -611,25 +197,25 @@ class App:
         moving = now - self._last_motion < STILL_AFTER_S
         scale = self.render.splat_scale(moving)
         splat_camera = scaled_camera(camera, scale) if scale < 1 else camera
-        r = self.render
-        key = scene + (scale, r.sh_degree, r.highlight_spikes, r.scale_modifier, r.occlusion, id(self.rig))
+        r, shown = self.render, self.shown
+        key = scene + (scale, r.sh_degree, r.highlight_spikes, r.scale_modifier, r.occlusion, shown.version)
         if key != self._last_key:
             if self._last_key is None or key[0] != self._last_key[0] or key[-1] != self._last_key[-1]:
-                verts, self._world = self.rig.pose(*params)
+                verts, self._world = shown.rig.pose(*params)
                 self._mesh_verts = verts.numpy()
                 self.timings.record("deform", (time.perf_counter() - t1) * 1e3)
             t2 = time.perf_counter()
             visible = None
             if r.occlusion:
-                visible = visible_gaussians(torch.from_numpy(self._mesh_verts), self.rig.model.faces,
-                                            self.rig.avatar.face, camera.center, self._skippable)
-            self.stage.upload(self._world, splat_camera, r, self.spikes, visible)
+                visible = visible_gaussians(torch.from_numpy(self._mesh_verts), shown.rig.model.faces,
+                                            shown.rig.avatar.face, camera.center, self._skippable)
+            self.stage.upload(self._world, splat_camera, r, shown.spikes, visible)
             self.timings.record("sort", (time.perf_counter() - t2) * 1e3)
             self._last_key = key
         # A still scene is not redrawn: the window keeps showing the last frame.
         look = (key, r.background, r.show_mesh, r.show_centres, r.show_hud, r.occlusion)
         needed = bool(look != self._last_look or self.stage.needs_redraw or self._pending_screenshot
-                      or self.recorder.recording)
+                      or self.driving.recorder.recording)
         if needed:
             self._last_change = now
         idle = r.show_hud and not needed and now - self._last_change > IDLE_AFTER_S
@@ -648,11 +234,7 @@ class App:
                 self.timings.drawn(time.perf_counter())
             self.stage.needs_redraw = False
             self._last_look = look
-        if self.export is not None:
-            try:
-                next(self.export)
-            except StopIteration:
-                self.export = None
+        self.files.advance_export()
         t3 = time.perf_counter()
         self._update_console()
         if not self.console.render_frame():
@@ -663,34 +245,31 @@ class App:
         t = self.timings.ms
         fps = self.timings.drawn_fps(now)
         rate = "idle: nothing changed" if idle else ("  -- FPS" if fps is None else f"{fps:5.1f} FPS")
-        src = self.drive.source + (f" {self.playback.name} {self.playback.time:.1f}s" if self.drive.source == "motion file" else "")
-        rec = "   REC" if self.recorder.recording else ""
+        d = self.driving
+        source = d.drive.source
+        src = source + (f" {d.playback.name} {d.playback.time:.1f}s" if source == "motion file" else "")
+        rec = "   REC" if d.recorder.recording else ""
         live = ""
-        if self.drive.source in LIVE_SOURCES:
+        if source in LIVE_SOURCES:
             live = "\n" + "  ".join(f"{k} {t[k]:.1f}" for k in ("capture", "landmarks", "fit", "audio", "capture_to_params") if k in t) + " ms"
         return (f"{rate}   drive {t['drive']:.1f}  deform {t['deform']:.1f}  sort {t['sort']:.1f}  "
                 f"draw {t['draw']:.1f}  console {t['console']:.1f} ms\n"
-                f"{len(self.rig.avatar)} Gaussians   source: {src}{rec}{live}")
+                f"{len(self.shown.rig.avatar)} Gaussians   source: {src}{rec}{live}")
 
     def _update_console(self) -> None:
-        c = self.console
-        pb = self.playback
+        """What changed since the last frame, to the console: tasks, motion, recording, source,
+        refinement plots, log."""
+        c, d = self.console, self.driving
+        for panel, state in self.tasks.changed():
+            c.show_task(panel, state)
+        pb = d.playback
         if pb.motion is not None:
             c.set_motion(f"{pb.name}: {len(pb.motion)} frames, {pb.motion.duration:.1f} s", pb.fraction, pb.playing)
-        c.set_record(self.recorder.recording, self.recorder.frame_count)
-        c.set_source_shown(self.drive.source, self.live.status() if self.live is not None and
-                           self.drive.source in LIVE_SOURCES else "")
-        c.set_build(*self._build_progress)
-        if self._refine_prep is not None:
-            c.set_refine_preparing(*self._refine_prep)
-        fresh = self._take_refine_report()
-        r = self._refine_history[-1] if self._refine_history else None
-        if self.refiner is not None or fresh:
-            status = "" if r is None else (f"iteration {r.iteration}/{r.iterations}, {r.it_per_s:.1f} it/s, "
-                                           f"ETA {r.eta_s / 60:.1f} min, spikes {100 * r.spike_fraction:.2f}%"
-                                           + (f", PSNR in mask {r.psnr_mask:.2f} dB" if r.psnr_mask is not None else ""))
-            c.set_refine(self._refine_history if fresh else None, r, bool(self.refiner and self.refiner.paused),
-                         status if self.refiner is not None else f"finished: {status}")
+        c.set_record(d.recorder.recording, d.recorder.frame_count)
+        c.set_source_shown(d.drive.source, d.live_status())
+        if self.refining.take_report():
+            c.set_refine_plots(self.refining.history)
+        c.set_refine_paused(self.refining.paused)
         c.update_log(self.log)
 
     def run(self, smoke: int | None = None, screenshot: str | None = None) -> int:
@@ -724,9 +303,9 @@ class App:
 
     def shutdown(self) -> int:
         """Stop every thread, keep the settings, close both windows."""
-        self._stop_live()
-        self.cancel_build()
-        self.stop_refine()
+        self.driving.stop_live()
+        self.building.cancel()
+        self.refining.stop()
         self.jobs.join(timeout=2.0)
         s = self.settings
         s.camera = self.stage.orbit.to_dict()
@@ -786,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"savatar-viewer: {reason}", file=sys.stderr)
         return 2
     if motion is not None:
-        app.playback.load(motion.remap(app.rig.data.expr_names), Path(args.motion).name)
-        app.drive.source = "motion file"
+        app.driving.play(motion, Path(args.motion).name)
     return app.run(args.smoke, args.screenshot)
 
 

@@ -1,63 +1,74 @@
 """The console: a Dear PyGui window with the panels (Avatar, Drive, Motion, Render, Build,
-Refine, Log). It only shows state and forwards user actions to the app; every widget id is a
-Python attribute, not a magic string."""
+Refine, Log). It only shows state and forwards user actions, as typed values, to the app's
+controllers (Actions); every widget id is a Python attribute, not a magic string."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import dearpygui.dearpygui as dpg
 import numpy as np
 
 from savatar.core.gaussians.antispike import AntiSpikeConfig
+from savatar.core.refine.refine import RefineConfig
 from savatar.viewer.glx_context import SavedContext
-from savatar.viewer.state import DRIVE_SOURCES
+from savatar.viewer.refining import FrameChoice, FrameKind
+from savatar.viewer.state import DRIVE_SOURCES, RenderSettings
+from savatar.viewer.tasks import TaskState
+
+if TYPE_CHECKING:
+    from savatar.viewer.building import Building
+    from savatar.viewer.driving import Driving
+    from savatar.viewer.files import AvatarFiles
+    from savatar.viewer.portraits import Portrait
+    from savatar.viewer.refining import Refining
 
 # Expression components grouped by face region, by their ARKit-style name prefixes.
 REGION_PREFIXES = (("Eyes", ("eye",)), ("Brows", ("brow",)), ("Mouth", ("mouth",)),
                    ("Cheeks and nose", ("cheek", "nose")), ("Jaw", ("jaw",)))
-# Refine panel data sources and what the path field holds for each.
-REFINE_DATA_HINTS = {"the avatar's portraits": "", "image folder": "images + params.npz",
-                     "video": "a video of this person"}
-REFINE_DATA = tuple(REFINE_DATA_HINTS)
+# What the Refine panel's path field holds for each source of frames.
+REFINE_PATH_HINTS = {FrameKind.STORED: "", FrameKind.IMAGES: "images + params.npz",
+                     FrameKind.VIDEO: "a video of this person"}
 LEVEL_COLOURS = {"info": (200, 200, 200), "warning": (240, 200, 80), "error": (255, 110, 110)}
 POSE_SLIDERS = (("jaw", 2, ("open", "side", "twist")), ("neck", 1, ("pitch", "yaw", "roll")),
                 ("head", 0, ("pitch", "yaw", "roll")), ("eyes", 3, ("pitch", "yaw", "-")))
 
 
-class Actions(Protocol):
-    """What the console can ask of the app (implemented by viewer.app.App)."""
+class StageActions(Protocol):
+    """What the console asks of the app itself (viewer.app.App)."""
 
-    def open_avatar(self, path: str) -> None: ...
-    def save_avatar(self, path: str | None) -> None: ...
-    def export_ply(self, path: str) -> None: ...
-    def export_video(self, path: str) -> None: ...
-    def load_motion(self, path: str) -> None: ...
-    def save_recording(self, path: str) -> None: ...
-    def set_expr(self, index: int, value: float) -> None: ...
-    def set_pose(self, index: int, value: float) -> None: ...
-    def set_translation(self, index: int, value: float) -> None: ...
-    def reset_drive(self) -> None: ...
-    def set_source(self, source: str) -> None: ...
-    def toggle_record(self) -> None: ...
-    def toggle_play(self) -> None: ...
-    def seek(self, fraction: float) -> None: ...
     def frame_face(self) -> None: ...
     def set_stage_size(self, width: int, height: int) -> None: ...
-    def build(self) -> None: ...
-    def cancel_build(self) -> None: ...
-    def clear_portraits(self) -> None: ...
-    def move_portrait(self, index: int, step: int) -> None: ...
-    def start_refine(self) -> None: ...
-    def pause_refine(self) -> None: ...
-    def stop_refine(self) -> None: ...
-    def remove_portrait(self, index: int) -> None: ...
+    def set_render(self, settings: RenderSettings) -> None: ...
+    def set_fov(self, degrees: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Actions:
+    """Where the console's buttons, sliders and fields go: one controller per concern."""
+
+    files: AvatarFiles
+    driving: Driving
+    building: Building
+    refining: Refining
+    stage: StageActions
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """The one way a task shows: a progress bar and a status line under it."""
+
+    bar: int
+    text: int
 
 
 class Console:
-    def __init__(self, actions: Actions, expr_names: list[str], size: tuple[int, int] = (560, 860),
+    """Built before the controllers (they show things in it), connected to them after."""
+
+    def __init__(self, expr_names: list[str], size: tuple[int, int] = (560, 860),
                  position: tuple[int, int] | None = None):
-        self.actions = actions
+        self.actions: Actions | None = None
         self.expr_names = list(expr_names)
         dpg.create_context()
         dpg.create_viewport(title="SpatialAvatar — console", width=size[0], height=size[1], vsync=False)
@@ -66,11 +77,26 @@ class Console:
         self.expr_sliders: list[int] = []
         self.pose_sliders: dict[int, int] = {}
         self.trans_sliders: list[int] = []
+        self.task_views: dict[str, TaskView] = {}
         self._log_version = -1
+        self._paused_shown = False
         self._build()
         dpg.setup_dearpygui()
         dpg.show_viewport()
         self._gl = SavedContext()
+
+    def connect(self, actions: Actions) -> None:
+        """From now on the widgets act on these controllers. The app starts from the settings
+        the widgets show (the field of view too: the slider's, not the saved camera's), told the
+        way a user's change would tell it."""
+        self.actions = actions
+        g = dpg.get_value
+        actions.driving.set_strength(g(self.strength))
+        actions.driving.set_smoothing(g(self.smoothing))
+        actions.driving.set_loop(g(self.loop_box))
+        actions.driving.set_speed(g(self.speed))
+        actions.stage.set_fov(g(self.fov))
+        self._render_changed()
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -89,6 +115,9 @@ class Console:
                 pass
         dpg.set_primary_window(self.root, True)
         self._file_dialogs()
+
+    def _task_view(self, panel: str) -> None:
+        self.task_views[panel] = TaskView(dpg.add_progress_bar(default_value=0.0, width=-1), dpg.add_text("", wrap=0))
 
     def _file_dialogs(self) -> None:
         self.dialogs = {}
@@ -115,9 +144,10 @@ class Console:
         path = app_data.get("file_path_name") if isinstance(app_data, dict) else None
         if not path:
             return
-        handler = {"open": self.actions.open_avatar, "save_as": self.actions.save_avatar,
-                   "export_ply": self.actions.export_ply, "export_video": self.actions.export_video,
-                   "load_motion": self.actions.load_motion, "save_recording": self.actions.save_recording,
+        a = self.actions
+        handler = {"open": a.files.open, "save_as": a.files.save,
+                   "export_ply": a.files.export_ply, "export_video": a.files.export_video,
+                   "load_motion": a.driving.load_motion, "save_recording": a.driving.save_recording,
                    "audio_file": self.choose_audio,
                    "refine_video": lambda p: dpg.set_value(self.refine_path, p),
                    "refine_folder": lambda p: dpg.set_value(self.refine_path, p)}[name]
@@ -126,7 +156,10 @@ class Console:
     def choose_audio(self, path: str) -> None:
         dpg.set_value(self.audio_path, path)
         dpg.set_value(self.source_combo, "audio file")
-        self.actions.set_source("audio file")
+        self._set_source("audio file")
+
+    def _set_source(self, source: str) -> None:
+        self.actions.driving.set_source(source, dpg.get_value(self.video_device), dpg.get_value(self.audio_path))
 
     def set_source_shown(self, source: str, status: str) -> None:
         if dpg.get_value(self.source_combo) != source:
@@ -139,31 +172,33 @@ class Console:
     def _avatar_panel(self) -> None:
         with dpg.group(horizontal=True):
             dpg.add_button(label="Open...", callback=lambda: self._show("open"))
-            dpg.add_button(label="Save", callback=lambda: self.actions.save_avatar(None))
+            dpg.add_button(label="Save", callback=lambda: self.actions.files.save(None))
             dpg.add_button(label="Save as...", callback=lambda: self._show("save_as"))
         with dpg.group(horizontal=True):
             dpg.add_button(label="Export PLY...", callback=lambda: self._show("export_ply"))
             dpg.add_button(label="Export MP4...", callback=lambda: self._show("export_video"))
         dpg.add_text("Recent files")
         self.recent_list = dpg.add_listbox(items=[], num_items=5, width=-1,
-                                           callback=lambda s, a: self.actions.open_avatar(a))
+                                           callback=lambda s, a: self.actions.files.open(a))
         dpg.add_separator()
         self.info_text = dpg.add_text("")
-        self.job_text = dpg.add_text("")
+        self._task_view("Avatar")
 
     def _drive_panel(self) -> None:
         self.source_combo = dpg.add_combo(list(DRIVE_SOURCES), default_value="sliders", label="source", width=200,
-                                          callback=lambda s, a: self.actions.set_source(a))
+                                          callback=lambda s, a: self._set_source(a))
         self.video_device = dpg.add_input_text(label="webcam index or video file", default_value="0", width=200)
         with dpg.group(horizontal=True):
             dpg.add_button(label="Audio file...", callback=lambda: self._show("audio_file"))
             self.audio_path = dpg.add_text("")
         self.source_status = dpg.add_text("")
         with dpg.group(horizontal=True):
-            dpg.add_button(label="Reset", callback=lambda: self.actions.reset_drive())
-            dpg.add_button(label="Frame face (F)", callback=lambda: self.actions.frame_face())
-        self.strength = dpg.add_slider_float(label="expression strength", default_value=1.0, min_value=0.0, max_value=2.0)
-        self.smoothing = dpg.add_slider_float(label="smoothing", default_value=0.0, min_value=0.0, max_value=0.95)
+            dpg.add_button(label="Reset", callback=lambda: self.actions.driving.reset())
+            dpg.add_button(label="Frame face (F)", callback=lambda: self.actions.stage.frame_face())
+        self.strength = dpg.add_slider_float(label="expression strength", default_value=1.0, min_value=0.0, max_value=2.0,
+                                             callback=lambda s, a: self.actions.driving.set_strength(a))
+        self.smoothing = dpg.add_slider_float(label="smoothing", default_value=0.0, min_value=0.0, max_value=0.95,
+                                              callback=lambda s, a: self.actions.driving.set_smoothing(a))
         with dpg.collapsing_header(label="Head, neck, jaw and eyes", default_open=True):
             for label, joint, axes in POSE_SLIDERS:
                 for k, axis in enumerate(axes):
@@ -177,7 +212,7 @@ class Console:
             for k, axis in enumerate("xyz"):
                 self.trans_sliders.append(dpg.add_slider_float(
                     label=f"translate {axis} (m)", min_value=-0.1, max_value=0.1, width=260,
-                    callback=lambda s, a, u: self.actions.set_translation(u, a), user_data=k))
+                    callback=lambda s, a, u: self.actions.driving.set_translation(u, a), user_data=k))
         self.expr_sliders = [0] * len(self.expr_names)
         used = set()
         for region, prefixes in REGION_PREFIXES + (("Other", ("",)),):
@@ -189,46 +224,69 @@ class Console:
                 for i in members:
                     self.expr_sliders[i] = dpg.add_slider_float(
                         label=self.expr_names[i], min_value=-0.5 if region == "Other" else 0.0, max_value=1.0,
-                        width=260, callback=lambda s, a, u: self.actions.set_expr(u, a), user_data=i)
+                        width=260, callback=lambda s, a, u: self.actions.driving.set_expr(u, a), user_data=i)
 
     def _set_pose(self, idx: int, value: float) -> None:
-        self.actions.set_pose(idx, value)
+        self.actions.driving.set_pose(idx, value)
         if idx in (9, 10):  # both eyes look together
-            self.actions.set_pose(idx + 3, value)
+            self.actions.driving.set_pose(idx + 3, value)
 
     def _motion_panel(self) -> None:
         with dpg.group(horizontal=True):
             dpg.add_button(label="Load motion...", callback=lambda: self._show("load_motion"))
-            self.play_button = dpg.add_button(label="Play", callback=lambda: self.actions.toggle_play())
-            self.loop_box = dpg.add_checkbox(label="loop", default_value=True)
+            self.play_button = dpg.add_button(label="Play", callback=lambda: self.actions.driving.toggle_play())
+            self.loop_box = dpg.add_checkbox(label="loop", default_value=True,
+                                             callback=lambda s, a: self.actions.driving.set_loop(a))
         self.motion_text = dpg.add_text("no motion loaded")
         self.timeline = dpg.add_slider_float(label="time", min_value=0.0, max_value=1.0, width=-80,
-                                             callback=lambda s, a: self.actions.seek(a))
-        self.speed = dpg.add_slider_float(label="speed", default_value=1.0, min_value=0.1, max_value=3.0)
+                                             callback=lambda s, a: self.actions.driving.seek(a))
+        self.speed = dpg.add_slider_float(label="speed", default_value=1.0, min_value=0.1, max_value=3.0,
+                                          callback=lambda s, a: self.actions.driving.set_speed(a))
         dpg.add_separator()
         with dpg.group(horizontal=True):
-            self.record_button = dpg.add_button(label="Record", callback=lambda: self.actions.toggle_record())
+            self.record_button = dpg.add_button(label="Record", callback=lambda: self.actions.driving.toggle_record())
             dpg.add_button(label="Save recording...", callback=lambda: self._show("save_recording"))
         self.record_text = dpg.add_text("")
 
     def _render_panel(self) -> None:
-        self.backend = dpg.add_combo(["gl"], default_value="gl", label="backend", width=160)
+        changed = lambda: self._render_changed()  # noqa: E731
+        self.backend = dpg.add_combo(["gl"], default_value="gl", label="backend", width=160, callback=changed)
         dpg.add_text("Stage drawing uses gl; cpu and gsplat serve exports and refinement.", wrap=480)
         self.resolution = dpg.add_combo(["512x512", "720x720", "1024x768", "1280x720"], default_value="720x720",
                                         label="stage size", width=160,
-                                        callback=lambda s, a: self.actions.set_stage_size(*map(int, a.split("x"))))
-        self.quality = dpg.add_combo(["auto", "full", "half"], default_value="auto", label="splat resolution", width=160)
+                                        callback=lambda s, a: self.actions.stage.set_stage_size(*map(int, a.split("x"))))
+        self.quality = dpg.add_combo(["auto", "full", "half"], default_value="auto", label="splat resolution", width=160,
+                                     callback=changed)
         dpg.add_text("auto: half resolution while the avatar or camera moves, full when still", wrap=480)
-        self.sh_degree = dpg.add_slider_int(label="SH degree", default_value=3, min_value=0, max_value=3)
-        self.scale_mod = dpg.add_slider_float(label="scale modifier", default_value=1.0, min_value=0.1, max_value=2.0)
-        self.fov = dpg.add_slider_float(label="field of view", default_value=30.0, min_value=10.0, max_value=70.0)
-        self.bg_color = dpg.add_color_edit(label="background", default_value=(237, 240, 245, 255), no_alpha=True)
-        self.show_mesh = dpg.add_checkbox(label="mesh overlay")
-        self.show_centres = dpg.add_checkbox(label="Gaussian centres")
-        self.highlight = dpg.add_checkbox(label="highlight spikes (red)")
-        self.show_hud = dpg.add_checkbox(label="HUD (H)", default_value=True)
-        self.occlusion = dpg.add_checkbox(label="skip splats hidden behind the head or facing away (faster)", default_value=True)
+        self.sh_degree = dpg.add_slider_int(label="SH degree", default_value=3, min_value=0, max_value=3, callback=changed)
+        self.scale_mod = dpg.add_slider_float(label="scale modifier", default_value=1.0, min_value=0.1, max_value=2.0,
+                                              callback=changed)
+        self.fov = dpg.add_slider_float(label="field of view", default_value=30.0, min_value=10.0, max_value=70.0,
+                                        callback=lambda s, a: self.actions.stage.set_fov(a))
+        self.bg_color = dpg.add_color_edit(label="background", default_value=(237, 240, 245, 255), no_alpha=True,
+                                           callback=changed)
+        self.show_mesh = dpg.add_checkbox(label="mesh overlay", callback=changed)
+        self.show_centres = dpg.add_checkbox(label="Gaussian centres", callback=changed)
+        self.highlight = dpg.add_checkbox(label="highlight spikes (red)", callback=changed)
+        self.show_hud = dpg.add_checkbox(label="HUD (H)", default_value=True, callback=changed)
+        self.occlusion = dpg.add_checkbox(label="skip splats hidden behind the head or facing away (faster)",
+                                          default_value=True, callback=changed)
         self.spike_text = dpg.add_text("")
+
+    def _render_changed(self) -> None:
+        """Any Render panel setting changed: all of them, typed, to the app (read here, on a
+        change, never per frame; the colour is read with get_value, which gives 0-255 like the
+        default, where the callback's app_data would give 0-1)."""
+        g = dpg.get_value
+        self.actions.stage.set_render(RenderSettings(
+            backend=g(self.backend), sh_degree=g(self.sh_degree), scale_modifier=g(self.scale_mod),
+            background=tuple(x / 255.0 for x in g(self.bg_color)[:3]), show_mesh=g(self.show_mesh),
+            show_centres=g(self.show_centres), highlight_spikes=g(self.highlight), show_hud=g(self.show_hud),
+            occlusion=g(self.occlusion), quality=g(self.quality)))
+
+    def toggle_hud(self) -> None:
+        dpg.set_value(self.show_hud, not dpg.get_value(self.show_hud))
+        self._render_changed()
 
     def _build_panel(self) -> None:
         dpg.add_text("Drop portraits on the stage (any number, any order), then Build.", wrap=480)
@@ -243,21 +301,22 @@ class Console:
                                                         min_clamped=True, step=100, width=100)
             dpg.add_text("iterations")
         with dpg.group(horizontal=True):
-            dpg.add_button(label="Build", callback=lambda: self.actions.build())
-            dpg.add_button(label="Cancel", callback=lambda: self.actions.cancel_build())
-            dpg.add_button(label="Clear", callback=lambda: self.actions.clear_portraits())
-        self.build_progress = dpg.add_progress_bar(default_value=0.0, width=-1)
-        self.build_status = dpg.add_text("", wrap=480)
+            self.build_button = dpg.add_button(label="Build", callback=lambda: self.actions.building.build(
+                int(dpg.get_value(self.build_count)), dpg.get_value(self.build_generator).strip()))
+            dpg.add_button(label="Cancel", callback=lambda: self.actions.building.cancel())
+            dpg.add_button(label="Clear", callback=lambda: self.actions.building.clear_portraits())
+        self._task_view("Build")
         with dpg.texture_registry():
             self._texture_parent = dpg.last_container()
         self._textures: dict[str, int] = {}
 
-    def set_portraits(self, portraits) -> None:
-        """Rows of (thumbnail, name, status, up/down/remove) for viewer.app.Portrait items."""
+    def set_portraits(self, portraits: list[Portrait]) -> None:
+        """Rows of (thumbnail, name, status, up/down/remove) for the queued portraits."""
         dpg.delete_item(self.portrait_box, children_only=True)
         live = {p.path for p in portraits}
         for path in [k for k in self._textures if k not in live]:
             dpg.delete_item(self._textures.pop(path))
+        b = self.actions.building
         for i, p in enumerate(portraits):
             if p.path not in self._textures:
                 h, w = p.preview.shape[:2]
@@ -267,21 +326,25 @@ class Console:
                 with dpg.group():
                     dpg.add_text(p.status, color=(160, 230, 160) if p.ok else (255, 120, 120), wrap=300)
                     with dpg.group(horizontal=True):
-                        dpg.add_button(label="up", callback=lambda s, a, u: self.actions.move_portrait(u, -1), user_data=i)
-                        dpg.add_button(label="down", callback=lambda s, a, u: self.actions.move_portrait(u, 1), user_data=i)
-                        dpg.add_button(label="remove", callback=lambda s, a, u: self.actions.remove_portrait(u), user_data=i)
+                        dpg.add_button(label="up", callback=lambda s, a, u: b.move_portrait(u, -1), user_data=i)
+                        dpg.add_button(label="down", callback=lambda s, a, u: b.move_portrait(u, 1), user_data=i)
+                        dpg.add_button(label="remove", callback=lambda s, a, u: b.remove_portrait(u), user_data=i)
 
-    def set_build(self, fraction: float, text: str) -> None:
-        dpg.set_value(self.build_progress, fraction)
-        dpg.set_value(self.build_status, text)
+    def refine_after_build(self) -> RefineConfig | None:
+        """The refinement the Build panel asks for once a build is done (the Refine panel's
+        weights, the Build panel's iterations), None when it asks for none."""
+        if not dpg.get_value(self.refine_after):
+            return None
+        return self._refine_config(dpg.get_value(self.refine_after_iters))
 
     def _refine_panel(self) -> None:
-        self.refine_data = dpg.add_combo(list(REFINE_DATA), width=260, label="data", default_value=REFINE_DATA[0],
-                                         callback=lambda s, a: self._show_refine_path(a))
+        self.refine_data = dpg.add_combo([k.value for k in FrameKind], width=260, label="data",
+                                         default_value=FrameKind.STORED.value,
+                                         callback=lambda s, a: self._show_refine_path(FrameKind(a)))
         with dpg.group(horizontal=True, show=False) as self.refine_path_row:
             self.refine_path = dpg.add_input_text(width=260)
             dpg.add_button(label="Browse...", callback=lambda: self._show(
-                "refine_video" if dpg.get_value(self.refine_data) == "video" else "refine_folder"))
+                "refine_video" if self._frame_choice().kind is FrameKind.VIDEO else "refine_folder"))
         self.refine_iters = dpg.add_input_int(label="iterations", default_value=10000, min_value=10, max_value=100000,
                                               min_clamped=True, step=1000, width=160)
         with dpg.collapsing_header(label="Loss weights and anti-spike thresholds"):
@@ -297,11 +360,11 @@ class Console:
                 self.refine_fields[name] = (w, t)
             self.refine_regularize = dpg.add_checkbox(label="anti-spike regularization", default_value=True)
         with dpg.group(horizontal=True):
-            dpg.add_button(label="Start", callback=lambda: self.actions.start_refine())
-            self.refine_pause_button = dpg.add_button(label="Pause", callback=lambda: self.actions.pause_refine())
-            dpg.add_button(label="Stop", callback=lambda: self.actions.stop_refine())
-        self.refine_progress = dpg.add_progress_bar(default_value=0.0, width=-1)
-        self.refine_status = dpg.add_text("", wrap=0)
+            self.refine_start = dpg.add_button(label="Start", callback=lambda: self.actions.refining.start(
+                self._frame_choice(), self._refine_config(dpg.get_value(self.refine_iters))))
+            self.refine_pause_button = dpg.add_button(label="Pause", callback=lambda: self.actions.refining.pause())
+            dpg.add_button(label="Stop", callback=lambda: self.actions.refining.stop())
+        self._task_view("Refine")
         self.refine_series: dict[str, int] = {}
         with dpg.plot(label="losses", height=150, width=-1):
             dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthEast, horizontal=True)
@@ -329,34 +392,33 @@ class Console:
                         self.refine_threshold[name] = dpg.add_inf_line_series([], parent=y)
                     self.refine_axes.append((x, y))
 
-    def _show_refine_path(self, data: str) -> None:
-        dpg.configure_item(self.refine_path_row, show=data != REFINE_DATA[0])
-        dpg.configure_item(self.refine_path, hint=REFINE_DATA_HINTS[data])
+    def _show_refine_path(self, kind: FrameKind) -> None:
+        dpg.configure_item(self.refine_path_row, show=kind is not FrameKind.STORED)
+        dpg.configure_item(self.refine_path, hint=REFINE_PATH_HINTS[kind])
 
-    def refine_settings(self, after_build: bool = False) -> dict:
-        """What the Refine panel asks for (read on the main thread); after_build: the Build
-        panel's source and iteration count instead of the Refine panel's."""
+    def _frame_choice(self) -> FrameChoice:
+        return FrameChoice(FrameKind(dpg.get_value(self.refine_data)), dpg.get_value(self.refine_path))
+
+    def _refine_config(self, iterations: int) -> RefineConfig:
+        """The Refine panel's loss weights and thresholds for a run of `iterations`: no
+        checkpoints (the result is the shown avatar), a few reports per run for the plots.
+        held_out is left to the refining controller, which knows the frame count."""
         g = dpg.get_value
-        data = REFINE_DATA[0] if after_build else g(self.refine_data)
-        iterations = g(self.refine_after_iters) if after_build else g(self.refine_iters)
-        return {"data": data, "path": g(self.refine_path), "iterations": iterations,
-                "lambda_dssim": g(self.refine_dssim), "regularize": g(self.refine_regularize),
-                **{f"{n}_weight": g(w) for n, (w, _) in self.refine_fields.items()},
-                **{f"{n}_threshold": g(t) for n, (_, t) in self.refine_fields.items()}}
+        (wa, ta), (ws, ts), (wo, to) = (self.refine_fields[n] for n in ("anisotropy", "size", "offset"))
+        spike = AntiSpikeConfig(max_anisotropy=g(ta), max_size=g(ts), max_offset=g(to),
+                                weight_anisotropy=g(wa), weight_size=g(ws), weight_offset=g(wo))
+        return RefineConfig(iterations=iterations, lambda_dssim=g(self.refine_dssim), antispike=spike,
+                            regularize=g(self.refine_regularize), checkpoint_every=0,
+                            report_every=max(1, min(10, iterations // 5)), backend="auto")
 
-    def set_refine_preparing(self, fraction: float, text: str) -> None:
-        """Progress of getting the frames ready (tracking a video) before a refinement starts."""
-        dpg.set_value(self.refine_progress, fraction)
-        dpg.set_value(self.refine_status, text)
+    def set_refine_paused(self, paused: bool) -> None:
+        if paused != self._paused_shown:
+            self._paused_shown = paused
+            dpg.configure_item(self.refine_pause_button, label="Resume" if paused else "Pause")
 
-    def set_refine(self, history: list, report, paused: bool, status: str) -> None:
-        """history: all Reports so far when a new one arrived (plots redrawn), else None;
-        report: the newest one or None."""
-        dpg.configure_item(self.refine_pause_button, label="Resume" if paused else "Pause")
-        dpg.set_value(self.refine_status, status)
-        if report is None or history is None:
-            return
-        dpg.set_value(self.refine_progress, report.iteration / max(report.iterations, 1))
+    def set_refine_plots(self, history: list) -> None:
+        """Every Report of the run so far (a new one just arrived): curves and the newest histograms."""
+        report = history[-1]
         its = [float(r.iteration) for r in history]
         for term, series in self.refine_series.items():
             if term == "psnr_mask":
@@ -377,6 +439,11 @@ class Console:
             dpg.fit_axis_data(y)
 
     # ------------------------------------------------------------------ updates from the app
+    def show_task(self, panel: str, state: TaskState) -> None:
+        view = self.task_views[panel]
+        dpg.set_value(view.bar, state.fraction)
+        dpg.set_value(view.text, state.text)
+
     def set_values(self, expr: np.ndarray, pose: np.ndarray, translation: np.ndarray) -> None:
         """Put the sliders at these values (after reset, or while another source drives)."""
         for i, item in enumerate(self.expr_sliders):
@@ -387,20 +454,11 @@ class Console:
         for k, item in enumerate(self.trans_sliders):
             dpg.set_value(item, float(translation[k]))
 
-    def toggle(self, checkbox: int) -> None:
-        dpg.set_value(checkbox, not dpg.get_value(checkbox))
-
-    def show_tab(self, name: str) -> None:
-        dpg.set_value(self.tab_bar, self.tabs[name])
-
     def set_info(self, text: str) -> None:
         dpg.set_value(self.info_text, text)
 
     def set_recent(self, files: list[str]) -> None:
         dpg.configure_item(self.recent_list, items=files)
-
-    def set_job(self, text: str) -> None:
-        dpg.set_value(self.job_text, text)
 
     def set_motion(self, text: str, fraction: float, playing: bool) -> None:
         dpg.set_value(self.motion_text, text)
@@ -424,10 +482,7 @@ class Console:
             dpg.add_text(entry.line(), parent=self.log_box, color=LEVEL_COLOURS.get(entry.level, (200, 200, 200)))
         dpg.set_y_scroll(self.log_box, -1.0)
 
-    # ------------------------------------------------------------------ reading controls
-    def value(self, item: int):
-        return dpg.get_value(item)
-
+    # ------------------------------------------------------------------ frames and windows
     def render_frame(self) -> bool:
         """Draw one console frame; False once the user closed the console window."""
         if not dpg.is_dearpygui_running():

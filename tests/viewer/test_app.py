@@ -44,6 +44,24 @@ def pump(app, frames=3, until=None, timeout=20.0):
     return app
 
 
+def set_widget(item, value):
+    """What a user's change does: the widget takes the value, then its callback runs (with the
+    arguments Dear PyGui would give it)."""
+    import inspect
+
+    import dearpygui.dearpygui as dpg
+
+    dpg.set_value(item, value)
+    callback = dpg.get_item_callback(item)
+    callback(*(item, value, dpg.get_item_user_data(item))[:len(inspect.signature(callback).parameters)])
+
+
+def click(button):
+    import dearpygui.dearpygui as dpg
+
+    dpg.get_item_callback(button)()
+
+
 def stage_image(app, tmp_path, name):
     path = tmp_path / f"{name}.png"
     app.screenshot_stage(path)
@@ -51,26 +69,84 @@ def stage_image(app, tmp_path, name):
 
 
 def test_moving_a_slider_changes_the_render(app, tmp_path):
-    import dearpygui.dearpygui as dpg
-
     # Full resolution throughout: with "auto", a frame right after a change is drawn at half
     # resolution, and the blur alone would count as change.
-    dpg.set_value(app.console.quality, "full")
-    dpg.set_value(app.console.show_hud, False)
+    set_widget(app.console.quality, "full")
+    set_widget(app.console.show_hud, False)
     pump(app)
     before = stage_image(app, tmp_path, "before")
-    app.set_pose(6, 0.35)  # open the jaw
-    app.set_expr(app.rig.data.expr_names.index("eyeBlink_L"), 1.0)
+    app.driving.set_pose(6, 0.35)  # open the jaw
+    app.driving.set_expr(app.shown.rig.data.expr_names.index("eyeBlink_L"), 1.0)
     pump(app)
     after = stage_image(app, tmp_path, "after")
     changed = np.abs(after - before).sum(-1) > 30
     assert 0.002 < changed.mean() < 0.3  # the face changed, the whole frame did not
     # Only around the mouth and eyes: the top of the head (hair) is the same.
     assert changed[: changed.shape[0] // 4].mean() < 0.01
-    app.reset_drive()
-    dpg.set_value(app.console.quality, "auto")
-    dpg.set_value(app.console.show_hud, True)
+    app.driving.reset()
+    set_widget(app.console.quality, "auto")
+    set_widget(app.console.show_hud, True)
     pump(app)
+
+
+def test_render_settings_change_through_the_console_callbacks_not_by_polling(app):
+    import dearpygui.dearpygui as dpg
+
+    assert app.render.sh_degree == 3 and app.render.show_mesh is False
+    set_widget(app.console.sh_degree, 1)
+    set_widget(app.console.show_mesh, True)
+    # The app has the new settings at once, typed, before any frame ran.
+    assert app.render.sh_degree == 1 and app.render.show_mesh is True and app.render.quality == "auto"
+    assert app.render.background == pytest.approx((237 / 255, 240 / 255, 245 / 255))
+    set_widget(app.console.fov, 40.0)
+    assert app.stage.orbit.fov == pytest.approx(40.0)
+    # A widget value that no callback reported is not read by the frame loop.
+    dpg.set_value(app.console.scale_mod, 0.5)
+    dpg.set_value(app.console.strength, 0.25)
+    pump(app)
+    assert app.render.scale_modifier == 1.0 and app.driving.drive.strength == 1.0
+    set_widget(app.console.strength, 0.25)
+    assert app.driving.drive.strength == 0.25
+    set_widget(app.console.strength, 1.0)
+    set_widget(app.console.scale_mod, 1.0)
+    set_widget(app.console.fov, 30.0)
+    set_widget(app.console.show_mesh, False)
+    set_widget(app.console.sh_degree, 3)
+    # The H key goes the same way.
+    app.handle_key("hud")
+    assert app.render.show_hud is False and dpg.get_value(app.console.show_hud) is False
+    app.handle_key("hud")
+    assert app.render.show_hud is True
+    pump(app)
+
+
+def test_a_task_reaches_the_console_through_the_main_loop(app):
+    """A worker's fraction and text reach the panel's progress bar and status line when the
+    main loop runs, not before; a cancel from the main thread reaches the worker."""
+    import dearpygui.dearpygui as dpg
+
+    view = app.console.task_views["Build"]
+    task = app.tasks.start("test", "Build", "waiting")
+    halfway = threading.Event()
+    ended: list[str] = []
+
+    def work() -> bool:  # on the worker: only the task is touched
+        task.on_stage(0.25, "a quarter")
+        task.frame_counter("counting")(6, 12)
+        halfway.set()
+        return task.cancel_event.wait(20)
+
+    app.jobs.submit("test", work, lambda cancelled: (ended.append("cancelled" if cancelled else "timed out"),
+                                                     task.finish("stopped by the test")), lambda e: ended.append(str(e)))
+    assert halfway.wait(20)
+    assert dpg.get_value(view.text) != "counting: frame 6/12"  # nothing reached the GUI from the worker
+    pump(app, frames=1)
+    assert dpg.get_value(view.bar) == pytest.approx(0.5) and dpg.get_value(view.text) == "counting: frame 6/12"
+    assert task.running and not ended
+    task.cancel()
+    pump(app, until=lambda: bool(ended))
+    assert ended == ["cancelled"] and not task.running
+    assert dpg.get_value(view.text) == "stopped by the test"
 
 
 def test_hud_counts_drawn_frames_and_says_idle(app, monkeypatch):
@@ -78,20 +154,18 @@ def test_hud_counts_drawn_frames_and_says_idle(app, monkeypatch):
     and, after a second, the HUD says idle. The loop's clock is the test's: no timing waits."""
     import types
 
-    import dearpygui.dearpygui as dpg
-
     import savatar.viewer.app as app_module
 
     clock = types.SimpleNamespace(now=time.perf_counter() + 1000.0)  # after every real frame drawn
     clock.perf_counter = lambda: clock.now
     monkeypatch.setattr(app_module, "time", types.SimpleNamespace(perf_counter=clock.perf_counter,
                                                                   strftime=time.strftime))
-    dpg.set_value(app.console.show_hud, True)
+    set_widget(app.console.show_hud, True)
     drawn: list[str] = []
     real_draw = app.stage.draw
     monkeypatch.setattr(app.stage, "draw", lambda *a, **k: (drawn.append(app.stage.hud_text), real_draw(*a, **k)))
     for _ in range(10):  # animated: a new jaw every frame, 20 frames a second
-        app.set_pose(6, app.drive.pose[6] + 0.01)
+        app.driving.set_pose(6, app.driving.drive.pose[6] + 0.01)
         clock.now += 0.05
         app.step(0.05)
     assert len(drawn) == 10
@@ -110,24 +184,22 @@ def test_hud_counts_drawn_frames_and_says_idle(app, monkeypatch):
         clock.now += 0.1
         app.step(0.1)
     assert len(drawn) == count
-    app.reset_drive()
+    app.driving.reset()
 
 
 @pytest.mark.parametrize("yaw", [0.0, 70.0, 160.0])
 def test_occlusion_prepass_hides_nothing_visible(app, tmp_path, yaw):
-    import dearpygui.dearpygui as dpg
-
     app.stage.orbit.yaw = yaw
-    dpg.set_value(app.console.quality, "full")
-    dpg.set_value(app.console.show_hud, False)  # its timings differ from frame to frame
+    set_widget(app.console.quality, "full")
+    set_widget(app.console.show_hud, False)  # its timings differ from frame to frame
     images = []
     for on in (True, False):
-        dpg.set_value(app.console.occlusion, on)
+        set_widget(app.console.occlusion, on)
         pump(app)
         images.append(stage_image(app, tmp_path, f"occl{on}") / 255.0)
-    dpg.set_value(app.console.occlusion, True)
-    dpg.set_value(app.console.quality, "auto")
-    dpg.set_value(app.console.show_hud, True)
+    set_widget(app.console.occlusion, True)
+    set_widget(app.console.quality, "auto")
+    set_widget(app.console.show_hud, True)
     app.stage.orbit.yaw = 0.0
     mse = float(((images[0] - images[1]) ** 2).mean())
     assert 10 * np.log10(1 / max(mse, 1e-12)) > 40  # measured 46-53 dB
@@ -161,23 +233,23 @@ def test_file_drops(app, tmp_path):
                        np.zeros((t, 3), np.float32), data.expr_names), tmp_path / "m.npz")
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    shown = app.rig
+    shown = app.shown.rig
 
     drop(app, [tmp_path / "broken.h5", tmp_path / "notes.txt"])
     pump(app, until=lambda: not app.jobs.busy)
     pump(app)
     errors = [e.text for e in app.log.entries() if e.level == "error"]
     assert any("broken.h5" in e for e in errors) and any("notes.txt" in e for e in errors)
-    assert app.rig is shown  # a bad file never replaces the avatar on screen
+    assert app.shown.rig is shown  # a bad file never replaces the avatar on screen
 
     drop(app, [tmp_path / "face.png", tmp_path / "small.h5", tmp_path / "m.npz"])
     pump(app, until=lambda: not app.jobs.busy)
     pump(app)
-    assert any(p.path.endswith("face.png") for p in app.portraits)
-    assert not app.portraits[-1].ok and "no face" in app.portraits[-1].status  # a flat grey square
-    assert len(app.rig.avatar) == 2000
-    assert app.playback.motion is not None and len(app.playback.motion) == t
-    assert app.drive.source == "motion file"
+    assert any(p.path.endswith("face.png") for p in app.building.portraits)
+    assert not app.building.portraits[-1].ok and "no face" in app.building.portraits[-1].status  # a flat grey square
+    assert len(app.shown.rig.avatar) == 2000
+    assert app.driving.playback.motion is not None and len(app.driving.playback.motion) == t
+    assert app.driving.drive.source == "motion file"
 
 
 def test_save_as_export_ply_and_mp4_from_the_console(app, tmp_path):
@@ -186,19 +258,19 @@ def test_save_as_export_ply_and_mp4_from_the_console(app, tmp_path):
 
     from savatar.core.io.avatar_file import load_avatar
 
-    app.save_avatar(str(tmp_path / "saved.h5"))
-    app.export_ply(str(tmp_path / "scene.ply"))
-    app.export_video(str(tmp_path / "orbit.mp4"), frames=4)
-    pump(app, until=lambda: not app.jobs.busy and app.export is None)
+    app.files.save(str(tmp_path / "saved.h5"))
+    app.files.export_ply(str(tmp_path / "scene.ply"))
+    app.files.export_video(str(tmp_path / "orbit.mp4"), frames=4)
+    pump(app, until=lambda: not app.jobs.busy and not app.files.exporting)
     pump(app)
-    assert len(load_avatar(tmp_path / "saved.h5")) == len(app.rig.avatar)
-    assert PlyData.read(str(tmp_path / "scene.ply"))["vertex"].count == len(app.rig.avatar)
+    assert len(load_avatar(tmp_path / "saved.h5")) == len(app.shown.rig.avatar)
+    assert PlyData.read(str(tmp_path / "scene.ply"))["vertex"].count == len(app.shown.rig.avatar)
     cap = cv2.VideoCapture(str(tmp_path / "orbit.mp4"))
     frames = 0
     while cap.read()[0]:
         frames += 1
-    assert frames == (len(app.playback.motion) if app.playback.motion else 4)
-    assert app.avatar_path == str(tmp_path / "saved.h5")
+    assert frames == (len(app.driving.playback.motion) if app.driving.playback.motion else 4)
+    assert app.shown.path == str(tmp_path / "saved.h5")
 
 
 def test_build_from_a_dropped_portrait(app, tmp_path):
@@ -206,57 +278,80 @@ def test_build_from_a_dropped_portrait(app, tmp_path):
     import skimage.data
 
     Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
-    app.clear_portraits()
+    app.building.clear_portraits()
     drop(app, [tmp_path / "astronaut.png"])
     pump(app, until=lambda: not app.jobs.busy)
-    assert len(app.portraits) == 1 and app.portraits[0].ok, app.portraits[0].status
-    assert app.portraits[0].preview[..., 1].max() > 0.9  # landmarks drawn in green
+    portraits = app.building.portraits
+    assert len(portraits) == 1 and portraits[0].ok, portraits[0].status
+    assert portraits[0].preview[..., 1].max() > 0.9  # landmarks drawn in green
     dpg.set_value(app.console.build_count, 5000)
-    before = app.rig
-    app.build()
-    pump(app, until=lambda: app._build_cancel is None and not app.jobs.busy, timeout=120)
+    before = app.shown.rig
+    click(app.console.build_button)
+    pump(app, until=lambda: not app.building.busy and not app.jobs.busy, timeout=120)
     pump(app)
-    assert app.rig is not before and len(app.rig.avatar) == 5000
-    assert "thumbnails" in app.rig.avatar.metadata
-    assert app._build_progress[0] == 1.0
+    assert app.shown.rig is not before and len(app.shown.rig.avatar) == 5000
+    assert "thumbnails" in app.shown.rig.avatar.metadata
+    assert app.building.task.state().fraction == 1.0
+    assert dpg.get_value(app.console.task_views["Build"].bar) == 1.0
 
 
 def test_refine_the_built_avatar_live(app):
     import dearpygui.dearpygui as dpg
 
-    assert app.rig.avatar.metadata.get("sources"), "runs after test_build_from_a_dropped_portrait"
-    faces = app.rig.avatar.face.clone()
+    assert app.shown.rig.avatar.metadata.get("sources"), "runs after test_build_from_a_dropped_portrait"
+    faces = app.shown.rig.avatar.face.clone()
     dpg.set_value(app.console.refine_iters, 6)
-    app.start_refine()
-    assert app.refiner is not None
-    app.pause_refine()
-    assert app.refiner.paused
-    app.pause_refine()
-    pump(app, until=lambda: app.refiner is None and not app.jobs.busy, timeout=180)
+    click(app.console.refine_start)
+    refining = app.refining
+    assert refining.refiner is not None
+    click(app.console.refine_pause_button)
+    assert refining.refiner.paused
+    click(app.console.refine_pause_button)
+    pump(app, until=lambda: refining.refiner is None and not app.jobs.busy, timeout=180)
     pump(app)
-    assert app._refine_history and app._refine_history[-1].iteration == 6
-    assert all(np.isfinite(r.losses["total"]) for r in app._refine_history if "total" in r.losses)
-    assert any("total" in r.losses for r in app._refine_history)
-    assert torch_equal(app.rig.avatar.face, faces)  # binding and count unchanged
-    assert "finished" in dpg.get_value(app.console.refine_status)
+    assert refining.history and refining.history[-1].iteration == 6
+    assert all(np.isfinite(r.losses["total"]) for r in refining.history if "total" in r.losses)
+    assert any("total" in r.losses for r in refining.history)
+    assert torch_equal(app.shown.rig.avatar.face, faces)  # binding and count unchanged
+    assert "finished" in dpg.get_value(app.console.task_views["Refine"].text)
 
 
 def test_refine_from_a_video_tracks_it_first(app, astronaut_video):
     import dearpygui.dearpygui as dpg
 
-    dpg.set_value(app.console.refine_data, "video")
+    refining = app.refining
+    set_widget(app.console.refine_data, "video")
     dpg.set_value(app.console.refine_path, str(astronaut_video.with_name("missing.mp4")))
-    app.start_refine()
-    assert app.refiner is None and "no such file" in app.log.entries()[-1].text
+    click(app.console.refine_start)
+    assert refining.refiner is None and "no such file" in app.log.entries()[-1].text
     dpg.set_value(app.console.refine_path, str(astronaut_video))
     dpg.set_value(app.console.refine_iters, 3)
-    app.start_refine()
-    assert app._refine_prep is not None  # tracking on a worker; the interface keeps running
-    pump(app, until=lambda: app._refine_prep is None and app.refiner is None and not app.jobs.busy, timeout=240)
+    click(app.console.refine_start)
+    # Tracking on a worker; the interface keeps running.
+    assert refining.task.name == "track" and refining.busy and refining.refiner is None
+    pump(app, until=lambda: not refining.busy and not app.jobs.busy, timeout=240)
     pump(app)
     assert any("tracked frames" in e.text for e in app.log.entries()), [e.text for e in app.log.entries()][-5:]
-    assert app._refine_history and app._refine_history[-1].iteration == 3
-    dpg.set_value(app.console.refine_data, "the avatar's portraits")
+    assert refining.history and refining.history[-1].iteration == 3
+    set_widget(app.console.refine_data, "the avatar's portraits")
+
+
+def test_stop_while_a_video_is_tracked_starts_no_refinement(app, astronaut_video):
+    import dearpygui.dearpygui as dpg
+
+    refining = app.refining
+    set_widget(app.console.refine_data, "video")
+    dpg.set_value(app.console.refine_path, str(astronaut_video))
+    seen = len(app.log.entries())
+    click(app.console.refine_start)
+    assert refining.task.name == "track" and refining.busy
+    app.refining.stop()
+    pump(app, until=lambda: not refining.busy and not app.jobs.busy, timeout=240)
+    pump(app)
+    assert refining.refiner is None
+    assert not any(e.text.startswith("refining ") for e in app.log.entries()[seen:])
+    assert dpg.get_value(app.console.task_views["Refine"].text) == "stopped before refining"
+    set_widget(app.console.refine_data, "the avatar's portraits")
 
 
 def torch_equal(a, b) -> bool:
@@ -268,10 +363,10 @@ def test_missing_webcam_is_reported_and_sliders_stay(app):
     import dearpygui.dearpygui as dpg
 
     dpg.set_value(app.console.video_device, "7")
-    app.set_source("webcam")
+    set_widget(app.console.source_combo, "webcam")
     pump(app, until=lambda: not app.jobs.busy)
     pump(app)
-    assert app.drive.source == "sliders" and app.live is None
+    assert app.driving.drive.source == "sliders" and app.driving.live is None
     assert any("no webcam at index 7" in e.text for e in app.log.entries() if e.level == "error")
 
 
@@ -279,14 +374,15 @@ def test_video_file_drives_the_avatar(app, astronaut_video):
     import dearpygui.dearpygui as dpg
 
     dpg.set_value(app.console.video_device, str(astronaut_video))
-    app.set_source("webcam")
-    pump(app, until=lambda: app.live is not None and app.live.latest() is not None
-         and app.live.latest().status == "ok", timeout=30)
+    set_widget(app.console.source_combo, "webcam")
+    driving = app.driving
+    pump(app, until=lambda: driving.live is not None and driving.live.latest() is not None
+         and driving.live.latest().status == "ok", timeout=30)
     pump(app)
-    assert app.drive.source == "webcam"
+    assert driving.drive.source == "webcam"
     assert "fit" in app.stage.hud_text and "landmarks" in app.stage.hud_text
-    app.set_source("sliders")
-    assert app.live is None
+    set_widget(app.console.source_combo, "sliders")
+    assert driving.live is None
 
 
 def test_quit_is_quick_and_joins_every_thread(app):

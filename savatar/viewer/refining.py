@@ -1,0 +1,182 @@
+"""Refining the shown avatar on a worker: frames from the portraits it was built from (kept in
+its file), an image folder, or a video (tracked first, on a worker); start, pause, stop. Status
+and progress go through a task in the Refine panel; each Report, with the avatar as it
+improves, comes back through a LatestSlot for the plots and the stage. torch runs
+single-threaded in the viewer, so a refinement takes one core and the interface keeps the other."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from savatar.latest_slot import LatestSlot
+from savatar.viewer.log import Log
+from savatar.viewer.shown import ShownAvatar
+from savatar.viewer.tasks import Task, Tasks
+from savatar.viewer.workers import Jobs
+
+if TYPE_CHECKING:
+    from savatar.core.refine.refine import Frame, RefineConfig, Report
+
+PANEL = "Refine"
+
+
+class FrameKind(Enum):
+    """Where refinement frames come from; the values are the Refine panel's labels."""
+
+    STORED = "the avatar's portraits"
+    IMAGES = "image folder"
+    VIDEO = "video"
+
+
+@dataclass(frozen=True)
+class FrameChoice:
+    """kind; path: the image folder or the video (unused for STORED)."""
+
+    kind: FrameKind = FrameKind.STORED
+    path: str = ""
+
+
+def with_held_out(config: RefineConfig, frame_count: int) -> RefineConfig:
+    """The last frame held out for the PSNR plot when there are more than two."""
+    return replace(config, held_out=(frame_count - 1,) if frame_count > 2 else ())
+
+
+def status_line(r: Report) -> str:
+    return (f"iteration {r.iteration}/{r.iterations}, {r.it_per_s:.1f} it/s, ETA {r.eta_s / 60:.1f} min, "
+            f"spikes {100 * r.spike_fraction:.2f}%"
+            + (f", PSNR in mask {r.psnr_mask:.2f} dB" if r.psnr_mask is not None else ""))
+
+
+class Refining:
+    """refiner: the running Refiner or None; history: every Report of the current run that the
+    main loop took (take_report)."""
+
+    def __init__(self, shown: ShownAvatar, log: Log, jobs: Jobs, tasks: Tasks):
+        self.shown, self.log, self.jobs, self.tasks = shown, log, jobs, tasks
+        self.refiner = None
+        self.history: list[Report] = []
+        self.task: Task | None = None
+        self._slot: LatestSlot = LatestSlot()
+
+    @property
+    def busy(self) -> bool:
+        """Tracking a video or refining."""
+        return self.task is not None and self.task.running
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.refiner is not None and self.refiner.paused)
+
+    def start(self, choice: FrameChoice, config: RefineConfig) -> None:
+        """Refine with config on the chosen frames (config.held_out: see with_held_out)."""
+        from savatar.core.refine.frame_sources import frames_from_images, frames_from_stored_sources
+
+        if self.busy:
+            self.log.warning("a refinement is already running: stop it first")
+            return
+        path = choice.path.strip()
+        try:
+            if choice.kind is FrameKind.VIDEO:
+                if not Path(path).is_file():
+                    raise ValueError(f"{path or 'no video chosen'}: no such file")
+                self._track(path, config)
+                return
+            if choice.kind is FrameKind.IMAGES:
+                frames = frames_from_images(path)
+            else:
+                frames = frames_from_stored_sources(self.shown.rig.avatar)
+        except ValueError as exc:
+            msg = str(exc).replace("; use --images or --video", ": choose an image folder or a video")
+            self.log.error(f"cannot refine: {msg}")
+            return
+        except OSError as exc:
+            self.log.error(f"cannot refine: {exc}")
+            return
+        self.run(frames, with_held_out(config, len(frames)))
+
+    def _track(self, path: str, config: RefineConfig) -> None:
+        """Frames from the video, tracked on a worker; then the refinement, unless stopped."""
+        from savatar.core.refine.frame_sources import frames_from_video
+
+        name = Path(path).name
+        task = self.task = self.tasks.start("track", PANEL, f"tracking {name}")
+        avatar = self.shown.rig.avatar
+
+        def tracked(frames: list[Frame]) -> None:
+            self.log.info(f"{name}: {len(frames)} tracked frames")
+            if task.cancelled:
+                task.finish("stopped before refining")
+                return
+            self.run(frames, with_held_out(config, len(frames)), task)
+
+        def failed(exc: BaseException) -> None:
+            task.finish(f"failed: {exc}")
+            self.log.error(f"cannot refine: {exc}")
+
+        self.jobs.submit(task.name, lambda: frames_from_video(path, avatar, progress=task.frame_counter(f"tracking {name}")),
+                         tracked, failed)
+
+    def run(self, frames: list[Frame], config: RefineConfig, task: Task | None = None) -> None:
+        """A Refiner on the shown avatar and frames, in a worker thread; task: the one that
+        prepared the frames, if any."""
+        from savatar.core.refine.refine import Refiner
+
+        try:
+            refiner = Refiner(self.shown.rig.avatar, self.shown.rig, frames, config)
+        except ValueError as exc:
+            self.log.error(f"cannot refine: {exc}")
+            if task is not None:
+                task.finish(f"cannot refine: {exc}")
+            return
+        task = self.task = task or self.tasks.start("refine", PANEL)
+        task.update(0.0, "starting")
+        self.refiner, self.history = refiner, []
+        self.log.info(f"refining {len(self.shown.rig.avatar)} Gaussians on {len(frames)} frames "
+                      f"for {config.iterations} iterations")
+
+        def on_report(report: Report) -> None:  # worker thread: hand over, never touch the GUI
+            self._slot.put((report, refiner.current_avatar()))
+            task.update(report.iteration / max(report.iterations, 1), status_line(report))
+
+        def done(report: Report) -> None:
+            self.refiner = None
+            task.finish(f"finished: {status_line(report)}")
+            self.log.info(f"refinement ended at iteration {report.iteration}"
+                          + (f", held-out PSNR in mask {report.psnr_mask:.2f} dB" if report.psnr_mask is not None else ""))
+
+        def failed(exc: BaseException) -> None:
+            self.refiner = None
+            task.finish(f"failed: {exc}")
+            self.log.error(f"refinement failed: {exc}")
+
+        self.jobs.submit("refine", lambda: refiner.run(on_report), done, failed)
+
+    def pause(self) -> None:
+        """Pause, or resume when paused."""
+        if self.refiner is None:
+            return
+        if self.refiner.paused:
+            self.refiner.resume()
+        else:
+            self.refiner.pause()
+
+    def stop(self) -> None:
+        """Stop the refinement, or the one a video's tracking is preparing."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.refiner is not None:
+            self.refiner.stop()
+
+    def take_report(self) -> bool:
+        """Main thread: the newest report to the history, its avatar to the stage; True if new."""
+        got = self._slot.take()
+        if got is None:
+            return False
+        report, avatar = got
+        self.history.append(report)
+        if report.event:
+            self.log.warning(f"refinement: {report.event}")
+        self.shown.refined(avatar)
+        return True

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from savatar.core.head.head_model import HeadModelData
+from savatar.core.render.camera import Camera
 from savatar.latest_slot import LatestSlot
 
 
@@ -22,9 +23,22 @@ class DriveSourceError(RuntimeError):
 
 
 @dataclass
+class TrackedImage:
+    """The video frame a DriveFrame was tracked from, to draw the avatar over: rgb (H, W, 3)
+    uint8; camera the tracker's (TRACKING_VIEWMAT, its K for this frame size); translation (3,)
+    the fit's, in that camera's world (DriveFrame.translation is relative to the first face)."""
+
+    rgb: np.ndarray
+    camera: Camera
+    translation: np.ndarray
+
+
+@dataclass
 class DriveFrame:
     """time: seconds on time.perf_counter's clock when the input was captured; expr (E,);
-    pose (15,); translation (3,); confidence 0..1; status text; timings in ms per stage."""
+    pose (15,); translation (3,); confidence 0..1; status text; timings in ms per stage;
+    image: what it was tracked from (video sources, once a face was seen: before that the fit has
+    no place for the head)."""
 
     time: float
     expr: np.ndarray
@@ -33,6 +47,7 @@ class DriveFrame:
     confidence: float = 1.0
     status: str = "ok"
     timings: dict[str, float] = field(default_factory=dict)
+    image: TrackedImage | None = None
 
 
 class DriveSource(Protocol):
@@ -59,6 +74,7 @@ class VideoSource:
         self._origin: np.ndarray | None = None
         self._status = "starting"
         self._cap = None
+        self._file_fps = 0.0
 
     def start(self) -> None:
         import cv2
@@ -98,8 +114,13 @@ class VideoSource:
                 self._stop.wait(max(0.0, period - (time.perf_counter() - t0)))
         self._cap.release()
 
+    @property
+    def fps(self) -> float:
+        """The video file's frame rate; 30 for a webcam (it delivers what it can)."""
+        return self._file_fps if self._file_fps > 0 else 30.0
+
     def _track(self) -> None:
-        from savatar.core.drive.tracking import FaceTracker, TrackerParams
+        from savatar.core.drive.tracking import TRACKING_VIEWMAT, FaceTracker, TrackerParams, intrinsics_for
 
         tracker = FaceTracker(self.data, TrackerParams(fov_y_deg=self.fov_y_deg))
         try:
@@ -118,9 +139,16 @@ class VideoSource:
                 timings = {"capture": capture_ms, "landmarks": fit.timings.get("landmarks_ms", 0.0),
                            "fit": fit.timings.get("fit_ms", 0.0),
                            "capture_to_params": (time.perf_counter() - captured) * 1e3}
-                self._status = f"{fit.status}, {frame.shape[1]}x{frame.shape[0]}"
+                h, w = rgb.shape[:2]
+                self._status = f"{fit.status}, {w}x{h}"
+                # The tracker, given no K, fits in intrinsics_for(frame size, its fov): this camera.
+                # rgb is handed on, not copied: nothing writes to it once it is tracked.
+                image = None
+                if self._origin is not None:
+                    camera = Camera(TRACKING_VIEWMAT, intrinsics_for(w, h, self.fov_y_deg), w, h)
+                    image = TrackedImage(rgb, camera, trans)
                 self._result.put(DriveFrame(captured, np.asarray(fit.expr, np.float32), np.asarray(fit.pose, np.float32),
-                                            rel, fit.confidence, fit.status, timings))
+                                            rel, fit.confidence, fit.status, timings, image))
         finally:
             tracker.close()
 

@@ -2,7 +2,8 @@
 
 The stage (pyglet + moderngl) draws the avatar; the console (Dear PyGui) holds the panels and
 hands user actions to one controller per concern: avatar files and exports (viewer.files),
-driving and motion (viewer.driving), building (viewer.building), refining (viewer.refining).
+driving and motion (viewer.driving), side-by-side recordings of a driving video
+(viewer.reenacting), building (viewer.building), refining (viewer.refining).
 Long work runs on worker threads (viewer.workers.Jobs) and reports through tasks
 (viewer.tasks); its results come back to this loop, which is the only place that swaps the
 avatar or touches GL and Dear PyGui."""
@@ -28,6 +29,7 @@ from savatar.viewer.drops import DropKind, classify
 from savatar.viewer.files import AvatarFiles
 from savatar.viewer.log import Log
 from savatar.viewer.orbit import Orbit
+from savatar.viewer.reenacting import SideBySideRecorder
 from savatar.viewer.refining import FrameChoice, Refining
 from savatar.viewer.settings import Settings, load_settings, save_settings
 from savatar.viewer.shown import ShownAvatar
@@ -109,11 +111,12 @@ class App:
         self.console = Console(self.shown.rig.data.expr_names, tuple(self.settings.console_size),
                                tuple(self.settings.console_pos) if self.settings.console_pos else None)
         self.driving = Driving(self.shown, self.log, self.jobs, self.console)
+        self.side_by_side = SideBySideRecorder(self.shown, self.driving, self.log, self.stage)
         self.files = AvatarFiles(self.shown, self.log, self.jobs, self.tasks, self.settings, self.console,
                                  self.stage, self.driving, lambda: self.render.background)
         self.refining = Refining(self.shown, self.log, self.jobs, self.tasks)
         self.building = Building(self.shown, self.log, self.jobs, self.tasks, self.console, self._refine_after_build)
-        self.console.connect(Actions(self.files, self.driving, self.building, self.refining, self))
+        self.console.connect(Actions(self.files, self.driving, self.side_by_side, self.building, self.refining, self))
         if settings_warning:
             self.log.warning(settings_warning)
         self.log.info(f"showing {avatar_path or 'the bundled default avatar'} ({len(avatar)} Gaussians)")
@@ -235,6 +238,7 @@ class App:
             self.stage.needs_redraw = False
             self._last_look = look
         self.files.advance_export()
+        self.side_by_side.step()
         t3 = time.perf_counter()
         self._update_console()
         if not self.console.render_frame():
@@ -267,6 +271,7 @@ class App:
             c.set_motion(f"{pb.name}: {len(pb.motion)} frames, {pb.motion.duration:.1f} s", pb.fraction, pb.playing)
         c.set_record(d.recorder.recording, d.recorder.frame_count)
         c.set_source_shown(d.drive.source, d.live_status())
+        c.set_side_by_side(d.video_source() is not None, self.side_by_side.recording, self.side_by_side.status)
         if self.refining.take_report():
             c.set_refine_plots(self.refining.history)
         c.set_refine_paused(self.refining.paused)
@@ -303,6 +308,7 @@ class App:
 
     def shutdown(self) -> int:
         """Stop every thread, keep the settings, close both windows."""
+        self.side_by_side.stop()
         self.driving.stop_live()
         self.building.cancel()
         self.refining.stop()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from savatar.viewer.driving import Driving
     from savatar.viewer.files import AvatarFiles
     from savatar.viewer.portraits import Portrait
+    from savatar.viewer.reenacting import SideBySideRecorder
     from savatar.viewer.refining import Refining
 
 # Expression components grouped by face region, by their ARKit-style name prefixes.
@@ -50,6 +51,7 @@ class Actions:
 
     files: AvatarFiles
     driving: Driving
+    side_by_side: SideBySideRecorder
     building: Building
     refining: Refining
     stage: StageActions
@@ -80,6 +82,7 @@ class Console:
         self.task_views: dict[str, TaskView] = {}
         self._log_version = -1
         self._paused_shown = False
+        self._side_by_side_shown: tuple[bool, bool, str] | None = None
         self._build()
         dpg.setup_dearpygui()
         dpg.show_viewport()
@@ -137,6 +140,7 @@ class Console:
         dialog("load_motion", (".npz",), False)
         dialog("save_recording", (".npz",), True)
         dialog("audio_file", (".wav", ".flac", ".ogg"), False)
+        dialog("side_by_side", (".mp4",), True)
         dialog("refine_video", (".mp4", ".mov", ".avi", ".mkv", ".webm"), False)
         dialog("refine_folder", (), False, folder=True)
 
@@ -148,7 +152,7 @@ class Console:
         handler = {"open": a.files.open, "save_as": a.files.save,
                    "export_ply": a.files.export_ply, "export_video": a.files.export_video,
                    "load_motion": a.driving.load_motion, "save_recording": a.driving.save_recording,
-                   "audio_file": self.choose_audio,
+                   "audio_file": self.choose_audio, "side_by_side": a.side_by_side.start,
                    "refine_video": lambda p: dpg.set_value(self.refine_path, p),
                    "refine_folder": lambda p: dpg.set_value(self.refine_path, p)}[name]
         handler(path)
@@ -193,6 +197,11 @@ class Console:
             self.audio_path = dpg.add_text("")
         self.source_status = dpg.add_text("")
         with dpg.group(horizontal=True):
+            self.side_by_side_button = dpg.add_button(label="Record side-by-side...", enabled=False,
+                                                      callback=lambda: self._side_by_side_clicked())
+            self.side_by_side_text = dpg.add_text("")
+        dpg.bind_item_theme(self.side_by_side_button, self._disabled_theme())
+        with dpg.group(horizontal=True):
             dpg.add_button(label="Reset", callback=lambda: self.actions.driving.reset())
             dpg.add_button(label="Frame face (F)", callback=lambda: self.actions.stage.frame_face())
         self.strength = dpg.add_slider_float(label="expression strength", default_value=1.0, min_value=0.0, max_value=2.0,
@@ -225,6 +234,34 @@ class Console:
                     self.expr_sliders[i] = dpg.add_slider_float(
                         label=self.expr_names[i], min_value=-0.5 if region == "Other" else 0.0, max_value=1.0,
                         width=260, callback=lambda s, a, u: self.actions.driving.set_expr(u, a), user_data=i)
+
+    @staticmethod
+    def _disabled_theme() -> int:
+        """Greyed out when disabled (Dear PyGui draws disabled buttons like the others)."""
+        with dpg.theme() as theme:
+            with dpg.theme_component(dpg.mvButton, enabled_state=False):
+                dpg.add_theme_color(dpg.mvThemeCol_Text, (115, 115, 115))
+                for part in (dpg.mvThemeCol_Button, dpg.mvThemeCol_ButtonHovered, dpg.mvThemeCol_ButtonActive):
+                    dpg.add_theme_color(part, (45, 45, 48))
+        return theme
+
+    def _side_by_side_clicked(self) -> None:
+        recorder = self.actions.side_by_side
+        if recorder.recording:
+            recorder.stop()
+        else:
+            self._show("side_by_side")
+
+    def set_side_by_side(self, available: bool, recording: bool, status: str) -> None:
+        """The side-by-side control: usable while a video source drives, or to stop; told every
+        frame, so widgets change only when what they show does."""
+        shown = (available or recording, recording, status)
+        if shown == self._side_by_side_shown:
+            return
+        self._side_by_side_shown = shown
+        dpg.configure_item(self.side_by_side_button, enabled=shown[0],
+                           label="Stop side-by-side" if recording else "Record side-by-side...")
+        dpg.set_value(self.side_by_side_text, status)
 
     def _set_pose(self, idx: int, value: float) -> None:
         self.actions.driving.set_pose(idx, value)

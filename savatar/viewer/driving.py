@@ -3,7 +3,7 @@ or video file, microphone, audio file), and the recorder of whatever drives it."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from savatar.viewer.log import Log
 from savatar.viewer.shown import ShownAvatar
 from savatar.viewer.state import DRIVE_SOURCES, Drive, Playback, Recorder, StageTimings
 from savatar.viewer.workers import Jobs
+
+if TYPE_CHECKING:
+    from savatar.drive.sources import VideoSource
 
 LIVE_SOURCES = ("webcam", "microphone", "audio file")
 Params = tuple[np.ndarray, np.ndarray, np.ndarray]  # expression, pose, translation
@@ -178,6 +181,10 @@ class Driving:
     def live_status(self) -> str:
         """The live source's status line while it drives, else ""."""
         return self.live.status() if self.live is not None and self.drive.source in LIVE_SOURCES else ""
+
+    def video_source(self) -> VideoSource | None:
+        """The webcam or video file while it drives, else None."""
+        return self.live if self.drive.source == "webcam" else None
 
     def stop_live(self) -> None:
         if self.live is not None:

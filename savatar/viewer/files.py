@@ -141,7 +141,7 @@ class AvatarFiles:
                         p = params
                         orbit.yaw = self.stage.orbit.yaw + 360.0 * i / count
                     img = self.stage.render_offscreen(self.shown.rig.world(*p), orbit.camera(VIDEO_SIZE, VIDEO_SIZE),
-                                                      self.background())
+                                                      self.background()).rgb
                     writer.write(to_uint8(img))
                     task.update((i + 1) / count, f"exporting {name}: frame {i + 1}/{count}")
                     yield

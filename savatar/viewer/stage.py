@@ -21,7 +21,7 @@ from savatar.core.gaussians.gaussians import WorldGaussians
 from savatar.core.render.camera import Camera
 from savatar.gl.context import program
 from savatar.gl.mesh_renderer import MeshRenderer
-from savatar.gl.splat_renderer import SplatRenderer
+from savatar.gl.splat_renderer import SplatImage, SplatRenderer
 from savatar.viewer.glx_context import release_egl_context
 from savatar.viewer.orbit import Orbit
 from savatar.viewer.state import RenderSettings, StageTimings
@@ -185,13 +185,13 @@ class Stage:
         self.mesh = MeshRenderer(faces, colors, ctx=self.ctx)
         self.occluder = MeshRenderer(occluder_faces, colors, ctx=self.ctx) if occluder_faces is not None and len(occluder_faces) else None
 
-    def render_offscreen(self, g: WorldGaussians, camera: Camera, background=(1.0, 1.0, 1.0)) -> np.ndarray:
-        """(H, W, 3) float image of g for camera, e.g. for a video export. A renderer of its own,
-        so the window's sorted splats stay as they are."""
+    def render_offscreen(self, g: WorldGaussians, camera: Camera, background=(1.0, 1.0, 1.0)) -> SplatImage:
+        """g drawn for camera (rgb on background, alpha), e.g. for a video export. A renderer of
+        its own, so the window's sorted splats stay as they are."""
         self.window.switch_to()
         if self._offscreen is None:
             self._offscreen = SplatRenderer(self.ctx)
-        return self._offscreen.render(g, camera, background).rgb
+        return self._offscreen.render(g, camera, background)
 
     def flip(self) -> None:
         self.window.flip()

@@ -385,6 +385,65 @@ def test_video_file_drives_the_avatar(app, astronaut_video):
     assert driving.live is None
 
 
+def test_side_by_side_needs_a_live_video_source(app, tmp_path):
+    import dearpygui.dearpygui as dpg
+
+    set_widget(app.console.source_combo, "sliders")
+    pump(app, frames=1)
+    assert not dpg.get_item_configuration(app.console.side_by_side_button)["enabled"]
+    app.side_by_side.start(str(tmp_path / "x.mp4"))
+    pump(app)
+    assert not app.side_by_side.recording
+    assert "webcam or video file" in [e.text for e in app.log.entries() if e.level == "warning"][-1]
+    assert not list(tmp_path.iterdir())
+
+
+def test_side_by_side_recording_of_a_video_source(app, astronaut_video, tmp_path):
+    """real | avatar | error, each a video frame wide, written while the video drives; the file
+    appears on stop."""
+    import dearpygui.dearpygui as dpg
+
+    from savatar.core.drive.tracking import VideoReader
+
+    dpg.set_value(app.console.video_device, str(astronaut_video))
+    set_widget(app.console.source_combo, "webcam")
+    recorder, button = app.side_by_side, app.console.side_by_side_button
+    pump(app, until=lambda: app.driving.video_source() is not None, timeout=60)
+    assert dpg.get_item_configuration(button)["enabled"]
+    # A path that cannot be written: an error in the Log, and the loop runs on.
+    recorder.start(str(tmp_path / "missing" / "z.mp4"))
+    pump(app, until=lambda: not recorder.recording, timeout=180)
+    assert not recorder.recording and "z.mp4" in [e.text for e in app.log.entries() if e.level == "error"][-1]
+    out = tmp_path / "x.mp4"
+    dpg.get_item_callback(app.console.dialogs["side_by_side"])(None, {"file_path_name": str(out)})  # the user's choice
+    assert recorder.recording
+    pump(app, until=lambda: recorder.frames >= 3, timeout=180)
+    assert recorder.frames >= 3 and not out.exists()  # written to a temp file until it stops
+    assert dpg.get_item_label(button) == "Stop side-by-side"
+    assert "frames written" in dpg.get_value(app.console.side_by_side_text)
+    click(button)
+    assert not recorder.recording and out.exists()
+    # Another source taking over stops a recording too.
+    recorder.start(str(tmp_path / "y.mp4"))
+    pump(app, until=lambda: recorder.frames >= 1, timeout=180)
+    set_widget(app.console.source_combo, "sliders")
+    pump(app)
+    assert not recorder.recording and (tmp_path / "y.mp4").exists()
+    assert dpg.get_item_label(button) == "Record side-by-side..."
+
+    with VideoReader(astronaut_video) as video:
+        real = [f.astype(float) for _, f in video.frames()]
+    with VideoReader(out) as video:
+        recorded = [f.astype(float) for _, f in video.frames()]
+    h, w = real[0].shape[:2]
+    assert len(recorded) >= 2 and recorded[0].shape == (h, 3 * w, 3)
+    for frame in recorded:
+        left, middle = frame[:, :w], frame[:, w:2 * w]
+        assert min(np.abs(left - r).mean() for r in real) < 6  # one of the video's frames
+        avatar = np.abs(middle - 255).max(-1) > 40  # drawn on white
+        assert 0.05 < avatar.mean() < 0.8
+
+
 def test_quit_is_quick_and_joins_every_thread(app):
     app.quit()
     t0 = time.time()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from savatar.core.drive.tracking import FLIP, FaceFitter, TrackerParams, intrinsics_for
+from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_for, project_tracking
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.build.hair_volume import hair_offsets
@@ -340,13 +340,6 @@ def rasterize_depth(verts_uvz: np.ndarray, faces: np.ndarray, width: int, height
     return zbuf.reshape(height, width)
 
 
-def _project(points_world: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Tracking-world points (N, 3) -> (N, 3) pixel u, v and camera depth z."""
-    xc = points_world @ FLIP.T
-    z = np.maximum(xc[:, 2], 1e-6)
-    return np.stack([K[0, 0] * xc[:, 0] / z + K[0, 2], K[1, 1] * xc[:, 1] / z + K[1, 2], xc[:, 2]], 1)
-
-
 def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Sample image (H, W, C) or (H, W) at pixel positions uv (N, 2) (pixel centres at +0.5)."""
     n = len(uv)
@@ -373,8 +366,8 @@ def lift_colours(avatar: GaussianAvatar, model: HeadModel, src: SourceResult) ->
     means = g.means.double().numpy()
     normals = R[:, :, 1].double().numpy()[avatar.face.numpy()]
     h, w = src.image.shape[:2]
-    uvz = _project(means, src.K)
-    zbuf = rasterize_depth(_project(verts.double().numpy(), src.K), model.faces.numpy(), w, h)
+    uvz = project_tracking(means, src.K)
+    zbuf = rasterize_depth(project_tracking(verts.double().numpy(), src.K), model.faces.numpy(), w, h)
     ui = np.clip(uvz[:, 0].astype(np.int64), 0, w - 1)
     vi = np.clip(uvz[:, 1].astype(np.int64), 0, h - 1)
     inside = (uvz[:, 0] >= 0) & (uvz[:, 0] < w) & (uvz[:, 1] >= 0) & (uvz[:, 1] < h)

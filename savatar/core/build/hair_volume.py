@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from savatar.core.drive.tracking import FLIP, TRACKING_VIEWMAT
-from savatar.core.head.head_model import HeadModel, HeadModelData
+from savatar.core.drive.tracking import TRACKING_VIEWMAT, project_tracking
+from savatar.core.head.head_model import HeadModelData
 from savatar.core.reenact.head_mask import head_mask
 from savatar.core.refine.frame_sources import HeadMasker
 
@@ -32,13 +32,6 @@ MAX_GROWTH = 0.6  # the cranium's radius grows by at most this fraction in any d
 FACE_CLEARANCE = 0.01  # metres from the face region where growth starts
 FACE_BLEND = 0.03  # metres over which growth fades in beyond the clearance
 SMOOTH_PASSES = 10  # neighbour averaging of the offsets over the mesh
-
-
-def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Tracking-world points (N, 3) -> pixels (N, 2)."""
-    xc = points @ FLIP.T
-    z = np.maximum(xc[:, 2], 1e-6)
-    return np.stack([K[0, 0] * xc[:, 0] / z + K[0, 2], K[1, 1] * xc[:, 1] / z + K[1, 2]], 1)
 
 
 def _polar(points: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +81,8 @@ def hair_offsets(data: HeadModelData, shape: np.ndarray, sources: Sequence) -> n
 
     sources: fitted build sources (savatar.core.build.build.SourceResult: image, landmarks,
     mask = person probability, K, expr, pose, translation) with the identity shape (S,)."""
-    model = HeadModel(data)
+    masker = HeadMasker(data, shape)  # the posed mesh's outline, and its head model
+    model = masker.model
     weight = growable_weights(data)
     grow = np.flatnonzero(weight > 0)
     offsets = np.zeros((len(data.v_template), 3))
@@ -98,7 +92,6 @@ def hair_offsets(data: HeadModelData, shape: np.ndarray, sources: Sequence) -> n
     f = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
     with torch.no_grad():
         neutral = model(shape=f(shape)).vertices[0].double().numpy()
-    masker = HeadMasker(data, shape)
     lo, hi = neutral[scalp].min(0), neutral[scalp].max(0)
     centre_3d = (lo + hi) / 2
     ratio_sum = np.zeros(len(grow))
@@ -110,9 +103,9 @@ def hair_offsets(data: HeadModelData, shape: np.ndarray, sources: Sequence) -> n
         if not mask.any():
             ratio_sum += 1.0
             continue
-        uv = _project(posed, src.K)
+        uv = project_tracking(posed, src.K)[:, :2]
         plo, phi = posed[scalp].min(0), posed[scalp].max(0)
-        centre = _project(((plo + phi) / 2)[None], src.K)[0]
+        centre = project_tracking(((plo + phi) / 2)[None], src.K)[0, :2]
         ys, xs = np.nonzero(mask)
         r_mask = _outline(*_polar(np.stack([xs + 0.5, ys + 0.5], 1), centre))
         # The whole mesh's outline, neck included (the mask holds the neck down to its cut, and

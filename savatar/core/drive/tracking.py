@@ -29,6 +29,14 @@ from savatar.core.render.camera import intrinsics_from_fov
 FLIP = np.diag([1.0, -1.0, -1.0])
 TRACKING_VIEWMAT = np.diag([1.0, -1.0, -1.0, 1.0])
 
+
+def project_tracking(points: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Tracking-world points (N, 3), seen by TRACKING_VIEWMAT and K (3, 3) -> (N, 3) pixel u, v
+    and camera depth z."""
+    xc = points @ FLIP.T
+    z = np.maximum(xc[:, 2], 1e-6)
+    return np.stack([K[0, 0] * xc[:, 0] / z + K[0, 2], K[1, 1] * xc[:, 1] / z + K[1, 2], xc[:, 2]], 1)
+
 # MediaPipe Face Mesh face-oval indices: their image positions follow the silhouette, which moves
 # over the skin as the head turns, so they get a low weight in the fit.
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400,

@@ -9,10 +9,12 @@ from pathlib import Path
 from savatar.cli_args import UserError
 from savatar.commands.common import frame_renderer, load_avatar_arg, make_rig, parse_color, tracking_bar
 from savatar.commands.progress import progress_bar
+from savatar.commands.render import mux_audio
 
 
 def cmd_reenact(args: argparse.Namespace) -> int:
     from savatar.core.io.atomic import atomic_path
+    from savatar.core.io.pixels import to_uint8
     from savatar.core.io.video_file import VideoFileError, VideoWriter
     from savatar.core.reenact.reenact import reenact, side_by_side, track_clip
     from savatar.core.reenact.scores import summarize
@@ -48,7 +50,7 @@ def cmd_reenact(args: argparse.Namespace) -> int:
     try:
         bar = progress_bar(total=len(clip), desc=f"reenact ({drawer.backend})", unit="frame")
         for f in reenact(clip, avatar, drawer.draw_with_alpha, background, args.self_reenactment, rig=rig):
-            image = side_by_side(f) if args.side_by_side else _uint8(f.render)
+            image = side_by_side(f) if args.side_by_side else to_uint8(f.render)
             if writer is not None:
                 writer.write(image)
             else:
@@ -65,7 +67,9 @@ def cmd_reenact(args: argparse.Namespace) -> int:
     if writer is not None:
         writer.close()
         if args.side_by_side:
-            _mux_audio(out, video)
+            problem = mux_audio(out, video)
+            if problem is not None:
+                print(f"the side-by-side video has no audio: {problem}")
     summary = summarize(scores)
     if args.metrics:
         report = {"video": str(video), "avatar": args.avatar or "(bundled default avatar)",
@@ -76,11 +80,6 @@ def cmd_reenact(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {len(scores)} frames at {clip.fps:g} fps, {len(summary['frames_without_face'])} without a face"
           f" (pose held); {_summary_line(summary)}")
     return 0
-
-
-def _uint8(image):
-    from savatar.core.io.pixels import to_uint8
-    return to_uint8(image)
 
 
 def _write_png(path: Path, rgb) -> None:
@@ -98,25 +97,6 @@ def _summary_line(s: dict) -> str:
                      f"SSIM {s['ssim_crop']:.3f}, coverage {100 * s['coverage']:.1f}%")
     parts.append(f"landmark distance {s['landmark_distance']:.3f} IOD, signal correlation {s['correlation_mean']:.2f}")
     return "; ".join(parts)
-
-
-def _mux_audio(out: Path, source: Path) -> None:
-    """The source video's audio into out, when ffmpeg is on PATH and the source has any."""
-    import shutil
-    import subprocess
-
-    if not shutil.which("ffmpeg"):
-        print("no ffmpeg on PATH: the side-by-side video has no audio")
-        return
-    muxed = out.with_name(f".{out.stem}.mux{out.suffix}")
-    proc = subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(out), "-i", str(source), "-map", "0:v:0",
-                           "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac", "-shortest", str(muxed)],
-                          capture_output=True, text=True)
-    if proc.returncode == 0:
-        muxed.replace(out)
-    else:
-        muxed.unlink(missing_ok=True)
-        print(f"ffmpeg could not carry the audio over: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
 def register(sub) -> None:

@@ -87,23 +87,38 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def attach_audio(video: Path, audio: Path) -> None:
-    """Mux the audio into the video with ffmpeg when it is on PATH, else copy it beside."""
+def mux_audio(video: Path, source: Path) -> str | None:
+    """Replace video by itself with the audio of source (an audio file, or a video whose sound
+    it carries), through ffmpeg. None when done, else why not (no ffmpeg, or ffmpeg's error)."""
     import shutil
     import subprocess
 
+    if not shutil.which("ffmpeg"):
+        return "no ffmpeg on PATH"
+    muxed = video.with_name(f".{video.stem}.mux{video.suffix}")
+    # Explicit maps: the picture of the first input, the sound (if any) of the second.
+    proc = subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(video), "-i", str(source), "-map", "0:v:0",
+                           "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac", "-shortest", str(muxed)],
+                          capture_output=True, text=True)
+    if proc.returncode == 0:
+        muxed.replace(video)
+        return None
+    muxed.unlink(missing_ok=True)
+    return f"ffmpeg could not mux the audio ({(proc.stderr.strip().splitlines() or ['?'])[-1]})"
+
+
+def attach_audio(video: Path, audio: Path) -> None:
+    """Mux the audio into the video with ffmpeg when it is on PATH, else copy it beside."""
+    import shutil
+
     if not audio.is_file():
         raise UserError(f"{audio}: no such file")
-    if shutil.which("ffmpeg"):
-        muxed = video.with_name(f".{video.stem}.mux{video.suffix}")
-        proc = subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(video), "-i", str(audio), "-c:v", "copy",
-                               "-c:a", "aac", "-shortest", str(muxed)], capture_output=True, text=True)
-        if proc.returncode == 0:
-            muxed.replace(video)
-            print(f"muxed {audio.name} into {video}")
-            return
-        muxed.unlink(missing_ok=True)
-        print(f"ffmpeg could not mux the audio ({proc.stderr.strip().splitlines()[-1:]}); copying it beside")
+    problem = mux_audio(video, audio)
+    if problem is None:
+        print(f"muxed {audio.name} into {video}")
+        return
+    if problem != "no ffmpeg on PATH":
+        print(f"{problem}; copying it beside")
     beside = video.with_suffix(audio.suffix)
     shutil.copyfile(audio, beside)
     print(f"no ffmpeg on PATH: wrote the audio beside the video as {beside}")

@@ -12,6 +12,7 @@ import torch
 from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from savatar.core.reenact.head_mask import head_mask
 from savatar.core.build.build import BuildError, SourceResult, build_avatar, fill_unseen, rasterize_depth
 from savatar.core.drive.face_landmarks import FaceLandmarker
 from savatar.core.drive.tracking import TRACKING_VIEWMAT
@@ -73,18 +74,19 @@ def test_source_view_psnr_ssim(built):
     (src,) = results
     assert src.ok and src.residual_px < 3.0
     rgb, alpha = render(avatar, source_camera(src), src.expr, src.pose, src.translation)
-    # Head mask: the person segmentation where the avatar covers the image (the avatar has no
-    # body, and its hair stops at the scalp surface).
-    mask = (src.mask > 0.5) & (alpha > 0.95)
+    # The scoring protocol's head mask (person segmentation cut below the chin) where the avatar
+    # covers the image.
+    mask = head_mask(src.mask, src.landmarks) & (alpha > 0.95)
     assert mask.sum() > 8000
     psnr, ssim = masked_scores(src.image, rgb, mask)
     print(f"source view: PSNR {psnr:.2f} dB, SSIM {ssim:.3f} over {mask.sum()} px")
     save_png(OUT / "source_view.png", np.concatenate([rgb, src.image * mask[..., None]], 1))
-    # Measured 21.1 dB / 0.57 at 15K Gaussians: colours are point samples on flat discs of about
-    # 2 px, so fine texture (eyelashes, hair strands) is blurred; 19 dB / 0.45 leaves room for
-    # the GL/CPU difference while still failing on a misplaced fit (which drops below 15 dB).
-    assert psnr > 19.0
-    assert ssim > 0.45
+    # Measured 19.0 dB / 0.48 at 15K Gaussians (the hair volume reaches the collar, which counts
+    # and is blurred): colours are point samples on flat discs of about 2 px, so fine texture
+    # (eyelashes, hair strands) is blurred; 17.5 dB / 0.42 leaves room for the GL/CPU
+    # difference while still failing on a misplaced fit (which drops below 15 dB).
+    assert psnr > 17.5
+    assert ssim > 0.42
     assert avatar.metadata["thumbnails"].shape == (1, 128, 128, 3)
     assert torch.all(avatar.default_expr == 0)
 

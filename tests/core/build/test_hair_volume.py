@@ -13,6 +13,7 @@ from savatar.core.build.hair_volume import MAX_GROWTH, growable_weights, hair_of
 from savatar.core.drive.tracking import TRACKING_VIEWMAT, intrinsics_for
 from savatar.core.head.head_model import HeadModel
 from savatar.core.head.open_head import load_open_head_data
+from savatar.core.reenact.head_mask import head_mask
 from savatar.core.refine.frame_sources import HeadMasker
 
 SIZE = 320
@@ -77,3 +78,22 @@ def test_no_hair_beyond_the_head_no_growth(data):
     src, _ = source(data, 1.0)
     offsets = hair_offsets(data, np.zeros(data.shapedirs.shape[2]), [src])
     assert np.abs(offsets).max() < 1e-3  # at most a smoothing ripple, no volume
+
+
+def test_grown_silhouette_meets_the_head_mask(data):
+    """Hair falling past the ears too: the person is the head scaled by 1.25 (wider beside the
+    cheeks and the neck, not only above). The grown mesh covers the scored head mask (person
+    cut below the chin) and does not spill far beyond it."""
+    src, _ = source(data, 1.25)
+    offsets = hair_offsets(data, np.zeros(data.shapedirs.shape[2]), [src])
+    masker = HeadMasker(data, None, torch.as_tensor(offsets, dtype=torch.float32))
+    grown = masker.silhouette(src.expr, src.pose, src.translation, TRACKING_VIEWMAT, src.K, SIZE, SIZE)
+    bare = HeadMasker(data).silhouette(src.expr, src.pose, src.translation, TRACKING_VIEWMAT, src.K, SIZE, SIZE)
+    mask = head_mask(src.mask, src.landmarks)
+    coverage = lambda sil: (sil & mask).sum() / mask.sum()  # noqa: E731
+    spill = (grown & ~mask & ~bare).sum() / mask.sum()
+    print(f"coverage bare {coverage(bare):.3f} grown {coverage(grown):.3f}, spill {spill:.3f}")
+    # Measured: bare 0.70, grown 0.98, spill 0.03 (no model runs here: the same on any CPU).
+    assert coverage(bare) < 0.85
+    assert coverage(grown) > 0.96
+    assert spill < 0.06

@@ -33,6 +33,17 @@ from savatar.viewer.reenacting import SideBySideRecorder
 from savatar.viewer.refining import FrameChoice, Refining
 from savatar.viewer.settings import Settings, load_settings, save_settings
 from savatar.viewer.shown import ShownAvatar
+from savatar.viewer.stage_backends import (
+    STAGE_BACKENDS,
+    GLBackend,
+    Posed,
+    check_gsplat,
+    cpu_backend,
+    gsplat_backend,
+    gsplat_problem,
+    resolve_stage_backend,
+    stage_scale,
+)
 from savatar.viewer.state import RenderSettings, StageTimings
 from savatar.viewer.tasks import Tasks
 from savatar.viewer.workers import Jobs
@@ -80,7 +91,9 @@ class App:
     to the controllers (files, driving, building, refining) or, for the stage, to the App."""
 
     def __init__(self, avatar: GaussianAvatar, avatar_path: str | None, size: tuple[int, int],
-                 visible: bool = True, settings: Settings | None = None, settings_warning: str | None = None):
+                 visible: bool = True, settings: Settings | None = None, settings_warning: str | None = None,
+                 stage_backend: str | None = None):
+        """stage_backend: one of STAGE_BACKENDS (default: the settings' last working one)."""
         from savatar.viewer.console import Actions, Console
         from savatar.viewer.stage import Stage, StageCallbacks
 
@@ -92,8 +105,12 @@ class App:
         self.timings = StageTimings()
         self.running = True
         self._last_key: tuple | None = None
-        self._world = None
-        self._mesh_verts: np.ndarray | None = None
+        self._posed: Posed | None = None
+        self._pose_key: tuple | None = None
+        self._mesh_np: np.ndarray | None = None
+        self.backend = GLBackend()  # until the Render panel's choice is applied (console.connect)
+        self._backend_serial = 0
+        self._requested: str | None = None
         self._last_look: tuple | None = None
         self._last_scene: tuple | None = None
         self._last_motion = 0.0
@@ -109,7 +126,8 @@ class App:
         self.shown.on_swap(self._avatar_swapped)
         self._avatar_swapped(self.shown.rig, avatar_path)
         self.console = Console(self.shown.rig.data.expr_names, tuple(self.settings.console_size),
-                               tuple(self.settings.console_pos) if self.settings.console_pos else None)
+                               tuple(self.settings.console_pos) if self.settings.console_pos else None,
+                               stage_backend=stage_backend or self.settings.stage_backend)
         self.driving = Driving(self.shown, self.log, self.jobs, self.console)
         self.side_by_side = SideBySideRecorder(self.shown, self.driving, self.log, self.stage)
         self.files = AvatarFiles(self.shown, self.log, self.jobs, self.tasks, self.settings, self.console,
@@ -146,6 +164,104 @@ class App:
 
     def set_render(self, settings: RenderSettings) -> None:
         self.render = settings
+        if settings.backend != self._requested:
+            self.request_backend(settings.backend)
+
+    # ------------------------------------------------------------------ stage backends
+    def request_backend(self, name: str) -> None:
+        """Draw the stage with backend name (STAGE_BACKENDS) from the next frame on; the camera
+        and the avatar stay. gsplat loads on a worker (its first use may compile its CUDA code)
+        while the current backend keeps drawing; if it cannot load, one line in the Log and gl."""
+        self._requested = name
+        try:
+            resolved = resolve_stage_backend(name)
+        except ValueError as exc:
+            self.log.error(f"{exc}; the stage draws with gl")
+            resolved = "gl"
+        if resolved != "gsplat":
+            self._use(GLBackend() if resolved == "gl" else cpu_backend())
+            return
+        problem = gsplat_problem()
+        if problem is not None:
+            self._fall_back(f"gsplat stage backend unavailable: {problem}")
+            return
+        self.console.set_stage_backend(name, f"loading gsplat (its first use here compiles its CUDA code); "
+                                             f"drawing with {self.backend.label} meanwhile")
+        self.jobs.submit("gsplat stage", check_gsplat, lambda _: self._gsplat_loaded(name),
+                         lambda exc: self._gsplat_failed(name, exc))
+
+    def _gsplat_loaded(self, requested: str) -> None:
+        if requested != self._requested:  # another choice came meanwhile
+            return
+        try:
+            self.stage.window.switch_to()  # interop registers the stage's texture in its GL context
+            backend, no_interop = gsplat_backend(self.stage.frame, self.stage.framebuffer_size())
+        except Exception as exc:  # CUDA errors come as several exception types
+            self._fall_back(f"gsplat stage backend unavailable: {exc}")
+            return
+        if no_interop:
+            self.log.info(f"gsplat stage: no CUDA-GL interop ({no_interop}); one device-to-host copy per frame")
+        self._use(backend)
+
+    def _gsplat_failed(self, requested: str, exc: BaseException) -> None:
+        if requested == self._requested:
+            self._fall_back(f"gsplat stage backend unavailable: {type(exc).__name__}: {exc}")
+
+    def _fall_back(self, why: str) -> None:
+        """One line in the Log, and gl (the panel shows gl too)."""
+        self.log.error(f"{why}; the stage draws with gl")
+        self._requested = "gl"
+        self._use(GLBackend())
+
+    def _use(self, backend) -> None:
+        if backend is not self.backend:
+            self.backend.release()
+        self.backend = backend
+        self._backend_serial += 1
+        self.stage.needs_redraw = True
+        if self._requested is not None:
+            self.settings.stage_backend = self._requested
+            self.console.set_stage_backend(self._requested, f"drawing with {backend.label}")
+
+    def _mesh_verts(self) -> np.ndarray:
+        """The posed mesh (V, 3) on the CPU (copied from the device once per pose, when asked)."""
+        if self._mesh_np is None:
+            self._mesh_np = self._posed.verts.cpu().numpy()
+        return self._mesh_np
+
+    def _make_frame(self, params, camera, splat_camera) -> None:
+        """Pose (when the parameters, the avatar or the backend changed) and make the stage's
+        next picture: gl sorts and uploads splats, an image backend rasterizes into the texture.
+        An image backend that fails leaves one line in the Log and gl draws instead."""
+        backend, r, shown = self.backend, self.render, self.shown
+        try:
+            t1 = time.perf_counter()
+            pose_key = (self._last_scene[0], shown.version, self._backend_serial)
+            if pose_key != self._pose_key:
+                self._posed = backend.pose(shown.rig, shown.version, params)
+                self._pose_key, self._mesh_np = pose_key, None
+                if backend.kind == "gl":
+                    self.timings.record("deform", (time.perf_counter() - t1) * 1e3)
+            t2 = time.perf_counter()
+            visible = None
+            if r.occlusion and backend.uses_occlusion:
+                visible = visible_gaussians(torch.from_numpy(self._mesh_verts()), shown.rig.model.faces,
+                                            shown.rig.avatar.face, camera.center, self._skippable)
+            if backend.kind == "gl":
+                self.stage.upload(self._posed.world, splat_camera, r, shown.spikes, visible)
+                self.timings.record("sort", (time.perf_counter() - t2) * 1e3)
+                return
+            pixels = backend.rasterize(self._posed.world, splat_camera, r, shown.spikes, shown.version, visible)
+            self.stage.show_image(backend, pixels)
+            for stage, ms in backend.take_times().items():
+                self.timings.record(stage, ms)
+        except Exception as exc:
+            if backend.kind == "gl":
+                raise
+            self.log.error(f"{backend.name} stage backend failed: {type(exc).__name__}: {exc}; the stage draws with gl")
+            self._requested = "gl"
+            self._use(GLBackend())
+            self._make_frame(params, camera, splat_camera)
 
     def set_fov(self, degrees: float) -> None:
         self.stage.orbit.fov = degrees
@@ -198,22 +314,13 @@ class App:
         if scene != self._last_scene:
             self._last_scene, self._last_motion = scene, now
         moving = now - self._last_motion < STILL_AFTER_S
-        scale = self.render.splat_scale(moving)
+        scale = stage_scale(self.render, moving, self.backend.name)
         splat_camera = scaled_camera(camera, scale) if scale < 1 else camera
         r, shown = self.render, self.shown
-        key = scene + (scale, r.sh_degree, r.highlight_spikes, r.scale_modifier, r.occlusion, shown.version)
+        key = scene + (scale, r.sh_degree, r.highlight_spikes, r.scale_modifier, r.occlusion, shown.version,
+                       self._backend_serial)
         if key != self._last_key:
-            if self._last_key is None or key[0] != self._last_key[0] or key[-1] != self._last_key[-1]:
-                verts, self._world = shown.rig.pose(*params)
-                self._mesh_verts = verts.numpy()
-                self.timings.record("deform", (time.perf_counter() - t1) * 1e3)
-            t2 = time.perf_counter()
-            visible = None
-            if r.occlusion:
-                visible = visible_gaussians(torch.from_numpy(self._mesh_verts), shown.rig.model.faces,
-                                            shown.rig.avatar.face, camera.center, self._skippable)
-            self.stage.upload(self._world, splat_camera, r, shown.spikes, visible)
-            self.timings.record("sort", (time.perf_counter() - t2) * 1e3)
+            self._make_frame(params, camera, splat_camera)
             self._last_key = key
         # A still scene is not redrawn: the window keeps showing the last frame.
         look = (key, r.background, r.show_mesh, r.show_centres, r.show_hud, r.occlusion)
@@ -225,9 +332,11 @@ class App:
         if needed or idle != self._hud_idle:
             self._hud_idle = idle
             self.stage.hud_text = self._hud(now, idle)
-            centres = self._world.means.numpy() if r.show_centres else None
-            occluder = push_back(self._mesh_verts, camera.center, OCCLUDER_DEPTH_MARGIN) if r.occlusion else None
-            self.stage.draw(camera, r, self._mesh_verts, centres, self.timings, occluder, splat_camera)
+            centres = self._posed.world.means.cpu().numpy() if r.show_centres else None
+            occluder = (push_back(self._mesh_verts(), camera.center, OCCLUDER_DEPTH_MARGIN)
+                        if r.occlusion and self.backend.kind == "gl" else None)
+            mesh = self._mesh_verts() if r.show_mesh else None
+            self.stage.draw(camera, r, mesh, centres, self.timings, occluder, splat_camera)
             if self._pending_screenshot:
                 self.stage.screenshot(self._pending_screenshot)
                 self.log.info(f"saved {self._pending_screenshot}")
@@ -256,8 +365,9 @@ class App:
         live = ""
         if source in LIVE_SOURCES:
             live = "\n" + "  ".join(f"{k} {t[k]:.1f}" for k in ("capture", "landmarks", "fit", "audio", "capture_to_params") if k in t) + " ms"
-        return (f"{rate}   drive {t['drive']:.1f}  deform {t['deform']:.1f}  sort {t['sort']:.1f}  "
-                f"draw {t['draw']:.1f}  console {t['console']:.1f} ms\n"
+        made = ("sort",) if self.backend.kind == "gl" else ("raster", "transfer")
+        stages = "  ".join(f"{k} {t.get(k, 0.0):.1f}" for k in ("drive", "deform", *made, "draw", "console"))
+        return (f"{rate}   {self.backend.label}: {stages} ms\n"
                 f"{len(self.shown.rig.avatar)} Gaussians   source: {src}{rec}{live}")
 
     def _update_console(self) -> None:
@@ -344,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", nargs=2, type=int, metavar=("W", "H"), help="stage size in pixels (default 720 720)")
     parser.add_argument("--smoke", type=int, metavar="N", help="run N frames without showing windows, then exit 0 (CI)")
     parser.add_argument("--screenshot", metavar="PREFIX", help="with --smoke: save PREFIXstage.png and PREFIXconsole.png")
+    parser.add_argument("--stage-backend", choices=STAGE_BACKENDS, metavar="|".join(STAGE_BACKENDS),
+                        help="what draws the stage: auto (gsplat with a CUDA GPU, else gl; the default), gl (OpenGL "
+                             "splatting), gsplat (CUDA), cpu (the CPU rasterizer, slow); default: the last one used")
     args = parser.parse_args(argv)
     if args.size and min(args.size) < 64:
         parser.error("--size needs two numbers of at least 64")
@@ -365,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"savatar-viewer: {no_display_message(None)}", file=sys.stderr)
         return 2
     try:
-        app = App(avatar, args.avatar, size, visible=True, settings=settings, settings_warning=warning)
+        app = App(avatar, args.avatar, size, visible=True, settings=settings, settings_warning=warning,
+                  stage_backend=args.stage_backend)
     except Exception as exc:  # no display, no GL 3.3: one line, not a traceback
         reason = no_display_message(display) if "Cannot connect to" in str(exc) else f"cannot open the windows: {exc}"
         print(f"savatar-viewer: {reason}", file=sys.stderr)

@@ -14,6 +14,7 @@ from savatar.core.gaussians.antispike import AntiSpikeConfig
 from savatar.core.refine.refine import RefineConfig
 from savatar.viewer.glx_context import SavedContext
 from savatar.viewer.refining import FrameChoice, FrameKind
+from savatar.viewer.stage_backends import STAGE_BACKENDS
 from savatar.viewer.state import DRIVE_SOURCES, RenderSettings
 from savatar.viewer.tasks import TaskState
 
@@ -69,8 +70,10 @@ class Console:
     """Built before the controllers (they show things in it), connected to them after."""
 
     def __init__(self, expr_names: list[str], size: tuple[int, int] = (560, 860),
-                 position: tuple[int, int] | None = None):
+                 position: tuple[int, int] | None = None, stage_backend: str = "auto"):
+        """stage_backend: the Render panel's backend at start (one of STAGE_BACKENDS)."""
         self.actions: Actions | None = None
+        self._stage_backend = stage_backend if stage_backend in STAGE_BACKENDS else "auto"
         self.expr_names = list(expr_names)
         dpg.create_context()
         dpg.create_viewport(title="SpatialAvatar — console", width=size[0], height=size[1], vsync=False)
@@ -287,8 +290,11 @@ class Console:
 
     def _render_panel(self) -> None:
         changed = lambda: self._render_changed()  # noqa: E731
-        self.backend = dpg.add_combo(["gl"], default_value="gl", label="backend", width=160, callback=changed)
-        dpg.add_text("Stage drawing uses gl; cpu and gsplat serve exports and refinement.", wrap=480)
+        self.backend = dpg.add_combo(list(STAGE_BACKENDS), default_value=self._stage_backend, label="stage backend",
+                                     width=160, callback=changed)
+        dpg.add_text("auto: gsplat with a CUDA GPU, else gl (OpenGL splatting); cpu: the CPU rasterizer (slow, "
+                     "a quarter of the resolution while moving)", wrap=480)
+        self.backend_status = dpg.add_text("", wrap=480)
         self.resolution = dpg.add_combo(["512x512", "720x720", "1024x768", "1280x720"], default_value="720x720",
                                         label="stage size", width=160,
                                         callback=lambda s, a: self.actions.stage.set_stage_size(*map(int, a.split("x"))))
@@ -306,7 +312,7 @@ class Console:
         self.show_centres = dpg.add_checkbox(label="Gaussian centres", callback=changed)
         self.highlight = dpg.add_checkbox(label="highlight spikes (red)", callback=changed)
         self.show_hud = dpg.add_checkbox(label="HUD (H)", default_value=True, callback=changed)
-        self.occlusion = dpg.add_checkbox(label="skip splats hidden behind the head or facing away (faster)",
+        self.occlusion = dpg.add_checkbox(label="skip splats hidden behind the head or facing away (faster; gl, cpu)",
                                           default_value=True, callback=changed)
         self.spike_text = dpg.add_text("")
 
@@ -320,6 +326,11 @@ class Console:
             background=tuple(x / 255.0 for x in g(self.bg_color)[:3]), show_mesh=g(self.show_mesh),
             show_centres=g(self.show_centres), highlight_spikes=g(self.highlight), show_hud=g(self.show_hud),
             occlusion=g(self.occlusion), quality=g(self.quality)))
+
+    def set_stage_backend(self, choice: str, status: str) -> None:
+        """The backend the panel shows (after a fall-back: gl) and what draws the stage now."""
+        dpg.set_value(self.backend, choice)
+        dpg.set_value(self.backend_status, status)
 
     def toggle_hud(self) -> None:
         dpg.set_value(self.show_hud, not dpg.get_value(self.show_hud))

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from savatar.core.io.atomic import atomic_path
+from savatar.viewer.stage_backends import STAGE_BACKENDS
 
 MAX_RECENT = 10
 
@@ -28,6 +29,7 @@ class Settings:
     console_size: list[int] = field(default_factory=lambda: [560, 860])
     camera: dict = field(default_factory=dict)
     recent_files: list[str] = field(default_factory=list)
+    stage_backend: str = "auto"  # the last stage backend that drew (savatar.viewer.stage_backends)
 
     def add_recent(self, path: str | Path) -> None:
         p = str(Path(path).resolve())
@@ -57,6 +59,8 @@ def load_settings(path: Path | None = None) -> tuple[Settings, str | None]:
             setattr(s, key, raw[key])
     if isinstance(raw.get("camera"), dict):
         s.camera = raw["camera"]
+    if raw.get("stage_backend") in STAGE_BACKENDS:
+        s.stage_backend = raw["stage_backend"]
     if isinstance(raw.get("recent_files"), list):
         s.recent_files = [str(r) for r in raw["recent_files"] if isinstance(r, str)][:MAX_RECENT]
     return s, None

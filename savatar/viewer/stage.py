@@ -1,6 +1,7 @@
-"""The stage: a pyglet window with a moderngl context that draws the avatar (gl splatting),
-optional mesh and Gaussian-centre overlays, and the HUD; it turns mouse, keys and file drops
-into calls on the app."""
+"""The stage: a pyglet window with a moderngl context that draws the avatar (gl splatting, or
+the image of a rasterizing stage backend as a texture: savatar.viewer.stage_backends), optional
+mesh and Gaussian-centre overlays, and the HUD; it turns mouse, keys and file drops into calls
+on the app."""
 from __future__ import annotations
 
 import time
@@ -20,10 +21,12 @@ pyglet.options["debug_gl"] = False
 from savatar.core.gaussians.gaussians import WorldGaussians
 from savatar.core.render.camera import Camera
 from savatar.gl.context import program
+from savatar.gl.frame_texture import FrameTexture
 from savatar.gl.mesh_renderer import MeshRenderer
 from savatar.gl.splat_renderer import SplatImage, SplatRenderer
 from savatar.viewer.glx_context import release_egl_context
 from savatar.viewer.orbit import Orbit
+from savatar.viewer.stage_backends import ImageBackend, spikes_in_red
 from savatar.viewer.state import RenderSettings, StageTimings
 
 
@@ -49,6 +52,8 @@ class Stage:
         self.window.switch_to()  # another context (e.g. a headless one) may be current
         self.ctx = moderngl.create_context()
         self.splat = SplatRenderer(self.ctx)
+        self.frame = FrameTexture(self.ctx)
+        self.showing_image = False  # the last thing made to draw: an image backend's frame, not splats
         self._offscreen: SplatRenderer | None = None
         self.mesh: MeshRenderer | None = None
         self.occluder: MeshRenderer | None = None
@@ -125,15 +130,19 @@ class Stage:
         # after each of its frames, and a buffer written there would land in the wrong context.
         self.window.switch_to()
         if settings.highlight_spikes and spikes is not None and spikes.any():
-            sh = g.sh.clone()
-            mask = torch.as_tensor(spikes)
-            sh[mask] = 0.0
-            sh[mask, 0] = torch.tensor([1.77, -1.77, -1.77])  # pure red after the +0.5 offset
-            g = WorldGaussians(g.means, g.quats, g.scales, g.opacities, sh)
+            g = spikes_in_red(g, torch.as_tensor(spikes))
         if visible is not None:
             g = g.subset(visible)
         self.splat.upload(g, camera, min(settings.sh_degree, g.sh_degree), front_to_back=False,
                           scale_modifier=settings.scale_modifier)
+        self.showing_image = False
+
+    def show_image(self, backend: ImageBackend, pixels: torch.Tensor) -> None:
+        """An image backend's frame (H, W, 4) uint8 into the stage's texture, the next draw's
+        picture (stretched over the window when drawn at a lower resolution)."""
+        self.window.switch_to()
+        backend.present(pixels, self.frame)
+        self.showing_image = True
 
     def draw(self, camera: Camera, settings: RenderSettings, mesh_verts: np.ndarray | None,
              centres: np.ndarray | None, timings: StageTimings, occluder_verts: np.ndarray | None = None,
@@ -150,7 +159,11 @@ class Stage:
         occluder = None
         if occluder_verts is not None and self.occluder is not None:
             occluder = lambda: self.occluder.draw(occluder_verts, low or camera)  # noqa: E731
-        if low is None:
+        if self.showing_image:
+            fb.use()
+            fb.clear(*settings.background, 1.0, depth=1.0)  # the overlays' depth test starts empty
+            self.frame.draw((w, h))
+        elif low is None:
             self.splat.draw_to(fb, camera, settings.background, occluder)
         else:
             self.splat.draw_upscaled(fb, low, (w, h), settings.background, occluder)

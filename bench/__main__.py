@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = {"error": last}
                 continue
             results[name] = json.loads(out.read_text())
+        if not results[name]:  # an entry that cannot run here says why on stderr
+            reason = (proc.stderr.strip().splitlines() or ["no numbers"])[-1]
+            print(f"{name:<28} {'skipped':<34} {'':>12}  ({reason})", flush=True)
         for metric, value in results[name].items():
             print(f"{name:<28} {metric:<34} {value:>12.3f}", flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,49 +1,57 @@
 """Speech-driven mouth animation from audio alone (no downloaded model).
 
-Pipeline, one frame per 10 ms hop:
-1. `AudioAnalyzer`: loudness (RMS dB), voice activity (adaptive noise floor with hysteresis and a
-   hangover), a speech level relative to the recent loudness peak, LPC formants F1/F2, and
-   spectral shape (flatness, centroid, low/high band energy ratios, zero-crossing rate).
-2. `classify_viseme`: one of the 15 Oculus visemes from those features. Emitted classes: sil,
-   PP (bilabial closure: a deep energy dip inside speech, or a low-frequency nasal murmur),
-   FF, SS, CH (fricatives by spectral centroid / flatness), and the vowels aa, E, ih, oh, ou by
-   the nearest formant prototype. The other visemes (TH, DD, kk, nn, RR) have mouth shapes in
-   the tables but no detector: their acoustics are not separable from these features robustly.
-3. `LipSync`: jaw opening (pose[6], radians) = speech level x the viseme's openness, plus
-   expression weights looked up by name, with attack/release smoothing.
+The mouth shape comes from the spectrum, not from loudness. One frame per 10 ms hop:
+1. `AudioAnalyzer` (speech_features.py): loudness against a noise floor learned from the quiet
+   moments, voice activity, voicing, band energies, and LPC formants F1/F2 read on the
+   speaker's own scale (formants.py).
+2. Articulation, from phonetics: the jaw opens with the first formant (open vowels such as /a/
+   have a high F1, /i/ and /u/ a low one); the lips round as the second formant falls (/u/, /o/)
+   and spread as it rises (/i/, /e/); a deep energy dip or a nasal murmur inside speech is a
+   closure (/p b m/: lips pressed); weak flat frication is /f v/ (lower lip under the teeth),
+   strong high frication /s/ or /sh/ (teeth nearly together). Loudness only scales the opening.
+3. `LipSync`: jaw opening (pose[6], radians) and expression weights looked up by name, with
+   attack/release smoothing; `classify_viseme` names the frame's class (one of the 15 Oculus
+   visemes; TH, DD, kk, nn, RR have shapes but no detector) for status lines and tests.
 
-`lipsync_file` runs the same streaming code offline and returns a `Motion`. `open_input_stream`
-opens a microphone through sounddevice and turns every "no audio here" failure into
-`AudioUnavailableError` with a one-line message.
+`lipsync_file` runs the same streaming code offline and returns a `Motion`, with the mouth
+leading the sound by `MOUTH_LEAD_S` as it does in real speech (live, the mouth can only follow).
+`open_input_stream` opens a microphone through sounddevice and turns every "no audio here"
+failure into `AudioUnavailableError` with a one-line message.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
-from scipy.linalg import solve_toeplitz
 
 from savatar.core.drive.motion import Motion
+from savatar.core.drive.speech_features import SILENCE_DB, AudioAnalyzer, AudioFrame
+
+__all__ = ["SILENCE_DB", "AudioAnalyzer", "AudioFrame", "AudioUnavailableError", "LipFrame", "LipSync",
+           "MOUTH_LEAD_S", "VISEMES", "articulation", "classify_viseme", "lipsync_file", "open_input_stream",
+           "read_audio", "resample"]
 
 VISEMES: tuple[str, ...] = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR",
                             "aa", "E", "ih", "oh", "ou")
 
-# Jaw openness of each viseme, 0..1 of `LipSync.max_jaw`: aa > E/oh > ih > ou, closed for PP.
-OPENNESS: dict[str, float] = {
-    "sil": 0.0, "PP": 0.0, "FF": 0.1, "TH": 0.15, "DD": 0.25, "kk": 0.3, "CH": 0.15, "SS": 0.1,
-    "nn": 0.15, "RR": 0.25, "aa": 1.0, "E": 0.6, "ih": 0.4, "oh": 0.6, "ou": 0.25,
-}
+# How much earlier than its sound the mouth moves in file mode (seconds); measured on real talking
+# clips with `python -m bench lipsync_real` (the lag of best correlation between the real mouth
+# and the driven avatar's). Speech physiology agrees: the lips and jaw reach a sound's shape
+# before the sound is heard (tens of ms inside speech, more at phrase onsets).
+MOUTH_LEAD_S = 0.04
 
-# Expression weights (ARKit-style names) of each viseme's lip shape.
+# Expression weights (ARKit-style names) of the articulatory components.
+CLOSURE = {"mouthPress_L": 0.8, "mouthPress_R": 0.8, "mouthRollUpper": 0.3, "mouthRollLower": 0.3}
+LIP_TEETH = {"mouthRollLower": 0.6, "mouthUpperUp_L": 0.3, "mouthUpperUp_R": 0.3}
+ROUND = {"mouthPucker": 0.8, "mouthFunnel": 0.5}
+SPREAD = {"mouthStretch_L": 0.5, "mouthStretch_R": 0.5, "mouthSmile_L": 0.15, "mouthSmile_R": 0.15}
+OPEN_LIPS = {"mouthLowerDown_L": 0.35, "mouthLowerDown_R": 0.35}
+
+# Lip shapes of the visemes without their own component (status and the viewer's sliders).
 SHAPES: dict[str, dict[str, float]] = {
-    "sil": {},
-    # No mouthClose in the basis: pressing and rolling both lips in closes them.
-    "PP": {"mouthPress_L": 0.8, "mouthPress_R": 0.8, "mouthRollUpper": 0.3, "mouthRollLower": 0.3},
-    # Lower lip tucked under the upper teeth.
-    "FF": {"mouthRollLower": 0.6, "mouthUpperUp_L": 0.3, "mouthUpperUp_R": 0.3},
+    "sil": {}, "PP": CLOSURE, "FF": LIP_TEETH,
     "TH": {"mouthLowerDown_L": 0.2, "mouthLowerDown_R": 0.2},
     "DD": {"mouthStretch_L": 0.2, "mouthStretch_R": 0.2},
     "kk": {"mouthStretch_L": 0.15, "mouthStretch_R": 0.15},
@@ -51,182 +59,20 @@ SHAPES: dict[str, dict[str, float]] = {
     "SS": {"mouthStretch_L": 0.4, "mouthStretch_R": 0.4, "mouthSmile_L": 0.2, "mouthSmile_R": 0.2},
     "nn": {"mouthStretch_L": 0.1, "mouthStretch_R": 0.1},
     "RR": {"mouthPucker": 0.3, "mouthFunnel": 0.2},
-    "aa": {"mouthLowerDown_L": 0.3, "mouthLowerDown_R": 0.3},
-    "E": {"mouthStretch_L": 0.5, "mouthStretch_R": 0.5, "mouthUpperUp_L": 0.1, "mouthUpperUp_R": 0.1},
-    "ih": {"mouthStretch_L": 0.6, "mouthStretch_R": 0.6, "mouthSmile_L": 0.2, "mouthSmile_R": 0.2},
-    "oh": {"mouthFunnel": 0.7},
-    "ou": {"mouthPucker": 0.9, "mouthFunnel": 0.3},
 }
 
-# Vowel prototypes (F1, F2 in Hz), adult averages (Peterson & Barney / Hillenbrand), between male
-# and female so that either voice lands near the right class.
+# Jaw openness (0..1 of LipSync.max_jaw) of the consonant classes detected.
+CONSONANT_OPENNESS = {"sil": 0.0, "PP": 0.0, "FF": 0.1, "SS": 0.1, "CH": 0.12}
+
+# Vowel prototypes as speaker-normalised log formants (z1, z2): the corners of the vowel space of
+# Peterson & Barney / Hillenbrand averages read against SpeakerNorm's prior.
 VOWEL_PROTOTYPES: dict[str, tuple[float, float]] = {
-    "aa": (750.0, 1250.0), "E": (560.0, 1900.0), "ih": (360.0, 2250.0),
-    "oh": (560.0, 900.0), "ou": (340.0, 950.0),
+    "aa": (1.2, -0.6), "E": (0.3, 0.9), "ih": (-1.2, 1.2), "oh": (0.4, -1.6), "ou": (-1.3, -1.6),
 }
-
-SILENCE_DB = -100.0
 
 
 class AudioUnavailableError(RuntimeError):
     """No audio input here (no PortAudio library, no sounddevice, or no input device)."""
-
-
-@dataclass
-class AudioFrame:
-    """Features of one hop. time_s is the centre of the analysis window.
-
-    loudness_db: RMS in dB full scale (>= -100); active: voice activity; level: 0..1 loudness
-    relative to the recent speech peak (0 when inactive); dip_db: dB below that peak (0 when
-    inactive); quiet: active but down at the noise floor (the hangover: a pause or closure);
-    f1, f2: formants in Hz (nan if none);
-    flatness: spectral flatness 0..1; centroid: spectral centroid Hz; lf_ratio, hf_ratio: energy
-    fractions below 400 Hz and above 2.5 kHz; zcr: zero crossings per sample.
-    """
-
-    time_s: float
-    loudness_db: float
-    active: bool
-    level: float
-    dip_db: float
-    quiet: bool
-    f1: float
-    f2: float
-    flatness: float
-    centroid: float
-    lf_ratio: float
-    hf_ratio: float
-    zcr: float
-
-
-class AudioAnalyzer:
-    """Streaming frame analysis: `push` any number of samples, get one AudioFrame per full hop.
-
-    The window of frame i covers samples [i*hop - (win - hop), i*hop + hop) (zeros before the
-    start), so a frame is ready as soon as its hop has arrived: the same frames come out whether
-    the audio arrives in one piece or in microphone callbacks of any size.
-    """
-
-    def __init__(self, sample_rate: int, hop_s: float = 0.01, win_s: float = 0.025,
-                 on_margin_db: float = 12.0, off_margin_db: float = 6.0, min_db: float = -60.0,
-                 hangover_s: float = 0.15, range_db: float = 30.0, floor_window_s: float = 2.0) -> None:
-        self.sample_rate = int(sample_rate)
-        self.hop = max(1, round(hop_s * self.sample_rate))
-        self.win = max(self.hop, round(win_s * self.sample_rate))
-        self.on_margin_db, self.off_margin_db, self.min_db = on_margin_db, off_margin_db, min_db
-        self.range_db = range_db
-        self.hangover = max(1, round(hangover_s / (self.hop / self.sample_rate)))
-        # 2 + kHz is the textbook LPC order (one pole pair per kHz of bandwidth, plus two for
-        # glottal/radiation tilt); clamped so very high or low rates stay sensible.
-        self.order = int(min(18, max(10, 2 + self.sample_rate // 1000)))
-        self.nfft = 1 << (2 * self.win - 1).bit_length()  # linear (not circular) autocorrelation
-        self._window = np.hamming(self.win).astype(np.float64)
-        freqs = np.fft.rfftfreq(self.nfft, 1.0 / self.sample_rate)
-        self._freqs = freqs
-        self._lf = freqs < 400.0
-        self._hf = freqs > 2500.0
-        self._buf = np.zeros(self.win - self.hop, np.float32)
-        self._n_frames = 0
-        # Start from a quiet microphone's level, not from the first frame: audio may start in the
-        # middle of a vowel, and a floor learned there would mute the speech that follows.
-        self._floor = min_db
-        # Minimum statistics: the quietest frame of the last floor_window_s seconds is noise (speech
-        # pauses at least that often), so a noisy input's floor is found within one window.
-        self._recent = np.full(max(2, round(floor_window_s * self.sample_rate / self.hop)), np.nan)
-        self._peak = -math.inf
-        self._active = False
-        self._below = 0
-        # Floor rises slowly (3 dB/s) so long speech does not become the floor, falls fast.
-        self._floor_rise = 3.0 * self.hop / self.sample_rate
-        self._peak_decay = 2.0 * self.hop / self.sample_rate
-
-    @property
-    def hop_s(self) -> float:
-        return self.hop / self.sample_rate
-
-    def push(self, samples: np.ndarray) -> list[AudioFrame]:
-        """samples: (N,) float mono in [-1, 1]. Returns the frames completed by them."""
-        samples = np.asarray(samples, np.float32).reshape(-1)
-        buf = np.concatenate([self._buf, samples])
-        frames = []
-        start = 0
-        while start + self.win <= len(buf):
-            frames.append(self._frame(buf[start:start + self.win]))
-            start += self.hop
-        self._buf = buf[start:]
-        return frames
-
-    def _frame(self, x: np.ndarray) -> AudioFrame:
-        t = (self._n_frames * self.hop + self.hop - self.win / 2) / self.sample_rate
-        self._n_frames += 1
-        x = x.astype(np.float64)
-        rms = math.sqrt(float(np.dot(x, x)) / len(x))
-        db = max(SILENCE_DB, 20.0 * math.log10(rms + 1e-12))
-        active, quiet, level, dip = self._vad(db)
-
-        spec = np.abs(np.fft.rfft(x * self._window, self.nfft)) ** 2 + 1e-20
-        total = float(spec.sum())
-        flatness = float(np.exp(np.mean(np.log(spec))) / np.mean(spec))
-        centroid = float(np.dot(self._freqs, spec) / total)
-        lf = float(spec[self._lf].sum() / total)
-        hf = float(spec[self._hf].sum() / total)
-        signs = np.signbit(x)
-        zcr = float(np.count_nonzero(signs[1:] != signs[:-1])) / (len(x) - 1)
-        f1, f2 = self._formants(x) if active else (math.nan, math.nan)
-        return AudioFrame(t, db, active, level, dip, quiet, f1, f2, flatness, centroid, lf, hf, zcr)
-
-    def _vad(self, db: float) -> tuple[bool, bool, float, float]:
-        if db < self._floor:
-            self._floor += 0.3 * (db - self._floor)
-        else:
-            self._floor += min(db - self._floor, self._floor_rise)
-        self._recent[(self._n_frames - 1) % len(self._recent)] = db
-        if self._n_frames >= len(self._recent):
-            # 3 dB below the window's minimum: a stationary noise's frames spread about that much.
-            self._floor = max(self._floor, float(self._recent.min()) - 3.0)
-        on = db > max(self._floor + self.on_margin_db, self.min_db)
-        off = db < max(self._floor + self.off_margin_db, self.min_db)
-        if on:
-            self._active, self._below = True, 0
-        elif self._active and off:
-            # Hangover: short dips (stop closures, pauses between words) stay inside speech, so a
-            # /p/ closure reads as a dip within speech, not as silence.
-            self._below += 1
-            if self._below > self.hangover:
-                self._active = False
-        if not self._active:
-            return False, False, 0.0, 0.0
-        if db > self._peak:
-            self._peak = db
-        else:
-            self._peak = max(self._peak - self._peak_decay, self._floor + self.on_margin_db)
-        dip = self._peak - db
-        return True, off, min(1.0, max(0.0, 1.0 - dip / self.range_db)), dip
-
-    def _formants(self, x: np.ndarray) -> tuple[float, float]:
-        """F1, F2 in Hz from the roots of an autocorrelation-method LPC polynomial."""
-        y = np.empty_like(x)
-        y[0] = x[0]
-        y[1:] = x[1:] - 0.97 * x[:-1]  # pre-emphasis flattens the -6 dB/octave glottal tilt
-        y *= self._window
-        r = np.fft.irfft(np.abs(np.fft.rfft(y, self.nfft)) ** 2)[: self.order + 1]
-        if r[0] <= 1e-12:
-            return math.nan, math.nan
-        r[0] *= 1.0 + 1e-6  # tiny white-noise correction keeps the Toeplitz system well posed
-        try:
-            a = solve_toeplitz(r[:-1], r[1:])
-        except np.linalg.LinAlgError:
-            return math.nan, math.nan
-        roots = np.roots(np.concatenate([[1.0], -a]))
-        roots = roots[roots.imag > 0]
-        freqs = np.angle(roots) * self.sample_rate / (2 * math.pi)
-        bws = -np.log(np.abs(roots) + 1e-12) * self.sample_rate / math.pi
-        # Formants are sharp resonances above the voicing bar; wide poles model spectral tilt.
-        keep = (freqs > 150.0) & (bws < 500.0)
-        f = np.sort(freqs[keep])
-        if len(f) < 2:
-            return math.nan, math.nan
-        return float(f[0]), float(f[1])
 
 
 def classify_viseme(frame: AudioFrame, dip_pp_db: float = 20.0) -> str:
@@ -237,9 +83,9 @@ def classify_viseme(frame: AudioFrame, dip_pp_db: float = 20.0) -> str:
     # like spectrally, it is not a fricative.
     if frame.quiet:
         return "PP"
-    # Fricatives: most energy above 2.5 kHz, noise-like. /f/ is weak and flat; /s/ is centred
-    # high (5+ kHz); /sh/, /ch/ lower (2.5-4.5 kHz).
-    if frame.hf_ratio > 0.45 and frame.zcr > 0.2:
+    # Fricatives: most energy above 2.5 kHz, noise-like, unless it is a whispered vowel (the
+    # formant reader found one). /f/ is weak and flat; /s/ is centred high (5+ kHz); /sh/ lower.
+    if frame.hf_ratio > 0.45 and frame.zcr > 0.2 and not frame.sonorant:
         if frame.flatness > 0.35 and frame.level < 0.6:
             return "FF"
         return "SS" if frame.centroid > 4500.0 else "CH"
@@ -247,16 +93,50 @@ def classify_viseme(frame: AudioFrame, dip_pp_db: float = 20.0) -> str:
     # energy below 400 Hz, 10+ dB quieter than the vowels around it).
     if frame.dip_db > dip_pp_db or (frame.lf_ratio > 0.8 and frame.dip_db > 10.0):
         return "PP"
-    if not (np.isfinite(frame.f1) and np.isfinite(frame.f2)):
+    if not frame.sonorant:
         return "E"
-    # Nearest vowel prototype in log-frequency space (perceptual spacing; F2 counts less since it
-    # varies more across speakers).
     best, best_d = "E", math.inf
     for name, (p1, p2) in VOWEL_PROTOTYPES.items():
-        d = (math.log(frame.f1 / p1)) ** 2 + 0.5 * (math.log(frame.f2 / p2)) ** 2
+        d = (frame.z1 - p1) ** 2 + 0.5 * (frame.z2 - p2) ** 2  # F2 varies more across speakers
         if d < best_d:
             best, best_d = name, d
     return best
+
+
+class Articulation(NamedTuple):
+    """Targets of one frame: jaw 0..1 of the maximum; lip components 0..1."""
+
+    jaw: float
+    closure: float
+    lip_teeth: float
+    rounding: float
+    spreading: float
+    lips_apart: float
+
+
+def articulation(frame: AudioFrame, viseme: str) -> Articulation:
+    """The mouth's targets for an analysed frame and its viseme (see the module docstring)."""
+    if viseme in ("sil", "PP"):
+        return Articulation(0.0, 1.0 if viseme == "PP" else 0.0, 0.0, 0.0, 0.0, 0.0)
+    # Loudness only scales: a quiet stretch opens less than a loud one, a whisper still articulates.
+    gain = 0.55 + 0.45 * frame.level
+    if viseme in CONSONANT_OPENNESS:
+        return Articulation(CONSONANT_OPENNESS[viseme] * gain, 0.0, 1.0 if viseme == "FF" else 0.0, 0.0,
+                            0.3 if viseme == "SS" else 0.0, 0.0)
+    if not frame.sonorant:  # voiced but no formants read (a stop burst, a noisy frame): neutral
+        return Articulation(0.35 * gain, 0.0, 0.0, 0.0, 0.0, 0.3 * gain)
+    # F1 one spread above the speaker's middle is an open vowel, one below a close one.
+    openness = min(1.0, max(0.0, 0.45 + 0.35 * frame.z1))
+    # Unrounded vowels lie near the line from /i/ (z -1.4, 1.3) to /a/ (1.2, -0.5) in the
+    # normalised (F1, F2) plane: the tongue alone moves along it. Rounding lowers F2 below it
+    # (/o/, /u/); an open back /a/ has a low F2 from the tongue, and stays unrounded.
+    below = 1.3 - 0.69 * (frame.z1 + 1.4) - frame.z2
+    rounding = min(1.0, max(0.0, 0.6 * (below - 0.3)))
+    # Spreading raises F2 (/i/, /e/).
+    spreading = min(1.0, max(0.0, 0.8 * (frame.z2 - 0.1)))
+    # A close vowel still parts the lips (the jaw of /i/ opens a few millimetres): never below 0.2.
+    return Articulation((0.2 + 0.8 * openness) * gain, 0.0, 0.0, rounding * gain, spreading * gain,
+                        (0.3 + 0.7 * openness) * gain)
 
 
 class LipFrame(NamedTuple):
@@ -272,8 +152,8 @@ class LipFrame(NamedTuple):
 class LipSync:
     """Audio -> (jaw opening, expression weights) per hop, streaming.
 
-    expr_names: the head model's expression names; viseme shapes use ARKit-style names and any
-    name the model lacks is ignored. max_jaw: jaw rotation (radians, pose[6]) of a loud "aa".
+    expr_names: the head model's expression names; shapes use ARKit-style names and any name the
+    model lacks is ignored. max_jaw: jaw rotation (radians, pose[6]) of a loud open vowel.
     """
 
     def __init__(self, expr_names: list[str], sample_rate: int = 16000, max_jaw: float = 0.35,
@@ -282,13 +162,17 @@ class LipSync:
         self.expr_names = list(expr_names)
         self.max_jaw = max_jaw
         index = {n: i for i, n in enumerate(self.expr_names)}
-        self._shapes = {}
-        for vis in VISEMES:
+
+        def vec(shape: dict[str, float]) -> np.ndarray:
             v = np.zeros(len(self.expr_names), np.float32)
-            for name, w in SHAPES[vis].items():
+            for name, w in shape.items():
                 if name in index:
                     v[index[name]] = w
-            self._shapes[vis] = v
+            return v
+
+        # (6, E): rows in Articulation's order after the jaw.
+        self._basis = np.stack([vec(CLOSURE), vec(LIP_TEETH), vec(ROUND), vec(SPREAD), vec(OPEN_LIPS)])
+        self._shapes = {vis: vec(SHAPES.get(vis, {})) for vis in VISEMES}
         dt = self.analyzer.hop_s
         self._a_attack = 1.0 - math.exp(-dt / attack_s)
         self._a_release = 1.0 - math.exp(-dt / release_s)
@@ -307,10 +191,9 @@ class LipSync:
         out = []
         for fr in self.analyzer.push(samples):
             vis = classify_viseme(fr)
-            jaw_target = self.max_jaw * OPENNESS[vis] * fr.level
-            # Lip shapes of sounds fade in with loudness; a closure's press is full at any level.
-            strength = 1.0 if vis == "PP" else min(1.0, 2.0 * fr.level)
-            expr_target = self._shapes[vis] * strength
+            art = articulation(fr, vis)
+            jaw_target = self.max_jaw * art.jaw
+            expr_target = np.asarray(art[1:], np.float32) @ self._basis
             fall = self._a_closure if vis in ("PP", "sil") else self._a_release
             a = self._a_attack if jaw_target > self._jaw else fall
             self._jaw += a * (jaw_target - self._jaw)
@@ -359,9 +242,11 @@ def resample(samples: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 
 def lipsync_file(path: str | Path, expr_names: list[str], fps: float = 30.0,
-                 progress: Callable[[float], None] | None = None, sample_rate: int = 16000) -> Motion:
+                 progress: Callable[[float], None] | None = None, sample_rate: int = 16000,
+                 lead_s: float = MOUTH_LEAD_S) -> Motion:
     """Mouth motion for an audio file at `fps` (jaw in pose[:, 6], expression by name).
 
+    Frame i shows the mouth of the sound at i / fps + lead_s (the mouth leads the sound).
     progress, if given, is called with the fraction done (0..1) as the audio is analysed.
     """
     samples, sr = read_audio(path)
@@ -376,7 +261,7 @@ def lipsync_file(path: str | Path, expr_names: list[str], fps: float = 30.0,
     # Flush: a hop of zeros after the end completes the last partial window.
     frames.extend(ls.push(np.zeros(ls.analyzer.win, np.float32)))
     n = max(1, int(math.ceil(len(samples) / sample_rate * fps)))
-    t_out = np.arange(n) / fps
+    t_out = np.arange(n) / fps + lead_s
     times = np.array([f.time_s for f in frames])
     jaw = np.interp(t_out, times, np.array([f.jaw for f in frames]))
     expr_frames = np.stack([f.expr for f in frames])

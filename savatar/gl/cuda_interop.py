@@ -86,7 +86,10 @@ class TextureLink:
             raise InteropUnavailable(f"{what}: {text.decode() if text else code}")
 
     def _register(self, width: int, height: int) -> None:
-        """(Re)register after the texture was remade (GL context current: the caller's)."""
+        """(Re)register when the texture is (re)made (GL context current: the caller's); the old
+        registration goes before the old texture does."""
+        if self.frame.texture is None or self.frame.texture.size != (width, height):
+            self._unregister()
         texture = self.frame.ensure(width, height)
         if self._generation == self.frame.generation:
             return

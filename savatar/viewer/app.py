@@ -226,7 +226,7 @@ class App:
     def _mesh_verts(self) -> np.ndarray:
         """The posed mesh (V, 3) on the CPU (copied from the device once per pose, when asked)."""
         if self._mesh_np is None:
-            self._mesh_np = self._posed.verts.cpu().numpy()
+            self._mesh_np = self.backend.host(self._posed.verts)
         return self._mesh_np
 
     def _make_frame(self, params, camera, splat_camera) -> None:
@@ -332,7 +332,7 @@ class App:
         if needed or idle != self._hud_idle:
             self._hud_idle = idle
             self.stage.hud_text = self._hud(now, idle)
-            centres = self._posed.world.means.cpu().numpy() if r.show_centres else None
+            centres = self.backend.host(self._posed.world.means) if r.show_centres else None
             occluder = (push_back(self._mesh_verts(), camera.center, OCCLUDER_DEPTH_MARGIN)
                         if r.occlusion and self.backend.kind == "gl" else None)
             mesh = self._mesh_verts() if r.show_mesh else None

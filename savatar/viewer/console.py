@@ -300,7 +300,8 @@ class Console:
                                         callback=lambda s, a: self.actions.stage.set_stage_size(*map(int, a.split("x"))))
         self.quality = dpg.add_combo(["auto", "full", "half"], default_value="auto", label="splat resolution", width=160,
                                      callback=changed)
-        dpg.add_text("auto: half resolution while the avatar or camera moves, full when still", wrap=480)
+        dpg.add_text("auto: lower resolution while the avatar or camera moves (gl half, cpu a quarter, gsplat full), "
+                     "full when still", wrap=480)
         self.sh_degree = dpg.add_slider_int(label="SH degree", default_value=3, min_value=0, max_value=3, callback=changed)
         self.scale_mod = dpg.add_slider_float(label="scale modifier", default_value=1.0, min_value=0.1, max_value=2.0,
                                               callback=changed)

@@ -150,7 +150,8 @@ class Stage:
         """occluder_verts (V, 3): the head mesh shrunk inside the avatar; splats behind it
         are skipped by the depth test (see SplatRenderer.draw_to). splat_camera: a lower
         resolution version of camera that the last upload was made for; the splats are then
-        drawn at that resolution and stretched over the window."""
+        drawn at that resolution and stretched over the window. After show_image the picture
+        is that frame's texture instead (its own resolution, stretched), under the overlays."""
         self.window.switch_to()
         fb = self.ctx.screen
         w, h = self.framebuffer_size()

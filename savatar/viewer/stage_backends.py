@@ -145,8 +145,10 @@ class StageClock:
             self._marks.append((name, self._now()))
 
     def take(self) -> dict[str, float]:
-        """{stage: ms} since start() (the stream must have finished); then empty until start()."""
+        """{stage: ms} since start(); then empty until start()."""
         out: dict[str, float] = {}
+        if self.stream is not None and self._marks:
+            self._marks[-1][1].synchronize()  # elapsed_time needs both events done
         for (_, a), (name, b) in zip(self._marks, self._marks[1:]):
             out[name] = out.get(name, 0.0) + (a.elapsed_time(b) if self.stream is not None else (b - a) * 1e3)
         self._marks = []
@@ -250,6 +252,12 @@ class ImageBackend:
     def take_times(self) -> dict[str, float]:
         return self.clock.take()
 
+    def host(self, t: torch.Tensor) -> np.ndarray:
+        """t copied to host memory, ordered after the stage's own work (on its stream: on the
+        default stream the copy could run before t is made, and would wait for a refinement)."""
+        with self._stream_context():
+            return t.cpu().numpy()
+
     def release(self) -> None:
         self.transfer.release()
         self._rig = self._model_of = self._pixels = None
@@ -266,6 +274,9 @@ class GLBackend:
     def pose(self, rig: Rig, version: int, params: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Posed:
         verts, world = rig.pose(*params)
         return Posed(verts, world)
+
+    def host(self, t: torch.Tensor) -> np.ndarray:
+        return t.numpy()
 
     def release(self) -> None:
         return None

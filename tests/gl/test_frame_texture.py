@@ -61,3 +61,51 @@ def test_interop_refuses_without_cuda(ctx):
 
     with pytest.raises(InteropUnavailable):
         TextureLink(FrameTexture(ctx), stream=None)
+
+
+class FakeRuntime:
+    """Records the CUDA runtime calls a TextureLink makes (each returns success)."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append((name, args))
+            if name == "cudaGraphicsGLRegisterImage":
+                args[0]._obj.value = 0x1000 + len(self.calls)  # byref(resource): a new handle
+            return 0
+        return call
+
+
+def test_interop_call_sequence_with_a_recording_runtime(ctx):
+    """What cannot run here (no CUDA), checked for its order of calls: register the texture once
+    per size, unregister before the texture is remade, map / copy with the image's pitch /
+    unmap on the stage's stream every frame."""
+    import ctypes
+    import types
+
+    from savatar.gl.cuda_interop import GL_TEXTURE_2D, MEMCPY_DEVICE_TO_DEVICE, TextureLink
+
+    link = TextureLink.__new__(TextureLink)
+    link._lib, link.frame = FakeRuntime(), FrameTexture(ctx)
+    link.stream = types.SimpleNamespace(cuda_stream=777)
+    link._resource, link._generation = ctypes.c_void_p(), -1
+    pixels = torch.zeros((30, 40, 4), dtype=torch.uint8)
+    link.copy(pixels)
+    link.copy(pixels)
+    names = [c[0] for c in link._lib.calls]
+    assert names == ["cudaGraphicsGLRegisterImage"] + ["cudaGraphicsMapResources", "cudaGraphicsSubResourceGetMappedArray",
+                                                       "cudaMemcpy2DToArrayAsync", "cudaGraphicsUnmapResources"] * 2
+    register = link._lib.calls[0][1]
+    assert register[1:] == (link.frame.texture.glo, GL_TEXTURE_2D, 2) and link.frame.texture.size == (40, 30)
+    memcpy = link._lib.calls[3][1]
+    assert memcpy[1:3] == (0, 0) and memcpy[3].value == pixels.data_ptr()
+    assert memcpy[4:8] == (160, 160, 30, MEMCPY_DEVICE_TO_DEVICE) and memcpy[8].value == 777
+    link._lib.calls.clear()
+    link.copy(torch.zeros((20, 24, 4), dtype=torch.uint8))  # another size: a new texture
+    names = [c[0] for c in link._lib.calls]
+    assert names[:2] == ["cudaGraphicsUnregisterResource", "cudaGraphicsGLRegisterImage"]
+    assert link.frame.texture.size == (24, 20)
+    link.release()
+    assert link._lib.calls[-1][0] == "cudaGraphicsUnregisterResource" and not link._resource.value

@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 from savatar.cli_args import UserError
+from savatar.core.render.camera import REAL_FOV_Y_DEG
 from savatar.commands.common import load_avatar_arg, tracking_bar
 from savatar.commands.progress import progress_bar
 
@@ -74,7 +75,8 @@ def register(sub) -> None:
     p = sub.add_parser("track", help="track a face in a video into a motion file")
     p.add_argument("video", help="video file (anything OpenCV reads)")
     p.add_argument("--avatar", help="avatar whose head model the motion is for (default: the open head)")
-    p.add_argument("--fov", type=float, default=50.0, help="camera vertical field of view in degrees")
+    p.add_argument("--fov", type=float, default=REAL_FOV_Y_DEG,
+                   help=f"camera vertical field of view in degrees (default {REAL_FOV_Y_DEG:g}, as build assumes)")
     p.add_argument("-o", "--output", required=True, help="output motion .npz")
     p.set_defaults(func=cmd_track)
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from savatar.cli_args import UserError
+from savatar.core.render.camera import REAL_FOV_Y_DEG
 from savatar.commands.common import frame_renderer, load_avatar_arg, make_rig, parse_color, tracking_bar
 from savatar.commands.progress import progress_bar
 from savatar.commands.render import mux_audio
@@ -115,6 +116,7 @@ def register(sub) -> None:
     p.add_argument("--self-reenactment", action="store_true",
                    help="the avatar is of the person in the video: also score the pixels (PSNR in the head mask "
                         "and of the matted head crop, SSIM, coverage)")
-    p.add_argument("--fov", type=float, default=50.0, help="the video camera's vertical field of view in degrees")
+    p.add_argument("--fov", type=float, default=REAL_FOV_Y_DEG,
+                   help=f"the video camera's vertical field of view in degrees (default {REAL_FOV_Y_DEG:g}, as build assumes)")
     p.add_argument("--backend", default="gl", choices=("gl", "cpu", "gsplat", "auto"), help="renderer (default gl)")
     p.set_defaults(func=cmd_reenact)

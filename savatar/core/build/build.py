@@ -8,7 +8,7 @@ sources do not matter) and fill what no source saw (mirror, propagation over the
 mouth defaults).
 
 Cameras live in the tracking world of savatar.core.drive.tracking: camera at the origin looking
-along world -z (viewmat TRACKING_VIEWMAT), intrinsics intrinsics_for(W, H, FOV_Y_DEG). A source's
+along world -z (viewmat TRACKING_VIEWMAT), intrinsics intrinsics_for(W, H) (REAL_FOV_Y_DEG). A source's
 view is reproduced with Camera(TRACKING_VIEWMAT, source.K, W, H) and the source's expr, pose and
 translation. The avatar rests at neutral: its layout is on the neutral head and default_expr is
 zero, only the colours come from the (posed) sources. The avatar keeps face crops of the
@@ -31,6 +31,7 @@ from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_fo
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.build.hair_volume import hair_offsets
+from savatar.core.build.mouth_interior import mouth_interior_colours
 from savatar.core.head.head_model import HeadModel, HeadModelData
 from savatar.core.io.pixels import to_uint8
 from savatar.core.refine.frame_sources import HeadMasker, prepare_view
@@ -40,7 +41,6 @@ MIN_FACE_PX = 80  # landmark box side below which colours would be a blur of a f
 # Variance of the Laplacian of the face crop resized to 128 px (grey 0..255). Sharp portraits
 # measure a few hundred; a Gaussian blur of sigma 1.5 px on the crop brings one under 30.
 MIN_SHARPNESS = 30.0
-FOV_Y_DEG = 40.0  # guessed vertical field of view of a portrait camera
 SHAPE_PRIOR = 300.0  # px^2 per unit^2 of shape coefficient (one unit moves vertices 1-7 mm)
 SHAPE_LIMIT = 3.0
 THUMB_SIZE = 128
@@ -225,7 +225,7 @@ def fit_identity(data: HeadModelData, sources: list[SourceResult], rounds: int =
     model = HeadModel(data)
     n_shape = data.shapedirs.shape[2]
     shape = np.zeros(n_shape)
-    params = TrackerParams(fov_y_deg=FOV_Y_DEG, filter=False, static_images=True)
+    params = TrackerParams(filter=False, static_images=True)
     states: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(sources)
     fitters: list[FaceFitter] = []
     for r in range(rounds + 1):
@@ -233,7 +233,7 @@ def fit_identity(data: HeadModelData, sources: list[SourceResult], rounds: int =
         for i, src in enumerate(sources):
             check()
             h, w = src.image.shape[:2]
-            src.K = intrinsics_for(w, h, FOV_Y_DEG)
+            src.K = intrinsics_for(w, h)
             fitter = FaceFitter(data, src.K, shape, params)
             if states[i] is not None:
                 fitter.r0, fitter.x = states[i]
@@ -522,13 +522,15 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     seen = acc_w > MIN_SEEN_WEIGHT
     colour = np.where(seen[:, None], acc_c / np.maximum(acc_w, 1e-12)[:, None], default)
     labels, names = _face_labels(data)
-    mouth_ids = [names.index(n) for n in MOUTH_REGIONS if n in names]
-    mouth = np.isin(labels[avatar.face.numpy()], mouth_ids)
+    region = labels[avatar.face.numpy()]
+    in_regions = lambda *ns: np.isin(region, [names.index(n) for n in ns if n in names])  # noqa: E731
+    mouth = in_regions(*MOUTH_REGIONS)
     with torch.no_grad():
         neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
         positions = deform(avatar, neutral, model.faces).means.double().numpy()
-    scalp = [names.index("scalp")] if "scalp" in names else []
-    colour = fill_unseen(positions, colour, seen, mouth, default, group=np.isin(labels[avatar.face.numpy()], scalp))
+    default[mouth] = mouth_interior_colours(positions, in_regions("upper_teeth", "lower_teeth"),
+                                            in_regions("mouth_cavity"))[mouth]
+    colour = fill_unseen(positions, colour, seen, mouth, default, group=in_regions("scalp"))
     avatar.sh[:, 0] = rgb_to_sh0(torch.as_tensor(colour.clip(0, 1), dtype=torch.float32))
     avatar.default_expr = torch.zeros(data.exprdirs.shape[2])
     avatar.metadata["thumbnails"] = np.stack(thumbs)

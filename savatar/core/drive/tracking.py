@@ -23,7 +23,7 @@ import numpy as np
 
 from savatar.core.drive.motion import Motion
 from savatar.core.head.head_model import HeadModelData
-from savatar.core.render.camera import intrinsics_from_fov
+from savatar.core.render.camera import REAL_FOV_Y_DEG, intrinsics_from_fov
 
 # Camera at the origin, x right, y down, z forward = world (x, -y, -z) (OpenCV convention).
 FLIP = np.diag([1.0, -1.0, -1.0])
@@ -43,8 +43,8 @@ FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288,
                       377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109])
 
 
-def intrinsics_for(width: int, height: int, fov_y_deg: float = 50.0) -> np.ndarray:
-    """K (3, 3) for a webcam frame of this size; 50 degrees vertical suits most laptop cameras."""
+def intrinsics_for(width: int, height: int, fov_y_deg: float = REAL_FOV_Y_DEG) -> np.ndarray:
+    """K (3, 3) for a real camera's frame of this size (REAL_FOV_Y_DEG unless told)."""
     return intrinsics_from_fov(width, height, fov_y_deg)
 
 
@@ -235,7 +235,7 @@ class LandmarkModel:
 class TrackerParams:
     """Fit, filter and no-face settings. Prior weights are in squared pixels per squared unit."""
 
-    fov_y_deg: float = 50.0
+    fov_y_deg: float = REAL_FOV_Y_DEG
     iterations: int = 4  # LM iterations per warm-started frame
     init_iterations: int = 15  # after solvePnP on the first frame or a re-acquired face
     expr_prior: float = 30.0  # pulls expression towards 0 (ARKit-style coefficients in 0..1)
@@ -605,7 +605,7 @@ class TrackedFrame:
 
 
 def track_identity(video: VideoReader, data: HeadModelData, shape: np.ndarray | None = None,
-                   static_offset: np.ndarray | None = None, fov_y_deg: float = 50.0, stride: int = 1,
+                   static_offset: np.ndarray | None = None, fov_y_deg: float = REAL_FOV_Y_DEG, stride: int = 1,
                    stop: int | None = None) -> Iterator[TrackedFrame]:
     """Track every stride-th frame before frame stop of an open video with a fixed identity
     (shape, static_offset), offline: no smoothing and more fit iterations than live tracking

@@ -23,9 +23,8 @@ from savatar.core.gaussians.rig import Rig, head_data_for
 from savatar.core.io.pixels import to_uint8
 from savatar.core.reenact.head_mask import head_mask
 from savatar.core.reenact.scores import FrameScores, score_frame
-from savatar.core.render.camera import Camera
+from savatar.core.render.camera import REAL_FOV_Y_DEG, Camera
 
-FOV_Y_DEG = 50.0  # the tracker's default: most laptop and phone front cameras
 
 # draw(world, camera) -> (rgb (H, W, 3) float in [0, 1] on the background, alpha (H, W))
 Draw = Callable[[WorldGaussians, Camera], tuple[np.ndarray, np.ndarray]]
@@ -57,7 +56,7 @@ class TrackedClip:
         return Camera(TRACKING_VIEWMAT, self.K, self.width, self.height)
 
 
-def track_clip(path: str | Path, avatar: GaussianAvatar, data=None, fov_y_deg: float = FOV_Y_DEG,
+def track_clip(path: str | Path, avatar: GaussianAvatar, data=None, fov_y_deg: float = REAL_FOV_Y_DEG,
                stride: int = 1, progress: Callable[[int, int], None] | None = None) -> TrackedClip:
     """Track every stride-th frame of the video at path with avatar's identity (shape and static
     offset). progress(done, total) after each frame (total 0 when the file does not say).

@@ -17,6 +17,7 @@ from savatar.core.gaussians.gaussians import GaussianAvatar
 from savatar.core.io.pixels import to_uint8
 from savatar.core.refine.refine import Frame
 from savatar.core.render.api import render
+from savatar.core.render.camera import REAL_FOV_Y_DEG
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -89,7 +90,7 @@ def frames_from_images(directory: str | Path) -> list[Frame]:
 VIDEO_SIZE = 384  # longer side of refinement frames from a video or stored sources: a face crop
 #                   keeps the face at ~150 px; refinement time on a CPU grows with the pixels
 VIDEO_MAX_FRAMES = 200  # 2.4 MB each in memory at 384 px (float32 image and mask): under 0.5 GB
-VIDEO_FOV_Y_DEG = 50.0  # the tracker's default: most laptop and phone front cameras
+VIDEO_FOV_Y_DEG = REAL_FOV_Y_DEG  # as building and tracking assume
 CROP_SCALE = 2.3  # face crop side, in units of the landmark box's larger side (the hair fits in)
 CROP_RAISE = 0.15  # crop centre above the landmark box centre, in landmark box heights (hair)
 MASK_MARGIN = 0.03  # the head-mesh silhouette is dilated by this fraction of the image side

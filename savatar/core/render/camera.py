@@ -8,6 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# The vertical field of view assumed for a real camera whose own is unknown: most laptop and
+# phone front cameras. Building, tracking and refining from real pictures all assume the same one:
+# an avatar built under one field of view and driven under another is seen at the wrong depth, and
+# its hair volume, behind the face, projects narrower or wider than the person's.
+REAL_FOV_Y_DEG = 50.0
+
+
 @dataclass
 class Camera:
     """viewmat: (4, 4) world-to-camera; K: (3, 3) intrinsics; width, height in pixels."""

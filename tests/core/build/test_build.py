@@ -194,16 +194,15 @@ def test_fill_mirror_and_propagation():
 
 def _fit_view(avatar: GaussianAvatar, image: np.ndarray):
     """Fitted (expr, pose, translation, K) of the avatar's identity to a rendered view."""
-    from savatar.core.build.build import FOV_Y_DEG
     from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_for
 
     rig = Rig.of(avatar)
     with FaceLandmarker() as landmarker:
         pts = landmarker(image)
     assert pts is not None
-    k = intrinsics_for(image.shape[1], image.shape[0], FOV_Y_DEG)
+    k = intrinsics_for(image.shape[1], image.shape[0])
     fit = FaceFitter(rig.data, k, avatar.shape.numpy().astype(np.float64),
-                     TrackerParams(fov_y_deg=FOV_Y_DEG, filter=False)).fit(pts, iterations=40)
+                     TrackerParams(filter=False)).fit(pts, iterations=40)
     return fit.expr, fit.pose, fit.translation, k
 
 

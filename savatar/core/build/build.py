@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_for, project_tracking
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
+from savatar.core.build.face_offsets import landmark_offsets
 from savatar.core.build.hair_volume import hair_offsets
 from savatar.core.build.mouth_interior import mouth_interior_colours
 from savatar.core.head.head_model import HeadModel, HeadModelData
@@ -48,6 +49,9 @@ SOURCE_SIDE = 512  # the avatar keeps its sources (stored_sources) with at most 
 DEPTH_TOL = 0.005  # metres a Gaussian may lie behind the nearest surface and still count as seen
 MIRROR_RADIUS = 0.004  # metres from the mirrored position to the seen Gaussian it copies
 MIN_SEEN_WEIGHT = 0.02
+# Metres from the nearest seen Gaussian over which filled colour settles to its group's median:
+# the back of the head takes the hair's overall colour instead of streaks dragged from the rim.
+SETTLE_DISTANCE = 0.05
 MOUTH_REGIONS = ("mouth_cavity", "upper_teeth", "lower_teeth")
 # Facial features get more Gaussians than plain skin: they carry most of the likeness.
 FEATURE_DENSITY = {"eye_area": 6.0, "lip_area": 6.0, "nose_area": 5.0}
@@ -406,7 +410,9 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
     take the mean of their already coloured nearest neighbours (a front moving out from the seen
     area), then a few smoothing passes over the filled ones only. group (N,) int, optional:
     propagation stays within a group that has seen Gaussians (the back of the head takes the
-    hair's colour from the cranium, not the skin of the cheeks next to it).
+    hair's colour from the cranium, not the skin of the cheeks next to it). 3. far from what was
+    seen, filled colour settles to the median seen colour of its group (over SETTLE_DISTANCE):
+    low-frequency and seamless where no source could say anything.
     """
     out = colour.copy()
     known = seen.copy()
@@ -429,8 +435,16 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
     for g, count in seen_in.items():
         if not count:  # nothing seen in this group: the best-seen group fills it
             group = np.where(group == g, fallback, group)
+    unseen = ~known.copy()
     for g in np.unique(group):
-        _propagate(positions, out, known, np.flatnonzero(~mouth & (group == g)), default, neighbours, smooth)
+        members = np.flatnonzero(~mouth & (group == g))
+        _propagate(positions, out, known, members, default, neighbours, smooth)
+        donors_g = members[seen[members]]
+        filled = members[unseen[members]]
+        if len(donors_g) and len(filled):
+            dist, _ = cKDTree(positions[donors_g]).query(positions[filled])
+            t = np.clip(dist / SETTLE_DISTANCE, 0.0, 1.0)[:, None] ** 0.5
+            out[filled] = (1 - t) * out[filled] + t * np.median(colour[donors_g], axis=0)
     return out
 
 
@@ -500,7 +514,7 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     step(0.45, "segmentation")
     person_masks(good)
     step(0.5, "hair volume")
-    offset = hair_offsets(data, shape, good)
+    offset = hair_offsets(data, shape, good) + landmark_offsets(data, shape, good)
     step(0.55, "layout")
     density = {"face": 3.0, "left_eyeball": 2.0, "right_eyeball": 2.0, "mouth_cavity": 0.5,
                "upper_teeth": 1.0, "lower_teeth": 1.0, "scalp": 1.0, "neck": 0.7, "eye_socket": 0.3,

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
+from savatar.core.drive.fit_quality import fit_warnings
 from savatar.core.drive.motion import Motion
 from savatar.core.head.head_model import HeadModelData
 from savatar.core.render.camera import REAL_FOV_Y_DEG, intrinsics_from_fov
@@ -107,7 +108,9 @@ class LandmarkModel:
     GROUPS = (2, 3, 4)  # jaw, left eye, right eye joints
 
     def __init__(self, data: HeadModelData, shape: np.ndarray | None = None,
-                 static_offset: np.ndarray | None = None):
+                 static_offset: np.ndarray | None = None, landmark_offset: np.ndarray | None = None):
+        """landmark_offset (L, 3): a per-landmark displacement of the rest face (model space),
+        skinned like the landmark itself: a driver's neutral face (savatar.core.drive.retarget)."""
         f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
         v = f64(data.v_template)
         if shape is not None and len(shape):
@@ -130,6 +133,9 @@ class LandmarkModel:
         self.num_landmarks = len(tri)
         self.jr0, self.jrb = joints[0], joints_b[0]
         body = [0, 1]
+        if landmark_offset is not None:
+            # A rigid offset of the landmark's three vertices: each joint carries its weight of it.
+            p0 = p0 + w[:, :, None] * f64(landmark_offset)[:, None, :]
         c0 = p0[:, body].sum(1) - w[:, body].sum(1)[:, None] * joints[0]
         cb = pb[:, body].sum(1) - w[:, body].sum(1)[:, None, None] * joints_b[0]
         self.idx, self.a0, self.ab = [], [], []
@@ -254,6 +260,7 @@ class TrackerParams:
     beta: float = 0.5
     d_cutoff: float = 1.0
     static_images: bool = False  # MediaPipe video mode tracks between frames (faster)
+    neutral_s: float = 1.0  # seconds of face taken as the driver's neutral (fitters that retarget)
 
 
 @dataclass
@@ -270,6 +277,13 @@ class FitResult:
     residual_px: float = float("nan")
     timings: dict[str, float] = field(default_factory=dict)
     landmarks: np.ndarray | None = None  # (478, 2) detected pixels, for overlays
+    warnings: tuple[str, ...] = ()  # fit_quality: face too small, turned or dark; poor fit
+    neutral: str = ""  # "" | "measuring" | "set": the driver's neutral, when the fitter retargets
+    head_rotation: np.ndarray | None = None  # (3,) rotation to the camera when pose's root is relative
+
+    def camera_rotation(self) -> np.ndarray:
+        """(3,) axis-angle of the head as the camera sees it (0 = facing it)."""
+        return self.pose[0:3] if self.head_rotation is None else self.head_rotation
 
     def vector(self) -> np.ndarray:
         """(E + 18,) expr, pose, translation concatenated (the filtered quantity)."""
@@ -285,9 +299,10 @@ class FaceFitter:
     """
 
     def __init__(self, data: HeadModelData, K: np.ndarray, shape: np.ndarray | None = None,
-                 params: TrackerParams | None = None, static_offset: np.ndarray | None = None):
+                 params: TrackerParams | None = None, static_offset: np.ndarray | None = None,
+                 landmark_offset: np.ndarray | None = None):
         self.params = params or TrackerParams()
-        self.model = LandmarkModel(data, shape, static_offset)
+        self.model = LandmarkModel(data, shape, static_offset, landmark_offset)
         self.K = np.asarray(K, dtype=np.float64)
         self.expr_names = list(data.expr_names)
         n, e = self.model.num_landmarks, self.model.num_expr
@@ -470,10 +485,18 @@ class FaceTracker:
     """
 
     def __init__(self, data: HeadModelData, params: TrackerParams | None = None, K: np.ndarray | None = None,
-                 shape: np.ndarray | None = None, landmarker=None, static_offset: np.ndarray | None = None):
+                 shape: np.ndarray | None = None, landmarker=None, static_offset: np.ndarray | None = None,
+                 make_fitter: Callable[[np.ndarray], object] | None = None):
         from savatar.core.drive.face_landmarks import FaceLandmarker
 
+        # make_fitter(K) builds the per-frame fitter (default FaceFitter with this identity); one
+        # with set_neutral (savatar.core.drive.retarget.Retargeter) gets the driver's neutral:
+        # the first params.neutral_s seconds of face, and again on request_neutral().
+        self._make_fitter = make_fitter
+        self._neutral_pts: list[np.ndarray] = []
+        self._neutral_until: float | None = None
         self.data, self.params, self.shape = data, params or TrackerParams(), shape
+        self._neutral_wanted = make_fitter is not None and self.params.neutral_s > 0
         self.static_offset = static_offset
         self._mp_index = mediapipe_indices(data)
         self._fixed_k = K
@@ -495,7 +518,7 @@ class FaceTracker:
 
     def process(self, image: np.ndarray, timestamp: float) -> FitResult:
         t0 = time.perf_counter()
-        pts = self.landmarker(image)
+        full = pts = self.landmarker(image)
         if pts is not None:
             pts = pts[self._mp_index]  # the detected landmarks the model embeds, in its order
         t1 = time.perf_counter()
@@ -509,11 +532,19 @@ class FaceTracker:
         h, w = image.shape[:2]
         if self.fitter is None or self._size != (w, h):
             k = self._fixed_k if self._fixed_k is not None else intrinsics_for(w, h, self.params.fov_y_deg)
-            self.fitter = FaceFitter(self.data, k, self.shape, self.params, self.static_offset)
+            if self._make_fitter is not None:
+                self.fitter = self._make_fitter(k)
+                # A new camera (frame size) needs the neutral measured again in it.
+                self._neutral_wanted = self._neutral_wanted or self.params.neutral_s > 0
+            else:
+                self.fitter = FaceFitter(self.data, k, self.shape, self.params, self.static_offset)
             self._size = (w, h)
         fit = self.fitter.fit(pts)
         t2 = time.perf_counter()
         timings["fit_ms"] = (t2 - t1) * 1e3
+        fit.neutral = self._collect_neutral(pts, timestamp)
+        if full is not None:
+            fit.warnings = tuple(fit_warnings(full, fit.camera_rotation(), fit.residual_px, image))
         if self.params.filter:
             v = self.filter(fit.vector(), timestamp)
             e = len(fit.expr)
@@ -523,6 +554,27 @@ class FaceTracker:
         fit.timings = timings
         self.last, self._last_seen = fit, timestamp
         return fit
+
+    def request_neutral(self) -> None:
+        """Take the next params.neutral_s seconds of face (at least one frame) as the driver's
+        resting face (a "neutral" button): that face then drives the avatar's rest face."""
+        self._neutral_wanted, self._neutral_pts, self._neutral_until = True, [], None
+
+    def _collect_neutral(self, pts: np.ndarray, timestamp: float) -> str:
+        """Gathers resting frames while a neutral is wanted; sets it when the time is up."""
+        fitter = self.fitter
+        if not hasattr(fitter, "set_neutral"):
+            return ""
+        if not self._neutral_wanted:
+            return "set" if getattr(fitter, "neutral", None) is not None else ""
+        if self._neutral_until is None:
+            self._neutral_until = timestamp + self.params.neutral_s
+        self._neutral_pts.append(np.array(pts, dtype=np.float64))
+        if timestamp < self._neutral_until:
+            return "measuring"
+        fitter.set_neutral(self._neutral_pts)
+        self._neutral_wanted, self._neutral_pts, self._neutral_until = False, [], None
+        return "set"
 
     def _no_face(self, timestamp: float) -> FitResult:
         # A lost face re-initialises the fit from solvePnP and restarts the filter, so the avatar

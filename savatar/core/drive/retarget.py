@@ -1,0 +1,267 @@
+"""Retargeting a driver's face onto an avatar: expression and pose transfer, identity does not.
+
+The tracker fits the avatar's head model to another person's landmarks, so everything in which
+that person's face differs from the avatar's (a wider mouth, heavier brows, a head held tilted)
+comes out as a constant expression or pose. The driver's neutral face removes it: the fit of a
+resting frame (or the median over the first second of a clip) is turned into a per-landmark
+offset of the model's rest face (LandmarkModel's landmark_offset, in model space, so it moves
+with the head), and the neutral head rotation is taken off the root. Fits made with that offset
+read the person's neutral as the avatar's rest face, zero expression, and every expression as a
+departure from it.
+
+Then the calibration (savatar.core.drive.calibration) turns what the tracker reads into what the
+avatar must be driven with so that MediaPipe reads the same on the avatar's renders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from savatar.core.drive.motion import Motion
+from savatar.core.drive.calibration import ExpressionCalibration, default_calibration
+from savatar.core.drive.tracking import FLIP, FaceFitter, FitResult, TrackerParams, rodrigues, rotation_vector
+from savatar.core.head.head_model import HeadModelData
+
+
+@dataclass
+class Neutral:
+    """A driver's resting face: offset (L, 3) of the model's rest landmarks in model space
+    (metres), root (3, 3) the head rotation at rest in the tracking world, frames how many
+    frames it was measured on."""
+
+    offset: np.ndarray
+    root: np.ndarray
+    frames: int = 1
+
+
+def _frame_offset(fitter: FaceFitter, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One resting frame's (offset (L, 3), root (3, 3)): what the fitted expression, jaw and gaze
+    add to the rest face, plus the reprojection residual lifted to the landmark's depth, all in
+    model space. The model with this offset reproduces pts exactly at zero expression."""
+    fitter.reset()
+    fitter.fit(pts, iterations=30)
+    m, r0 = fitter.model, fitter.r0
+    t, jaw, eyes, e = fitter._split(fitter.x)
+    xw = m.evaluate(r0, t, jaw, eyes, e)
+    uv, _ = fitter._project(xw)
+    res = uv - pts[:, :2]
+    z = (xw @ FLIP.T)[:, 2]
+    k = fitter.K
+    d_cam = np.stack([-res[:, 0] * z / k[0, 0], -res[:, 1] * z / k[1, 1], np.zeros(len(z))], 1)
+    d_model = (d_cam @ FLIP) @ r0  # camera -> world (FLIP is its own inverse) -> model: R0^T d
+    shift = m.jrb @ e  # the root joint's expression shift, unrotated in evaluate, rotated in the offset
+    face = m.evaluate(np.eye(3), np.zeros(3), jaw, eyes, e) - shift
+    return face - m.rest() + shift @ r0 + d_model, r0
+
+
+def measure_neutral(data: HeadModelData, K: np.ndarray, frames: Sequence[np.ndarray], shape: np.ndarray | None = None,
+                    static_offset: np.ndarray | None = None) -> Neutral:
+    """The neutral of resting frames: landmarks (L, 2+) pixels each, camera K (3, 3). The
+    median offset over frames (a blink among them does not count) and the mean rotation."""
+    fitter = FaceFitter(data, K, shape, TrackerParams(filter=False), static_offset)
+    offsets, rots = [], []
+    for pts in frames:
+        off, r0 = _frame_offset(fitter, np.asarray(pts, np.float64))
+        offsets.append(off)
+        rots.append(rotation_vector(r0))
+    if not offsets:
+        raise ValueError("a neutral face needs at least one frame with a face")
+    return Neutral(np.median(np.stack(offsets), 0), rodrigues(np.mean(rots, 0)), len(offsets))
+
+
+class Retargeter:
+    """Fits landmark pixels (L, 2+) of camera K (3, 3) with the avatar's identity (shape (S,),
+    static_offset (V, 3)) and the driver's neutral, and returns what drives the avatar.
+
+    fit(points) -> FitResult: expr (E,) and jaw calibrated, root rotation relative to the
+    neutral's, translation as fitted, residual_px the fit's RMS reprojection error in pixels.
+    Without a neutral (set_neutral not called yet) the raw fit is calibrated alone.
+    """
+
+    def __init__(self, data: HeadModelData, K: np.ndarray, shape: np.ndarray | None = None,
+                 static_offset: np.ndarray | None = None, params: TrackerParams | None = None,
+                 calibration: ExpressionCalibration | None = None, neutral: Neutral | None = None):
+        self.data, self.K, self.shape, self.static_offset = data, np.asarray(K, np.float64), shape, static_offset
+        self.params = params or TrackerParams(filter=False)
+        self.calibration = calibration if calibration is not None else default_calibration(data)
+        self.neutral: Neutral | None = None
+        self.fitter = FaceFitter(data, self.K, shape, self.params, static_offset)
+        self.last_residuals: list[float] = []
+        if neutral is not None:
+            self._use(neutral)
+
+    def _use(self, neutral: Neutral) -> None:
+        self.neutral = neutral
+        self.fitter = FaceFitter(self.data, self.K, self.shape, self.params, self.static_offset, neutral.offset)
+
+    def set_neutral(self, frames: Sequence[np.ndarray]) -> Neutral:
+        """Measure the driver's neutral on these resting frames' landmarks and fit with it from now on."""
+        neutral = measure_neutral(self.data, self.K, frames, self.shape, self.static_offset)
+        self._use(neutral)
+        return neutral
+
+    def clear_neutral(self) -> None:
+        self.neutral = None
+        self.fitter = FaceFitter(self.data, self.K, self.shape, self.params, self.static_offset)
+
+    def reset(self) -> None:
+        """Forget the warm start (a lost face): the next fit starts from solvePnP."""
+        self.fitter.reset()
+
+    def fit(self, points: np.ndarray, iterations: int | None = None) -> FitResult:
+        fit = self.fitter.fit(points, iterations)
+        self.last_residuals.append(fit.residual_px)
+        return self.apply(fit)
+
+    def apply(self, fit: FitResult) -> FitResult:
+        """A raw fit (with this retargeter's neutral) -> the avatar's drive."""
+        expr, jaw = self.calibration.apply(fit.expr, float(fit.pose[6]))
+        pose = fit.pose.copy()
+        pose[6] = jaw
+        if self.neutral is None:
+            return replace(fit, expr=expr, pose=pose)
+        pose[0:3] = rotation_vector(rodrigues(fit.pose[0:3]) @ self.neutral.root.T)
+        return replace(fit, expr=expr, pose=pose, head_rotation=fit.pose[0:3].copy())
+
+    @classmethod
+    def for_clip(cls, data: HeadModelData, K: np.ndarray, landmarks: Sequence[np.ndarray | None], fps: float,
+                 neutral_frame: int | None = None, neutral_s: float = 1.0, shape: np.ndarray | None = None,
+                 static_offset: np.ndarray | None = None, **kwargs) -> "Retargeter":
+        """A retargeter whose neutral is frame neutral_frame of a clip's tracked landmarks
+        (positions in landmarks; None where no face), or by default the frames of its first
+        neutral_s seconds that have a face (the first face's when none does). ValueError when
+        the neutral frame has no face."""
+        rt = cls(data, K, shape, static_offset, **kwargs)
+        if neutral_frame is not None:
+            if not 0 <= neutral_frame < len(landmarks) or landmarks[neutral_frame] is None:
+                raise ValueError(f"frame {neutral_frame} has no tracked face to take as the neutral")
+            picked = [landmarks[neutral_frame]]
+        else:
+            count = max(1, int(round(neutral_s * fps)))
+            picked = [p for p in landmarks[:count] if p is not None]
+            if not picked:
+                picked = [next(p for p in landmarks if p is not None)]
+        rt.set_neutral(picked)
+        return rt
+
+    def refit_all(self, landmarks: Sequence[np.ndarray | None], expr: np.ndarray, pose: np.ndarray,
+                  translation: np.ndarray, iterations: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Refit a clip's landmarks (T entries, (L, 2+) or None) with the neutral; frames without a
+        face hold the previous frame's result (the first face's before any). expr (T, E), pose
+        (T, 15), translation (T, 3) are the original fits, used only for their shapes and for
+        translation where there is no face. Returns the retargeted (expr, pose, translation)."""
+        out_e, out_p, out_t = np.zeros_like(expr), np.zeros_like(pose), np.array(translation, copy=True)
+        self.reset()
+        held = None
+        first = None
+        for k, pts in enumerate(landmarks):
+            if pts is None:
+                if held is not None:
+                    out_e[k], out_p[k], out_t[k] = held
+                continue
+            fit = self.fit(np.asarray(pts, np.float64), iterations)
+            held = (fit.expr, fit.pose, fit.translation)
+            out_e[k], out_p[k], out_t[k] = held
+            if first is None:
+                first = k
+        if first is not None:
+            out_e[:first], out_p[:first], out_t[:first] = out_e[first], out_p[first], out_t[first]
+        return out_e, out_p, out_t
+
+
+@dataclass
+class TrackReport:
+    """How well a video was tracked: frames, frames_with_face, residual_px per frame with a face
+    (RMS reprojection error of the fit, pixels of the tracked frame), warnings: each fit_quality
+    warning's kind ("face too small", ...) -> number of frames it was raised on, neutral_frames
+    the frames the driver's neutral was measured on."""
+
+    frames: int
+    frames_with_face: int
+    residual_px: np.ndarray
+    warnings: dict[str, int]
+    neutral_frames: int
+
+    def summary(self) -> str:
+        r = self.residual_px
+        text = (f"face in {self.frames_with_face} of {self.frames} frames; fit residual median "
+                f"{np.median(r):.2f} px, 90th percentile {np.percentile(r, 90):.2f} px" if len(r) else
+                f"face in 0 of {self.frames} frames")
+        for kind, count in self.warnings.items():
+            text += f"; {kind} in {count} frames"
+        return text
+
+
+def track_motion(path, data: HeadModelData, params: TrackerParams | None = None, neutral_frame: int | None = None,
+                 progress=None, shape: np.ndarray | None = None,
+                 static_offset: np.ndarray | None = None) -> tuple[Motion, TrackReport]:
+    """Track a video file into a Motion that puppeteers an avatar: landmarks of every frame
+    (MediaPipe video mode), the driver's neutral from frame neutral_frame (default: the first
+    params.neutral_s seconds of face), every frame refitted with it, calibrated, and smoothed
+    (One-Euro, when params.filter). Translations are relative to the first frame with a face.
+    progress(done, total) after each decoded frame. OSError when the video cannot be read,
+    ValueError when no frame has a face or the neutral frame has none."""
+    import math
+
+    from savatar.core.drive.face_landmarks import FaceLandmarker
+    from savatar.core.drive.fit_quality import fit_warnings
+    from savatar.core.drive.tracking import OneEuroFilter, VideoReader, intrinsics_for, mediapipe_indices
+
+    params = params or TrackerParams()
+    index = mediapipe_indices(data)
+    full: list[np.ndarray | None] = []
+    light: list[list[str]] = []
+    size = None
+    with VideoReader(path) as video, FaceLandmarker(static_images=False) as landmarker:
+        fps = video.fps
+        for i, rgb in video.frames():
+            size = rgb.shape[1], rgb.shape[0]
+            pts = landmarker(rgb)
+            full.append(pts)
+            # Brightness needs the frame, which is not kept: checked now, the rest after the fit.
+            light.append([w for w in fit_warnings(pts, np.zeros(3), math.nan, rgb) if "dark" in w]
+                         if pts is not None else [])
+            if progress is not None:
+                progress(i + 1, video.count)
+    if not full:
+        raise OSError(f"{path}: no frames could be read")
+    if all(p is None for p in full):
+        raise ValueError(f"{path}: no face found in any of its {len(full)} frames")
+    K = intrinsics_for(size[0], size[1], params.fov_y_deg)
+    marks = [p[index, :2] if p is not None else None for p in full]
+    fit_params = replace(params, filter=False)
+    rt = Retargeter.for_clip(data, K, marks, fps, neutral_frame, params.neutral_s, shape, static_offset,
+                             params=fit_params)
+    e = len(data.expr_names)
+    smooth = OneEuroFilter(params.min_cutoff, np.r_[np.full(e + 15, params.beta), np.full(3, params.beta * 20)],
+                           params.d_cutoff)
+    rows, residuals, counts = [], [], {}
+    for k, pts in enumerate(marks):
+        if pts is None:
+            rows.append(None)
+            rt.reset()
+            smooth.reset()
+            continue
+        fit = rt.fit(pts, iterations=fit_params.iterations * 2)
+        residuals.append(fit.residual_px)
+        for w in fit_warnings(full[k], fit.camera_rotation(), fit.residual_px) + light[k]:
+            kind = w.split(" (")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+        v = fit.vector()
+        if params.filter:
+            v = smooth(v, k / fps)
+        rows.append(v)
+    first = next(k for k, r in enumerate(rows) if r is not None)
+    held = rows[first]
+    table = []
+    for r in rows:
+        held = r if r is not None else held
+        table.append(held)
+    table = np.stack(table).astype(np.float32)
+    trans = table[:, e + 15:] - table[first, e + 15:]
+    motion = Motion(float(fps), table[:, :e], table[:, e:e + 15], trans, list(data.expr_names))
+    report = TrackReport(len(full), sum(p is not None for p in marks), np.asarray(residuals), counts,
+                         rt.neutral.frames if rt.neutral is not None else 0)
+    return motion, report

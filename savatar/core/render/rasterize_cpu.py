@@ -25,6 +25,7 @@ pixel-Gaussian pairs. Expected depth is normalized by alpha, like gsplat's "ED" 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -175,6 +176,38 @@ def support_cutoff(opacities: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _pixel_boxes(proj: Projection, cut: torch.Tensor, ids: torch.Tensor, width: int,
+                 height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last pixel (x, y) whose centre lies in the bounding box of the support of the
+    Gaussians ids (K,), clipped to the image: lo, hi (K, 2) float; lo > hi on an axis where the
+    box holds no pixel centre. cut: support_cutoff of all N opacities."""
+    m = proj.means2d.detach().index_select(0, ids)
+    reach = torch.sqrt(2.0 * cut.index_select(0, ids))
+    diag = torch.diagonal(proj.covars2d.detach(), dim1=1, dim2=2).index_select(0, ids)
+    half = reach[:, None] * torch.sqrt(diag)
+    size = torch.tensor([width, height], dtype=m.dtype, device=m.device)
+    lo = torch.ceil(m - half - 0.5).clamp(min=0).minimum(size)
+    hi = torch.floor(m + half - 0.5).minimum(size - 1).clamp(min=-1)
+    return lo, hi
+
+
+@torch.no_grad()
+def support_window(proj: Projection, width: int, height: int,
+                   margin: int = 0) -> tuple[int, int, int, int]:
+    """The pixel window (x0, y0, x1, y1), x1 and y1 exclusive, that holds every pixel any valid
+    Gaussian of proj draws, widened by margin pixels on each side and clipped to the image.
+    Outside it the image is background. At least one pixel, also when nothing is visible."""
+    ids = torch.nonzero(proj.valid).squeeze(1)
+    lo, hi = _pixel_boxes(proj, support_cutoff(proj.opacities), ids, width, height)
+    hit = (lo <= hi).all(dim=1)
+    if not bool(hit.any()):
+        return 0, 0, min(1, width), min(1, height)
+    (x0, y0), (x1, y1) = lo[hit].amin(0).tolist(), (hi[hit].amax(0) + 1).tolist()
+    return (max(0, int(x0) - margin), max(0, int(y0) - margin),
+            min(width, int(x1) + margin), min(height, int(y1) + margin))
+
+
+@torch.no_grad()
 def intersect_tiles(proj: Projection, width: int, height: int,
                     tile_size: int = TILE_SIZE) -> TileBins:
     """Bin the valid Gaussians of proj into the tiles that hold pixel centres of their support.
@@ -189,13 +222,7 @@ def intersect_tiles(proj: Projection, width: int, height: int,
     ids = torch.nonzero(proj.valid).squeeze(1)
     # index_select rather than x[idx] throughout: several times faster on CPU.
     ids = ids.index_select(0, torch.argsort(proj.depths.index_select(0, ids), stable=True))
-    m = proj.means2d.index_select(0, ids)
-    reach = torch.sqrt(2.0 * cut.index_select(0, ids))
-    diag = torch.diagonal(proj.covars2d, dim1=1, dim2=2).index_select(0, ids)
-    half = reach[:, None] * torch.sqrt(diag)
-    size = torch.tensor([width, height], dtype=m.dtype, device=device)
-    lo = torch.ceil(m - half - 0.5).clamp(min=0).minimum(size)
-    hi = torch.floor(m + half - 0.5).minimum(size - 1).clamp(min=-1)
+    lo, hi = _pixel_boxes(proj, cut, ids, width, height)
     hit = torch.nonzero((lo <= hi).all(dim=1)).squeeze(1)
     ids = ids.index_select(0, hit)
     lo = torch.div(lo.index_select(0, hit).long(), tile_size, rounding_mode="floor")
@@ -469,36 +496,163 @@ def _untile(tiles: torch.Tensor, bins: TileBins, width: int, height: int) -> tor
     return image[:height, :width]
 
 
+COMPOSITORS = ("auto", "numba", "torch")
+
+
+def _numba_kernels():
+    """The compiled kernels module, or None where numba is not installed."""
+    try:
+        from savatar.core.render import composite_numba
+    except ImportError:
+        return None
+    return composite_numba
+
+
+def resolve_compositor(name: str) -> str:
+    """"auto" -> "numba" where numba imports, else "torch"; ValueError for unknown names."""
+    if name not in COMPOSITORS:
+        raise ValueError(f"compositor must be one of {', '.join(COMPOSITORS)}, got {name!r}")
+    if name == "auto":
+        return "numba" if _numba_kernels() is not None else "torch"
+    return name
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _run_split(kernel, order: torch.Tensor, *args) -> None:
+    """Run kernel(tiles, *args) over the tiles in `order` (most crowded first), dealt round-robin
+    to torch.get_num_threads() threads so each gets a similar share of the work."""
+    global _POOL
+    threads = max(1, min(torch.get_num_threads(), len(order)))
+    if threads == 1:
+        kernel(order.numpy(), *args)
+        return
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="savatar-raster")
+    parts = [order[i::threads].contiguous().numpy() for i in range(threads)]
+    for f in [_POOL.submit(kernel, part, *args) for part in parts]:
+        f.result()
+
+
+class _CompositeCompiled(torch.autograd.Function):
+    """rasterize_to_pixels with the compiled kernels of composite_numba; pixels are written in
+    place in (H, W, C), no tiling of images."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, features, bins, background, width, height):
+        kernels = _numba_kernels()
+        dtype = features.dtype
+        cut = support_cutoff(opacities)
+        scale = opacities * torch.exp(-cut)
+        geo = torch.cat([means2d, conics, cut[:, None], scale[:, None]], 1).to(dtype).contiguous()
+        feat = features.contiguous()
+        counts = bins.offsets[1:] - bins.offsets[:-1]
+        order = torch.argsort(counts, descending=True, stable=True)
+        order = order[counts.index_select(0, order) > 0]
+        gauss_ids = bins.gauss_ids.contiguous()
+        out = features.new_zeros(height, width, features.shape[1])
+        alpha = features.new_zeros(height, width)
+        common = (bins.offsets.numpy(), gauss_ids.numpy(), geo.numpy(), feat.numpy(), bins.tile_size,
+                  bins.tiles_x, width, height)
+        _run_split(kernels.forward_tiles, order, *common, out.numpy(), alpha.numpy())
+        image = out + (1.0 - alpha)[..., None] * background
+        ctx.save_for_backward(opacities, image, alpha)
+        ctx.bins, ctx.common, ctx.order = bins, common, order
+        return image, alpha[..., None]
+
+    @staticmethod
+    def backward(ctx, grad_image, grad_alpha):
+        kernels = _numba_kernels()
+        opacities, image, alpha = ctx.saved_tensors
+        bins, common = ctx.bins, ctx.common
+        grad_image = grad_image.contiguous()
+        grad_alpha = grad_alpha[..., 0].contiguous()
+        total = (grad_image * image).sum(-1) + grad_alpha * alpha
+        m, channels = len(bins.gauss_ids), image.shape[-1]
+        g_feat_rows = image.new_zeros(m, channels)
+        g_geo_rows = image.new_zeros(m, 6)
+        _run_split(kernels.backward_tiles, ctx.order, *common, grad_image.numpy(), grad_alpha.numpy(),
+                   total.numpy(), g_feat_rows.numpy(), g_geo_rows.numpy())
+        n = opacities.shape[0]
+        g_geo = image.new_zeros(n, 6).index_add_(0, bins.gauss_ids, g_geo_rows)
+        g_feat = image.new_zeros(n, channels).index_add_(0, bins.gauss_ids, g_feat_rows)
+        # The last column is dL/dlog(opacity); Gaussians with zero opacity are never binned.
+        g_opacity = g_geo[:, 5] / opacities.clamp_min(torch.finfo(opacities.dtype).tiny)
+        return (g_geo[:, 0:2], g_geo[:, 2:5], g_opacity, g_feat, None, None, None, None)
+
+
 def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor,
                         features: torch.Tensor, bins: TileBins, background: torch.Tensor,
-                        width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+                        width: int, height: int,
+                        compositor: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Front-to-back compositing of binned 2D Gaussians (differentiable in the first four).
 
     means2d (N, 2), conics (N, 3), opacities (N,), features (N, C); background (C,).
+    compositor: "numba" (compiled, composite_numba), "torch" (the reference, PyTorch only) or
+    "auto" (numba where installed). Both give the same image and gradients to rounding.
     Returns image (H, W, C) = sum(f_i a_i T_i) + T_final * background and alpha (H, W, 1).
     """
-    return _RasterizeToPixels.apply(means2d, conics, opacities, features, bins,
-                                    background.to(features.dtype), width, height)
+    background = background.to(features.dtype)
+    if resolve_compositor(compositor) == "numba" and features.device.type == "cpu":
+        return _CompositeCompiled.apply(means2d, conics, opacities, features, bins, background,
+                                        width, height)
+    return _RasterizeToPixels.apply(means2d, conics, opacities, features, bins, background,
+                                    width, height)
 
 
 def rasterize_cpu(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int,
                   height: int, background: torch.Tensor, sh_degree: int | None = None,
-                  rasterize_mode: str = "classic", tile_size: int = TILE_SIZE) -> RenderOutput:
+                  rasterize_mode: str = "classic", tile_size: int = TILE_SIZE,
+                  compositor: str = "auto") -> RenderOutput:
     """Render g through an OpenCV camera (viewmat (4, 4) world-to-camera, K (3, 3)).
 
-    background: (3,). Differentiable in means, quats, scales, opacities and sh.
+    background: (3,). Differentiable in means, quats, scales, opacities and sh. compositor: see
+    rasterize_to_pixels.
     Returns rgb (H, W, 3), alpha (H, W, 1), and depth (H, W, 1), the expected depth
     sum(z_i a_i T_i) / alpha as gsplat's "ED" mode (0 where alpha is 0).
     """
+    out, _ = _rasterize(g, viewmat, K, width, height, background, sh_degree, rasterize_mode,
+                        tile_size, compositor, None)
+    return out
+
+
+def rasterize_cpu_window(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int,
+                         height: int, background: torch.Tensor, margin: int = 0,
+                         sh_degree: int | None = None, rasterize_mode: str = "classic",
+                         tile_size: int = TILE_SIZE, compositor: str = "auto",
+                         ) -> tuple[RenderOutput, tuple[int, int, int, int]]:
+    """rasterize_cpu's image, drawn only over the window that the Gaussians reach (see
+    support_window; margin widens it). Returns the output over the window, (h, w, ...) with
+    h = y1 - y0 and w = x1 - x0, and the window (x0, y0, x1, y1). Inside the window the pixels
+    are the full image's (the projection is the full frame's, shifted by whole pixels); outside
+    it the full image is the background, alpha 0 and depth 0. Work is spent on the window only:
+    for a head in a larger frame, fewer pixels to composite, tile and compare.
+    """
+    return _rasterize(g, viewmat, K, width, height, background, sh_degree, rasterize_mode,
+                      tile_size, compositor, margin)
+
+
+def _rasterize(g: WorldGaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+               background: torch.Tensor, sh_degree: int | None, rasterize_mode: str,
+               tile_size: int, compositor: str,
+               margin: int | None) -> tuple[RenderOutput, tuple[int, int, int, int]]:
+    """Both rasterize_cpu (margin None: the whole image) and rasterize_cpu_window."""
     dtype = g.means.dtype
     viewmat, K = viewmat.to(dtype), K.to(dtype)
     proj = project_gaussians(g.means, g.quats, g.scales, g.opacities, viewmat, K, width, height,
                              rasterize_mode=rasterize_mode)
+    window = (0, 0, width, height) if margin is None else support_window(proj, width, height, margin)
+    x0, y0, x1, y1 = window
+    if x0 or y0:
+        # Whole pixels: the shift is exact, so every pixel sees the same offsets as in the frame.
+        shift = torch.tensor([x0, y0], dtype=dtype, device=proj.means2d.device)
+        proj.means2d = proj.means2d - shift
     colors = sh_to_rgb(g.sh, g.means, camera_center(viewmat), sh_degree)
-    bins = intersect_tiles(proj, width, height, tile_size)
+    bins = intersect_tiles(proj, x1 - x0, y1 - y0, tile_size)
     features = torch.cat([colors, proj.depths[:, None]], dim=1)
     background = torch.cat([background.to(dtype), background.new_zeros(1, dtype=dtype)])
     image, alpha = rasterize_to_pixels(proj.means2d, proj.conics, proj.opacities, features, bins,
-                                       background, width, height)
+                                       background, x1 - x0, y1 - y0, compositor)
     depth = image[..., 3:4] / alpha.clamp_min(1e-10)
-    return RenderOutput(rgb=image[..., :3], alpha=alpha, depth=depth)
+    return RenderOutput(rgb=image[..., :3], alpha=alpha, depth=depth), window

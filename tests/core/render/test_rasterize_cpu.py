@@ -18,6 +18,7 @@ from savatar.core.render.api import available_backends, render, resolve_backend
 from savatar.core.render.output import RenderOutput
 from savatar.core.render.rasterize_cpu import (
     ALPHA_MAX, ALPHA_MIN, covariance_3d, intersect_tiles, project_gaussians, rasterize_cpu,
+    rasterize_cpu_window, resolve_compositor, support_window,
 )
 
 torch_impl = pytest.importorskip("gsplat.cuda._torch_impl")
@@ -282,16 +283,21 @@ def test_sh_to_rgb_uses_direction_from_camera_and_clamps():
     torch.testing.assert_close(sh_to_rgb(grey, means, centre), torch.full((64, 3), 0.25, dtype=F64))
 
 
+# The compiled compositor where numba is installed (it is a dependency), and the PyTorch one.
+COMPOSITORS = ["numba", "torch"] if resolve_compositor("auto") == "numba" else ["torch"]
+
+
+@pytest.mark.parametrize("compositor", COMPOSITORS)
 @pytest.mark.parametrize("mode", ["classic", "antialiased"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_matches_plain_reference(mode, seed):
+def test_matches_plain_reference(mode, seed, compositor):
     viewmat = look_from(-0.3, 0.2, (0.1, -0.2, -0.4))
     K = intrinsics(37, 29, 30.0)
     g = with_mixed_opacities(
         scene_in_view(150, viewmat, seed=seed, opacity=(0.3, 1.0), spread=0.3, scale=(0.08, 0.3)), seed)
     background = torch.tensor([0.2, 0.5, 0.9], dtype=F64)
     *expected, stopped = reference_render(g, viewmat, K, 37, 29, background, mode)
-    out = rasterize_cpu(g, viewmat, K, 37, 29, background, rasterize_mode=mode)
+    out = rasterize_cpu(g, viewmat, K, 37, 29, background, rasterize_mode=mode, compositor=compositor)
     # The scene exercises early stopping, the alpha clamp, partial coverage and empty pixels.
     assert stopped.any() and not stopped.all()
     assert (g.opacities > ALPHA_MAX).any()
@@ -300,7 +306,8 @@ def test_matches_plain_reference(mode, seed):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
-def test_gradients_match_autograd_through_reference():
+@pytest.mark.parametrize("compositor", COMPOSITORS)
+def test_gradients_match_autograd_through_reference(compositor):
     viewmat = look_from(0.2, -0.1, (0.0, 0.1, -0.3))
     K = intrinsics(24, 20, 20.0)
     g = with_mixed_opacities(
@@ -313,7 +320,7 @@ def test_gradients_match_autograd_through_reference():
         return sum((o * w).sum() for o, w in zip(outputs, weights))
 
     ours, ref = with_grad(g), with_grad(g)
-    out = rasterize_cpu(ours, viewmat, K, 24, 20, background, tile_size=8)
+    out = rasterize_cpu(ours, viewmat, K, 24, 20, background, tile_size=8, compositor=compositor)
     loss((out.rgb, out.alpha, out.depth)).backward()
     *expected, stopped = reference_render(ref, viewmat, K, 24, 20, background)
     assert stopped.any() and (g.opacities > ALPHA_MAX).any()
@@ -324,8 +331,9 @@ def test_gradients_match_autograd_through_reference():
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize("compositor", COMPOSITORS)
 @pytest.mark.parametrize("mode", ["classic", "antialiased"])
-def test_gradcheck_small_scene(mode):
+def test_gradcheck_small_scene(mode, compositor):
     viewmat = look_from(0.1, 0.2, (0.0, 0.0, -0.2))
     K = intrinsics(14, 11, 12.0)
     g = scene_in_view(6, viewmat, seed=2, degree=3, scale=(0.08, 0.2), opacity=(0.4, 0.9))
@@ -333,7 +341,8 @@ def test_gradcheck_small_scene(mode):
 
     def fn(means, quats, scales, opacities, sh):
         out = rasterize_cpu(WorldGaussians(means, quats, scales, opacities, sh), viewmat, K,
-                            14, 11, background, rasterize_mode=mode, tile_size=8)
+                            14, 11, background, rasterize_mode=mode, tile_size=8,
+                            compositor=compositor)
         return out.rgb, out.alpha, out.depth
 
     inputs = tuple(t.detach().clone().requires_grad_() for t in
@@ -394,6 +403,46 @@ def test_tiling_invariance():
     shifted = rasterize_cpu(g, viewmat, shifted_K, 72, 56, background, tile_size=16)
     for x, y in zip((base.rgb, base.alpha, base.depth), (shifted.rgb, shifted.alpha, shifted.depth)):
         torch.testing.assert_close(x, y[8:, 8:], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("compositor", COMPOSITORS)
+def test_float32_compositing_is_float64_to_rounding(compositor):
+    """A busy scene (2000 Gaussians, deep lists) in float32 gives the float64 image and
+    gradients to float32 rounding, relative to each quantity's scale."""
+    viewmat = look_from(0.2, 0.1, (0.0, 0.0, -0.6))
+    K = intrinsics(96, 80, 80.0)
+    g64 = scene_in_view(2000, viewmat, seed=7, spread=0.4, scale=(0.01, 0.08))
+    background = torch.tensor([0.9, 0.9, 0.9])
+    results = []
+    for dtype in (torch.float32, F64):
+        g = with_grad(WorldGaussians(*(t.to(dtype) for t in
+                                       (g64.means, g64.quats, g64.scales, g64.opacities, g64.sh))))
+        out = rasterize_cpu(g, viewmat, K, 96, 80, background, compositor=compositor)
+        (out.rgb.square().sum() + out.alpha.sum()).backward()
+        results.append([t.detach().double() for t in (out.rgb, g.means.grad, g.opacities.grad, g.sh.grad)])
+    for single, double in zip(*results):
+        assert double.abs().max() > 0
+        assert float((single - double).abs().max() / double.abs().max()) < 1e-5
+
+
+def test_window_render_is_the_full_render_cropped():
+    viewmat = look_from(0.0, 0.0, (0.0, 0.0, -1.0))
+    K = intrinsics(120, 100, 90.0)
+    # A cluster left of and above the centre: the window is a part of the frame.
+    g = scene_in_view(300, viewmat, seed=3, spread=0.1, scale=(0.01, 0.05))
+    g.means[:, :2] -= 0.25
+    background = torch.tensor([0.2, 0.4, 0.6], dtype=F64)
+    full = rasterize_cpu(g, viewmat, K, 120, 100, background)
+    part, (x0, y0, x1, y1) = rasterize_cpu_window(g, viewmat, K, 120, 100, background, margin=2)
+    assert 0 < x0 and 0 < y0 and (x1 - x0) * (y1 - y0) < 0.5 * 120 * 100
+    for a, b in zip((full.rgb, full.alpha, full.depth), (part.rgb, part.alpha, part.depth)):
+        torch.testing.assert_close(a[y0:y1, x0:x1], b, rtol=0, atol=1e-12)
+    outside = torch.ones(100, 120, dtype=torch.bool)
+    outside[y0:y1, x0:x1] = False
+    assert (full.alpha[outside] == 0).all()
+    torch.testing.assert_close(full.rgb[outside], background.expand(int(outside.sum()), 3))
+    proj = project_gaussians(g.means, g.quats, g.scales, g.opacities, viewmat, K, 120, 100)
+    assert support_window(proj, 120, 100, margin=2) == (x0, y0, x1, y1)
 
 
 def test_background_composited_by_transmittance():

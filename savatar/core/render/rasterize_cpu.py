@@ -3,7 +3,9 @@
 Implements the image formation of docs/conventions.md in three exposed steps:
 1. project_gaussians: EWA projection to 2D means, covariances, conics, depths, radii;
 2. intersect_tiles: which Gaussians touch which tile (TILE_SIZE square), front to back (vectorized);
-3. rasterize_to_pixels: per-tile compositing with a hand-written backward pass.
+3. rasterize_to_pixels: per-tile compositing with a hand-written backward pass, in compiled
+   kernels (composite_numba, the default where numba is installed) or in PyTorch (the
+   reference below, also the fallback).
 
 Support of a Gaussian, as gsplat 1.5.3's CUDA kernels do it (docs/conventions.md). The projection gives
 each Gaussian an opacity-aware extent e = min(3.33, sqrt(2 ln(255 opacity))) standard deviations
@@ -25,6 +27,7 @@ pixel-Gaussian pairs. Expected depth is normalized by alpha, like gsplat's "ED" 
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -508,11 +511,18 @@ def _numba_kernels():
     return composite_numba
 
 
+# Overrides what "auto" means (e.g. "torch" to compare with the reference in a whole program).
+COMPOSITOR_ENV = "SAVATAR_CPU_COMPOSITOR"
+
+
 def resolve_compositor(name: str) -> str:
-    """"auto" -> "numba" where numba imports, else "torch"; ValueError for unknown names."""
+    """"auto" -> $SAVATAR_CPU_COMPOSITOR if set, else "numba" where numba imports, else "torch";
+    ValueError for unknown names."""
+    if name == "auto" and os.environ.get(COMPOSITOR_ENV, "auto") != "auto":
+        name = os.environ[COMPOSITOR_ENV]
     if name not in COMPOSITORS:
         raise ValueError(f"compositor must be one of {', '.join(COMPOSITORS)}, got {name!r}")
-    if name == "auto":
+    if name == "auto" or (name == "numba" and _numba_kernels() is None):
         return "numba" if _numba_kernels() is not None else "torch"
     return name
 

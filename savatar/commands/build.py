@@ -1,4 +1,5 @@
-"""`savatar build`: an avatar from one or a few portraits (savatar.core.build.build)."""
+"""`savatar build`: an avatar from one or a few portraits (savatar.core.build.build), or from a
+selfie video (--video: savatar.commands.build_video)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ from pathlib import Path
 
 
 from savatar.cli_args import UserError
+from savatar.commands.build_video import add_video_args, check_video_args_unused
 from savatar.commands.progress import progress_bar
 
 
@@ -14,6 +16,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     from savatar.core.build.build import BuildError, build_avatar
     from savatar.core.io.avatar_file import save_avatar
 
+    if args.video:
+        from savatar.commands.build_video import cmd_build_video
+        return cmd_build_video(args)
+    if not args.images:
+        raise UserError("give portrait images, or --video CLIP")
+    check_video_args_unused(args)
     out = Path(args.output)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UserError(f"{out}: the output must be an .h5 file")
@@ -56,11 +64,12 @@ def _with_generator(args: argparse.Namespace, progress):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("build", help="build an avatar from one or a few portraits")
-    p.add_argument("images", nargs="+", help="portrait images (any number, any order)")
+    p = sub.add_parser("build", help="build an avatar from one or a few portraits, or from a selfie video")
+    p.add_argument("images", nargs="*", help="portrait images (any number, any order)")
     p.add_argument("-o", "--output", required=True, help="output avatar .h5")
     p.add_argument("--count", type=int, default=None,
                    help="number of Gaussians (default 60000, or the generator's layout size)")
     p.add_argument("--generator", metavar="CKPT", help="build with a trained generator checkpoint "
                    "(savatar train-generator); default: the parameter-free pipeline")
+    add_video_args(p)
     p.set_defaults(func=cmd_build)

@@ -41,7 +41,11 @@ def register(sub) -> None:
                    help=f"--video: the camera's vertical field of view in degrees (default {VIDEO_FOV_Y_DEG:g})")
     v.add_argument("--no-crop", action="store_true",
                    help="--video: use whole frames instead of a square crop around the face")
-    p.add_argument("--iters", type=int, default=10000, help="total iterations (default 10000)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--iters", type=int, help="total iterations (default 10000)")
+    budget.add_argument("--minutes", type=float, metavar="M",
+                        help="refine until M minutes after the command started (tracking a --video included); "
+                             "the learning-rate schedule is fitted to the time")
     p.add_argument("--backend", default="auto", choices=("auto", "cpu", "gsplat"))
     p.add_argument("--held-out", type=int, action="append", metavar="I", help="frame index kept for PSNR, repeatable")
     p.add_argument("--report-every", type=int, default=100)
@@ -96,7 +100,14 @@ def _video_frames(args: argparse.Namespace, avatar, rig):
 def cmd_refine(args: argparse.Namespace) -> int:
     from savatar.core.refine.refine import Refiner, RefineConfig, report_line
     from savatar.core.render.api import resolve_backend
+    from savatar.commands.build_video import SAVE_RESERVE_S, process_start
 
+    start = process_start()
+    if args.minutes is not None and not args.minutes > 0:
+        raise UserError("--minutes must be > 0")
+    # With a time budget the planned count follows the measured pace (TimeBudget); this first
+    # guess only shapes the first couple of steps' learning rates.
+    args.iters = (10000 if args.minutes is None else 300) if args.iters is None else args.iters
     if args.iters < 1 or args.report_every < 1 or args.checkpoint_every < 0:
         raise UserError("--iters and --report-every must be >= 1, --checkpoint-every >= 0")
     if args.size < 16:
@@ -132,10 +143,15 @@ def cmd_refine(args: argparse.Namespace) -> int:
             refiner.resume_from(out)
         except (AvatarFormatError, AssertionError) as exc:
             raise UserError(str(exc).splitlines()[0]) from None
+    if args.minutes is not None:
+        from savatar.core.refine.time_budget import TimeBudget
+        refiner.pre_step_hooks.append(TimeBudget(start + 60.0 * args.minutes - SAVE_RESERVE_S))
+        cfg.iterations = max(cfg.iterations, refiner.iteration + 300)  # a resumed run may be past the first guess
     log = open(args.json_log, "a" if args.resume else "w") if args.json_log else None
-    bar = progress_bar(total=args.iters, initial=refiner.iteration, desc=f"refine ({refiner.backend})", unit="it")
+    bar = progress_bar(total=cfg.iterations, initial=refiner.iteration, desc=f"refine ({refiner.backend})", unit="it")
 
     def on_report(r) -> None:
+        bar.total = r.iterations
         bar.update(r.iteration - bar.n)
         bar.set_postfix(report_line(r), refresh=False)
         if r.event:
@@ -157,7 +173,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
         if log is not None:
             log.close()
     psnr = "-" if final.psnr_mask is None else f"{final.psnr_mask:.2f} dB"
-    state = "stopped" if final.iteration < args.iters else "done"
+    state = "stopped" if final.iteration < cfg.iterations else "done"
     print(f"wrote {out}: {state} at iteration {final.iteration}, loss {final.losses.get('total', float('nan')):.4f}, "
           f"held-out PSNR in mask {psnr}, spikes {100 * final.spike_fraction:.2f}%")
     return 0

@@ -1,13 +1,15 @@
 """Avatars built from one real portrait, seen from the side: does it stay the person?
 
 For each portrait (scikit-image's astronaut, the real development portraits and the first frames
-of the development clips, where SAVATAR_REAL_DIR has them): build, render at yaw 0, +-45, +-60
+of the development clips, where SAVATAR_REAL_DIR has them; and every .jpg/.png in
+SAVATAR_PORTRAITS_DIR, for portraits of more people): build, render at yaw 0, +-45, +-60
 degrees (OpenGL, 512x512, the head framed), and measure whether MediaPipe finds a face and, with
 the judge extra, dlib's identity distance to the portrait (same person below 0.6). Writes the
 renders beside the results (bench/results/novel_views/) for looking at.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +38,11 @@ def _portraits() -> dict[str, np.ndarray]:
             out[p.stem] = _first_frame(p)
     else:
         print(f"novel_views: only the astronaut, no real portraits in {REAL_DIR}", file=sys.stderr)
+    extra = os.environ.get("SAVATAR_PORTRAITS_DIR")
+    if extra:
+        for p in sorted(Path(extra).glob("*")):
+            if p.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                out[p.stem] = np.asarray(Image.open(p).convert("RGB"))
     return out
 
 

@@ -31,6 +31,7 @@ from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_fo
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.build.face_offsets import landmark_offsets
+from savatar.core.build.hair_colour import hair_colour
 from savatar.core.build.hair_volume import hair_offsets
 from savatar.core.build.mouth_interior import mouth_interior_colours
 from savatar.core.head.head_model import HeadModel, HeadModelData
@@ -400,7 +401,8 @@ def _face_labels(data: HeadModelData) -> tuple[np.ndarray, list[str]]:
 
 def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mouth: np.ndarray,
                 default: np.ndarray, neighbours: int = 8, smooth: int = 10,
-                group: np.ndarray | None = None) -> np.ndarray:
+                group: np.ndarray | None = None,
+                settle: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """Colours (N, 3) for Gaussians no source saw, from those it did.
 
     positions: (N, 3) on the neutral head (x = 0 is the symmetry plane); colour (N, 3) valid
@@ -412,7 +414,8 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
     propagation stays within a group that has seen Gaussians (the back of the head takes the
     hair's colour from the cranium, not the skin of the cheeks next to it). 3. far from what was
     seen, filled colour settles to the median seen colour of its group (over SETTLE_DISTANCE):
-    low-frequency and seamless where no source could say anything.
+    low-frequency and seamless where no source could say anything. settle: {group: (3,)} a
+    better colour to settle to than that median (the hair's colour for the cranium).
     """
     out = colour.copy()
     known = seen.copy()
@@ -444,7 +447,10 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
         if len(donors_g) and len(filled):
             dist, _ = cKDTree(positions[donors_g]).query(positions[filled])
             t = np.clip(dist / SETTLE_DISTANCE, 0.0, 1.0)[:, None] ** 0.5
-            out[filled] = (1 - t) * out[filled] + t * np.median(colour[donors_g], axis=0)
+            target = (settle or {}).get(int(g))
+            if target is None:
+                target = np.median(colour[donors_g], axis=0)
+            out[filled] = (1 - t) * out[filled] + t * target
     return out
 
 
@@ -544,7 +550,9 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         positions = deform(avatar, neutral, model.faces).means.double().numpy()
     default[mouth] = mouth_interior_colours(positions, in_regions("upper_teeth", "lower_teeth"),
                                             in_regions("mouth_cavity"))[mouth]
-    colour = fill_unseen(positions, colour, seen, mouth, default, group=in_regions("scalp"))
+    hair = hair_colour(good)
+    colour = fill_unseen(positions, colour, seen, mouth, default, group=in_regions("scalp").astype(np.int64),
+                         settle=None if hair is None else {1: hair})
     avatar.sh[:, 0] = rgb_to_sh0(torch.as_tensor(colour.clip(0, 1), dtype=torch.float32))
     avatar.default_expr = torch.zeros(data.exprdirs.shape[2])
     avatar.metadata["thumbnails"] = np.stack(thumbs)

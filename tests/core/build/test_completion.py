@@ -108,3 +108,50 @@ def test_landmark_offsets_move_the_face_onto_the_landmarks(data):
     print(f"moved landmarks: {shift[moved].mean():.2f} px of 3; far ones: {np.abs(shift[far]).max():.2f} px max")
     assert shift[moved].mean() > 1.5
     assert np.abs(shift[far]).max() < 0.5  # measured 1.95 px moved, 0.28 px far (no model runs here)
+
+
+def test_far_unseen_settles_to_a_given_colour_per_group():
+    # The cranium (group 1) seen only at its front, where it is forehead skin: told the hair's
+    # colour, its back settles to that; the other group keeps settling to its own median.
+    rng = np.random.default_rng(2)
+    direction = rng.normal(size=(4000, 3))
+    pos = 0.09 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    group = (pos[:, 1] > 0).astype(np.int64)
+    seen = pos[:, 2] > 0.02
+    skin, hair = np.array([0.8, 0.6, 0.5]), np.array([0.1, 0.08, 0.06])
+    colour = np.tile(skin, (4000, 1))
+    out = fill_unseen(pos, colour, seen, np.zeros(4000, bool), np.full((4000, 3), 0.5), group=group,
+                      settle={1: hair})
+    back = pos[:, 2] < -0.08
+    np.testing.assert_allclose(out[back & (group == 1)], np.tile(hair, ((back & (group == 1)).sum(), 1)), atol=1e-6)
+    np.testing.assert_allclose(out[back & (group == 0)], np.tile(skin, ((back & (group == 0)).sum(), 1)), atol=1e-6)
+    np.testing.assert_array_equal(out[seen], colour[seen])
+
+
+def _synthetic_portrait(hair: tuple[float, float, float]):
+    """A 200x200 portrait: blue background, a head of `hair` colour, a skin face oval whose
+    'landmarks' are 478 points on the oval's outline and inside it; person mask = the head."""
+    h = w = 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.zeros((h, w, 3), np.float32)
+    image[:] = [0.1, 0.2, 0.9]
+    head = ((xx - 100) / 60.0) ** 2 + ((yy - 100) / 80.0) ** 2 <= 1
+    image[head] = hair
+    face = ((xx - 100) / 40.0) ** 2 + ((yy - 115) / 50.0) ** 2 <= 1
+    image[face] = [0.85, 0.65, 0.55]
+    t = np.linspace(0, 2 * np.pi, 478, endpoint=False)
+    r = np.sqrt(np.linspace(0.05, 1.0, 478))
+    marks = np.stack([100 + 40 * r * np.cos(t), 115 + 50 * r * np.sin(t)], 1)
+    marks[10] = [100, 65]  # the top of the face oval
+    return SimpleNamespace(image=image, landmarks=marks, mask=head.astype(np.float32))
+
+
+def test_hair_colour_is_the_top_of_the_head_not_face_or_background():
+    from savatar.core.build.hair_colour import hair_colour
+
+    for hair in ((0.3, 0.2, 0.1), (0.9, 0.85, 0.6)):  # dark and blond
+        np.testing.assert_allclose(hair_colour([_synthetic_portrait(hair)]), hair, atol=1e-6)
+    # Nothing above the face (a crop at the forehead): no estimate.
+    src = _synthetic_portrait((0.3, 0.2, 0.1))
+    src.landmarks[10] = [100, 20]
+    assert hair_colour([src]) is None

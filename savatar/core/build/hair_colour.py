@@ -3,8 +3,9 @@
 What no source saw of the cranium (the back and top of the head) settles to this colour. The
 median of the cranium's lifted colours is a poor estimate: the cranium's front is forehead skin,
 and where hair is short its grown silhouette reaches past the person's edge. Here the estimate
-comes from the image itself: pixels of the person, above the top of the face oval and outside
-it, i.e. what is on top of the head, whatever it is.
+comes from the image itself: the rim of the person's outline around the top of the head, above
+the eyes and outside the face oval, i.e. what is on top of and beside the head (the temples'
+hair shows what a receding or thinning hairline leaves at the back), whatever it is.
 """
 from __future__ import annotations
 
@@ -13,26 +14,32 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-FOREHEAD_TOP = 10  # MediaPipe Face Mesh: the top of the face oval, mid-forehead
+EYE_CORNERS = (33, 263)  # MediaPipe Face Mesh: outer corners of the eyes
 MIN_PIXELS = 200  # fewer hair pixels than this over all sources: no estimate
 MIN_PERSON = 0.8  # person probability from which a pixel counts
+RIM_INNER, RIM_OUTER = 0.03, 0.12  # the rim band, in face widths in from the person's outline
 
 
 def hair_pixels(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(M, 3) colours of image (H, W, 3) on top of the head: person (mask (H, W) >= MIN_PERSON,
-    eroded away from its edge), above the face oval's top and outside the oval grown by a tenth
-    of the face's width. landmarks: (478, 2+) pixels."""
+    """(M, 3) colours of image (H, W, 3) at the rim of the head above the eyes: person pixels
+    (mask (H, W) >= MIN_PERSON) between RIM_INNER and RIM_OUTER face widths in from the
+    person's outline, above the eyes' outer corners and outside the face oval grown by a tenth
+    of the face's width. The rim is hair (or a hat, or bare scalp) for nearly everyone, where
+    the middle of the region above the face oval is often forehead. landmarks: (478, 2+) px."""
     h, w = mask.shape
     pts = np.asarray(landmarks, np.float64)[:, :2]
     face_w = float(np.ptp(pts[:, 0]))
-    k = max(3, int(round(0.03 * face_w)) | 1)
-    person = cv2.erode((mask >= MIN_PERSON).astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+    person = (mask >= MIN_PERSON).astype(np.uint8)
+    # Padded so the image border is not an outline: a head cut by the frame has no rim there.
+    inward = cv2.distanceTransform(cv2.copyMakeBorder(person, 1, 1, 1, 1, cv2.BORDER_REPLICATE),
+                                   cv2.DIST_L2, 5)[1:-1, 1:-1]
+    rim = (inward > RIM_INNER * face_w) & (inward < RIM_OUTER * face_w)
     oval = np.zeros((h, w), np.uint8)
     cv2.fillConvexPoly(oval, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
     grow = max(3, int(round(0.1 * face_w)) | 1)
     oval = cv2.dilate(oval, np.ones((grow, grow), np.uint8)) > 0
-    above = np.arange(h)[:, None] < pts[FOREHEAD_TOP, 1]
-    return image[person & ~oval & above].reshape(-1, 3)
+    above = np.arange(h)[:, None] < pts[list(EYE_CORNERS), 1].mean()
+    return image[rim & ~oval & above].reshape(-1, 3)
 
 
 def hair_colour(sources: Sequence) -> np.ndarray | None:

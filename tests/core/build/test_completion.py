@@ -130,7 +130,8 @@ def test_far_unseen_settles_to_a_given_colour_per_group():
 
 def _synthetic_portrait(hair: tuple[float, float, float]):
     """A 200x200 portrait: blue background, a head of `hair` colour, a skin face oval whose
-    'landmarks' are 478 points on the oval's outline and inside it; person mask = the head."""
+    'landmarks' are 478 points on the oval's outline and inside it, the eyes' outer corners at
+    row 100; person mask = the head."""
     h = w = 200
     yy, xx = np.mgrid[0:h, 0:w]
     image = np.zeros((h, w, 3), np.float32)
@@ -142,7 +143,7 @@ def _synthetic_portrait(hair: tuple[float, float, float]):
     t = np.linspace(0, 2 * np.pi, 478, endpoint=False)
     r = np.sqrt(np.linspace(0.05, 1.0, 478))
     marks = np.stack([100 + 40 * r * np.cos(t), 115 + 50 * r * np.sin(t)], 1)
-    marks[10] = [100, 65]  # the top of the face oval
+    marks[33], marks[263] = [70, 100], [130, 100]  # the eyes' outer corners
     return SimpleNamespace(image=image, landmarks=marks, mask=head.astype(np.float32))
 
 
@@ -151,7 +152,9 @@ def test_hair_colour_is_the_top_of_the_head_not_face_or_background():
 
     for hair in ((0.3, 0.2, 0.1), (0.9, 0.85, 0.6)):  # dark and blond
         np.testing.assert_allclose(hair_colour([_synthetic_portrait(hair)]), hair, atol=1e-6)
-    # Nothing above the face (a crop at the forehead): no estimate.
+    # The head cut by the frame above the eyes: no rim there, no estimate.
     src = _synthetic_portrait((0.3, 0.2, 0.1))
-    src.landmarks[10] = [100, 20]
+    for key in ("image", "mask"):
+        setattr(src, key, getattr(src, key)[90:])
+    src.landmarks = src.landmarks - [0, 90]
     assert hair_colour([src]) is None

@@ -167,7 +167,7 @@ def _refine(args: argparse.Namespace, out: Path, avatar, deadline: float | None,
         bar.total = r.iterations
         bar.update(r.iteration - bar.n)
         bar.set_postfix(report_line(r), refresh=False)
-        if r.event:
+        if r.event and r.event != "stopped":  # Ctrl-C gets its one line below
             bar.write(f"refine: {r.event}")
 
     # Ctrl-C stops after the current step; run() then writes the avatar as it is (atomically).

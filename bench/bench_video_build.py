@@ -1,0 +1,97 @@
+"""An avatar from a selfie video in minutes (issue 16): `savatar build --video` on the first half of
+each real development clip (SAVATAR_REAL_DIR, as bench fidelity; skipped where absent), run as
+the user runs it (a fresh process, default budget, --stop at the half), wall time measured
+around the whole command; then the second half reenacted with the result and scored as bench
+fidelity does (psnr_crop: the head crop matted with the real frame's head mask, hair counted),
+next to the one-shot avatar built from the clip's first frame on the same frames.
+
+Keys per clip: wall_s (the command, start to exit), sources (frames chosen), iterations
+(refinement steps done in the budget), video_* and oneshot_* scores over at most SCORED_FRAMES
+frames of the second half, gain_psnr_crop_db (video minus one-shot); mean_* over the clips.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import entry
+from bench.bench_fidelity import REAL_DIR, SCORED_FRAMES, _first_frame, _scores, _spread
+from bench.display import x_display
+
+KEYS = ("psnr_mask", "psnr_crop", "ssim_crop", "coverage", "landmark_distance", "correlation_mean")
+UNITS = {"psnr_mask": "_db", "psnr_crop": "_db", "landmark_distance": "_iod"}
+
+
+def _clip_entry(path: Path, draw, tmp: Path) -> dict[str, float]:
+    from savatar.core.build.build import build_avatar
+    from savatar.core.drive.tracking import VideoReader
+    from savatar.core.gaussians.rig import Rig
+    from savatar.core.io.avatar_file import load_avatar
+    from savatar.core.reenact.reenact import track_clip
+
+    with VideoReader(path) as video:
+        count = video.count
+    half = count // 2
+    out = tmp / f"{path.stem}.h5"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "savatar.cli", "build", "--video", str(path), "--stop", str(half),
+                           "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{path.name}: build --video failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    print(f"{path.name}: {proc.stdout.strip().splitlines()[-1]}", file=sys.stderr)
+    avatar = load_avatar(out)
+    rig = Rig.of(avatar)
+    clip = track_clip(path, avatar, rig.data)
+    start = int(np.searchsorted(clip.indices, half))  # the first tracked frame of the second half
+    scored = _spread(start, len(clip), SCORED_FRAMES)
+    video = _scores(clip, avatar, rig, draw, scored, None)
+
+    one = build_avatar([_first_frame(path)])[0]
+    one_rig = Rig.of(one)
+    one_clip = track_clip(path, one, one_rig.data)
+    oneshot = _scores(one_clip, one, one_rig, draw, scored, None)
+
+    numbers: dict[str, float] = {"wall_s": wall, "sources": float(len(avatar.metadata.get("sources") or [])),
+                                 "iterations": float((avatar.metadata.get("refinement") or {}).get("iterations", 0))}
+    for label, s in (("video", video), ("oneshot", oneshot)):
+        for key in KEYS:
+            if key in s:
+                numbers[f"{label}_{key}{UNITS.get(key, '')}"] = float(s[key])
+    numbers["gain_psnr_crop_db"] = numbers.get("video_psnr_crop_db", math.nan) - numbers.get("oneshot_psnr_crop_db",
+                                                                                               math.nan)
+    return numbers
+
+
+@entry("video_build")
+def video_build() -> dict[str, float]:
+    clips = sorted(REAL_DIR.glob("*.mp4")) if REAL_DIR.is_dir() else []
+    if not clips:
+        print(f"video_build: skipped, no real clips in {REAL_DIR} (set SAVATAR_REAL_DIR)", file=sys.stderr)
+        return {}
+    with x_display(), tempfile.TemporaryDirectory() as tmp:
+        from savatar.gl.splat_renderer import SplatRenderer
+
+        splat = SplatRenderer()
+
+        def draw(g, cam):
+            image = splat.render(g, cam, (1.0, 1.0, 1.0))
+            return image.rgb, image.alpha[..., 0]
+
+        out: dict[str, float] = {}
+        per_clip = []
+        for path in clips:
+            numbers = _clip_entry(path, draw, Path(tmp))
+            per_clip.append(numbers)
+            out.update({f"{path.stem}_{k}": v for k, v in numbers.items()})
+        for key in per_clip[0]:
+            values = [c[key] for c in per_clip if key in c and math.isfinite(c[key])]
+            out[f"mean_{key}"] = float(np.mean(values)) if values else float("nan")
+        out["max_wall_s"] = max(c["wall_s"] for c in per_clip)
+    return out

@@ -2,11 +2,14 @@
 
 Renders the default avatar at rest and with each expression component (and the jaw) at a few
 levels, with the gl renderer in the tracking camera (512x512, REAL_FOV_Y_DEG, the head about
-0.4 m away, as a webcam sees a face), tracks each render with the rest render as the driver's
-neutral, and prints the gains as the Python literal for
-savatar.core.drive.calibration.OPEN_HEAD_GAINS. Deterministic up to MediaPipe's floats on this CPU.
+0.4 m away, as a webcam sees a face), runs MediaPipe on each render, compares the landmark motion
+it sees with the head model's own, and prints each component's (gain, max_drive) as the Python literal for
+savatar.core.drive.calibration.OPEN_HEAD_RESPONSE (measure_response says how). Then it measures,
+per expression component up to that max_drive, the landmark motion MediaPipe sees against the
+head model's own and writes it as savatar/assets/open_head_seen.npz (measure_seen_offset: the
+basis the retargeting fit reads expressions in). Deterministic up to MediaPipe's floats on this CPU.
 
-    .venv/bin/python scripts/calibrate_tracking.py [--show DIR]
+    .venv/bin/python scripts/calibrate_tracking.py [--show DIR] [--only response|seen]
 """
 from __future__ import annotations
 
@@ -23,14 +26,16 @@ DISTANCE = 0.42
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--show", type=Path, help="also save each render here as PNG, to look at")
+    parser.add_argument("--only", choices=("response", "seen"),
+                        help="measure only the response table (printed) or only the seen basis (written)")
     args = parser.parse_args()
 
     from PIL import Image
 
-    from savatar.core.drive.calibration import ExpressionCalibration, measure_gains
+    from savatar.core.drive.calibration import (OPEN_HEAD_RESPONSE, SEEN_ASSET, ExpressionCalibration,
+                                                measure_response, measure_seen_offset, symmetric)
     from savatar.core.drive.face_landmarks import FaceLandmarker
-    from savatar.core.drive.retarget import Retargeter
-    from savatar.core.drive.tracking import TRACKING_VIEWMAT, intrinsics_for
+    from savatar.core.drive.tracking import TRACKING_VIEWMAT, LandmarkModel, intrinsics_for, project_tracking
     from savatar.core.gaussians.binding import default_avatar
     from savatar.core.gaussians.rig import Rig
     from savatar.core.io.pixels import to_uint8
@@ -44,35 +49,38 @@ def main() -> None:
     camera = Camera(TRACKING_VIEWMAT, K, SIZE, SIZE)
     splat = SplatRenderer()
     trans = np.array([0.0, 0.0, -DISTANCE], np.float32)
+    lmodel = LandmarkModel(rig.data, avatar.shape.numpy(), avatar.static_offset.numpy())
 
-    def render(expr: np.ndarray, jaw: float) -> np.ndarray:
-        pose = np.zeros(15, np.float32)
-        pose[6] = jaw
-        return to_uint8(splat.render(rig.world(expr.astype(np.float32), pose, trans), camera, (1.0, 1.0, 1.0)).rgb)
+    def model(expr: np.ndarray, jaw: float) -> np.ndarray:
+        x = lmodel.evaluate(np.eye(3), trans.astype(np.float64), np.array([jaw, 0.0, 0.0]), np.zeros(2), expr)
+        return project_tracking(x, K)[:, :2]
 
     with FaceLandmarker(static_images=True) as landmarker:
-        rest = landmarker(render(np.zeros(len(names)), 0.0))
-        rt = Retargeter(rig.data, K, avatar.shape.numpy(), avatar.static_offset.numpy(),
-                        calibration=ExpressionCalibration.identity(len(names)))
-        rt.set_neutral([rest])
-
-        def read(expr: np.ndarray, jaw: float):
-            image = render(expr, jaw)
+        def render(expr: np.ndarray, jaw: float):
+            pose = np.zeros(15, np.float32)
+            pose[6] = jaw
+            world = rig.world(expr.astype(np.float32), pose, trans)
+            image = to_uint8(splat.render(world, camera, (1.0, 1.0, 1.0)).rgb)
             if args.show is not None:
                 args.show.mkdir(parents=True, exist_ok=True)
-                k = int(np.argmax(expr)) if expr.any() else -1
-                label = names[k] if k >= 0 else "jaw"
+                label = names[int(np.argmax(expr))] if expr.any() else "jaw"
                 Image.fromarray(image).save(args.show / f"{label}_{max(expr.max(), jaw):.2f}.png")
             pts = landmarker(image)
-            if pts is None:
-                return None
-            rt.reset()
-            fit = rt.fitter.fit(pts, iterations=30)
-            return fit.expr, float(fit.pose[6])
+            return None if pts is None else pts[:, :2]
 
-        gains = measure_gains(read, names)
-    print("OPEN_HEAD_GAINS: dict[str, float] = ", end="")
-    pprint.pprint(gains, sort_dicts=False, width=110)
+        table = OPEN_HEAD_RESPONSE
+        if args.only != "seen":
+            table = symmetric(measure_response(render, model, names))
+            print("OPEN_HEAD_RESPONSE: dict[str, tuple[float, float]] = ", end="")
+            pprint.pprint(table, sort_dicts=False, width=110)
+        if args.only != "response":
+            rest = lmodel.evaluate(np.eye(3), trans.astype(np.float64), np.zeros(3), np.zeros(2), np.zeros(len(names)))
+            depth = project_tracking(rest, K)[:, 2]
+            cal = ExpressionCalibration.from_table(names, table)
+            offset, jaw = measure_seen_offset(render, model, names, depth, K, cal.max_drive, cal.max_jaw)
+            out = Path(__file__).resolve().parents[1] / "savatar" / "assets" / SEEN_ASSET
+            np.savez_compressed(out, names=np.array(names), offset=offset.astype(np.float32), jaw=jaw.astype(np.float32))
+            print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def test_export_ply_writes_the_posed_avatar(tmp_path):
     assert el.count == 30000 and el.properties[0].name == "x" and "rot_3" in [p.name for p in el.properties]
 
 
-def test_track_a_real_face_video(tmp_path):
+def test_track_a_real_face_video(tmp_path, capsys):
     import cv2
     import skimage.data
 
@@ -177,6 +177,11 @@ def test_track_a_real_face_video(tmp_path):
     assert len(m) == 6 and m.fps == 20.0 and np.isfinite(m.pose).all()
     # The face moved right in the image: the head moves towards +x.
     assert m.translation[-1, 0] > m.translation[0, 0]
+    assert "fit residual median" in capsys.readouterr().out
+    # The driver's neutral from a given frame; a frame that does not exist is a one-line error.
+    assert main(["track", str(video), "--neutral-frame", "3", "-o", str(out)]) == 0
+    assert main(["track", str(video), "--neutral-frame", "40", "-o", str(out)]) == 2
+    assert "frame 40 has no tracked face" in last_error_line(capsys)
 
 
 def test_lipsync_and_render_with_audio(tmp_path):

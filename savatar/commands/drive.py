@@ -32,7 +32,8 @@ def _check_output(path: str) -> Path:
 
 def cmd_track(args: argparse.Namespace) -> int:
     from savatar.core.drive.motion import save_motion
-    from savatar.core.drive.tracking import TrackerParams, track_video
+    from savatar.core.drive.retarget import track_motion
+    from savatar.core.drive.tracking import TrackerParams
 
     out = _check_output(args.output)
     if not Path(args.video).is_file():
@@ -40,11 +41,13 @@ def cmd_track(args: argparse.Namespace) -> int:
     data = _expr_target(args)
     try:
         with tracking_bar() as progress:
-            motion = track_video(args.video, data, progress=progress, params=TrackerParams(fov_y_deg=args.fov))
-    except OSError as exc:
-        raise UserError(str(exc)) from None
+            motion, report = track_motion(args.video, data, TrackerParams(fov_y_deg=args.fov),
+                                          neutral_frame=args.neutral_frame, progress=progress)
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        raise UserError(text if args.video in text else f"{args.video}: {text}") from None
     save_motion(motion, out)
-    print(f"wrote {out}: {len(motion)} frames at {motion.fps:g} fps")
+    print(f"wrote {out}: {len(motion)} frames at {motion.fps:g} fps; {report.summary()}")
     return 0
 
 
@@ -77,6 +80,8 @@ def register(sub) -> None:
     p.add_argument("--avatar", help="avatar whose head model the motion is for (default: the open head)")
     p.add_argument("--fov", type=float, default=REAL_FOV_Y_DEG,
                    help=f"camera vertical field of view in degrees (default {REAL_FOV_Y_DEG:g}, as build assumes)")
+    p.add_argument("--neutral-frame", type=int, metavar="N",
+                   help="frame (from 0) where the face rests: it becomes the avatar's rest face (default: the first second)")
     p.add_argument("-o", "--output", required=True, help="output motion .npz")
     p.set_defaults(func=cmd_track)
 

@@ -36,6 +36,8 @@ def cmd_reenact(args: argparse.Namespace) -> int:
             clip = track_clip(video, avatar, rig.data, fov_y_deg=args.fov, progress=progress)
     except (OSError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    if not args.self_reenactment or args.neutral_frame is not None:
+        clip = _retarget(clip, avatar, rig.data, args.neutral_frame)
 
     width = clip.width * (3 if args.side_by_side else 1)
     writer = None
@@ -83,6 +85,22 @@ def cmd_reenact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retarget(clip, avatar, data, neutral_frame: int | None):
+    """The clip refitted with the driver's neutral (frame neutral_frame, else the first second)
+    mapped to the avatar's rest face, and calibrated: expression and pose transfer, identity not."""
+    from dataclasses import replace
+
+    from savatar.core.drive.retarget import Retargeter
+
+    try:
+        rt = Retargeter.for_clip(data, clip.K, clip.landmarks, clip.fps, neutral_frame,
+                                 shape=avatar.shape.detach().numpy(), static_offset=avatar.static_offset.detach().numpy())
+    except ValueError as exc:
+        raise UserError(f"{clip.path}: {exc}") from None
+    expr, pose, trans = rt.refit_all(clip.landmarks, clip.expr, clip.pose, clip.translation)
+    return replace(clip, expr=expr, pose=pose, translation=trans)
+
+
 def _write_png(path: Path, rgb) -> None:
     from PIL import Image
 
@@ -116,6 +134,10 @@ def register(sub) -> None:
     p.add_argument("--self-reenactment", action="store_true",
                    help="the avatar is of the person in the video: also score the pixels (PSNR in the head mask "
                         "and of the matted head crop, SSIM, coverage)")
+    p.add_argument("--neutral-frame", type=int, metavar="N",
+                   help="frame (from 0) where the face rests, mapped to the avatar's rest face so that the driver's own "
+                        "face shape and head tilt do not carry over (default: the first second; with "
+                        "--self-reenactment, none unless given)")
     p.add_argument("--fov", type=float, default=REAL_FOV_Y_DEG,
                    help=f"the video camera's vertical field of view in degrees (default {REAL_FOV_Y_DEG:g}, as build assumes)")
     p.add_argument("--backend", default="gl", choices=("gl", "cpu", "gsplat", "auto"), help="renderer (default gl)")

@@ -48,6 +48,9 @@ class DriveFrame:
     status: str = "ok"
     timings: dict[str, float] = field(default_factory=dict)
     image: TrackedImage | None = None
+    residual_px: float = float("nan")  # the face fit's RMS reprojection error (video sources)
+    warnings: tuple[str, ...] = ()  # face too small, turned or dark; poor fit
+    neutral: str = ""  # the driver's neutral face: "" | "measuring" | "set"
 
 
 class DriveSource(Protocol):
@@ -75,6 +78,7 @@ class VideoSource:
         self._status = "starting"
         self._cap = None
         self._file_fps = 0.0
+        self._neutral_request = threading.Event()
 
     def start(self) -> None:
         import cv2
@@ -120,11 +124,18 @@ class VideoSource:
         return self._file_fps if self._file_fps > 0 else 30.0
 
     def _track(self) -> None:
+        from savatar.core.drive.retarget import Retargeter
         from savatar.core.drive.tracking import TRACKING_VIEWMAT, FaceTracker, TrackerParams, intrinsics_for
 
-        tracker = FaceTracker(self.data, TrackerParams(fov_y_deg=self.fov_y_deg))
+        params = TrackerParams(fov_y_deg=self.fov_y_deg)
+        # Retargeting: the driver's first second of face (and each "neutral" request) is the
+        # avatar's rest face; expressions are calibrated for the head model's renders.
+        tracker = FaceTracker(self.data, params, make_fitter=lambda K: Retargeter(self.data, K, params=params))
         try:
             while not self._stop.is_set():
+                if self._neutral_request.is_set():
+                    self._neutral_request.clear()
+                    tracker.request_neutral()
                 newest = self._frame.take()
                 if newest is None:  # no new frame since the last one tracked
                     self._stop.wait(0.002)
@@ -140,7 +151,9 @@ class VideoSource:
                            "fit": fit.timings.get("fit_ms", 0.0),
                            "capture_to_params": (time.perf_counter() - captured) * 1e3}
                 h, w = rgb.shape[:2]
-                self._status = f"{fit.status}, {w}x{h}"
+                self._status = f"{fit.status}, {w}x{h}" + (f", fit {fit.residual_px:.1f} px" if fit.status == "ok" else "") \
+                    + (", measuring the neutral face" if fit.neutral == "measuring" else "") \
+                    + "".join(f"; {w_}" for w_ in fit.warnings)
                 # The tracker, given no K, fits in intrinsics_for(frame size, its fov): this camera.
                 # rgb is handed on, not copied: nothing writes to it once it is tracked.
                 image = None
@@ -148,12 +161,17 @@ class VideoSource:
                     camera = Camera(TRACKING_VIEWMAT, intrinsics_for(w, h, self.fov_y_deg), w, h)
                     image = TrackedImage(rgb, camera, trans)
                 self._result.put(DriveFrame(captured, np.asarray(fit.expr, np.float32), np.asarray(fit.pose, np.float32),
-                                            rel, fit.confidence, fit.status, timings, image))
+                                            rel, fit.confidence, fit.status, timings, image, fit.residual_px,
+                                            fit.warnings, fit.neutral))
         finally:
             tracker.close()
 
     def latest(self) -> DriveFrame | None:
         return self._result.peek()
+
+    def request_neutral(self) -> None:
+        """Take the face of the next second as the driver's resting face (any thread)."""
+        self._neutral_request.set()
 
     def status(self) -> str:
         return f"{self.name}: {self._status}"

@@ -24,7 +24,7 @@ from savatar.core.gaussians.gaussians import GaussianAvatar
 from savatar.core.gaussians.rig import Rig
 from savatar.core.render.camera import scaled_camera
 from savatar.viewer.building import Building
-from savatar.viewer.driving import LIVE_SOURCES, Driving
+from savatar.viewer.driving import LIVE_SOURCES, Driving, fit_quality_line
 from savatar.viewer.drops import DropKind, classify
 from savatar.viewer.files import AvatarFiles
 from savatar.viewer.log import Log
@@ -365,6 +365,7 @@ class App:
         live = ""
         if source in LIVE_SOURCES:
             live = "\n" + "  ".join(f"{k} {t[k]:.1f}" for k in ("capture", "landmarks", "fit", "audio", "capture_to_params") if k in t) + " ms"
+            live += fit_quality_line(d.live.latest() if d.live is not None else None)
         made = ("sort",) if self.backend.kind == "gl" else ("raster", "transfer")
         stages = "  ".join(f"{k} {t.get(k, 0.0):.1f}" for k in ("drive", "deform", *made, "draw", "console"))
         return (f"{rate}   {self.backend.label}: {stages} ms\n"

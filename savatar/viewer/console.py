@@ -206,6 +206,7 @@ class Console:
         dpg.bind_item_theme(self.side_by_side_button, self._disabled_theme())
         with dpg.group(horizontal=True):
             dpg.add_button(label="Reset", callback=lambda: self.actions.driving.reset())
+            dpg.add_button(label="Neutral", callback=lambda: self.actions.driving.set_neutral())
             dpg.add_button(label="Frame face (F)", callback=lambda: self.actions.stage.frame_face())
         self.strength = dpg.add_slider_float(label="expression strength", default_value=1.0, min_value=0.0, max_value=2.0,
                                              callback=lambda s, a: self.actions.driving.set_strength(a))

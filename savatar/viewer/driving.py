@@ -21,6 +21,20 @@ LIVE_SOURCES = ("webcam", "microphone", "audio file")
 Params = tuple[np.ndarray, np.ndarray, np.ndarray]  # expression, pose, translation
 
 
+def fit_quality_line(frame) -> str:
+    """The HUD's line on a tracked frame (DriveFrame or None): the fit's residual, the neutral
+    being measured, and warnings (face too small, turned, dark); "" for sources without a fit."""
+    residual = getattr(frame, "residual_px", float("nan"))
+    if frame is None or not np.isfinite(residual):
+        return ""
+    text = f"\nfit residual {residual:.1f} px"
+    if frame.neutral == "measuring":
+        text += "   measuring the neutral face"
+    if frame.warnings:
+        text += "\n" + "; ".join(frame.warnings)
+    return text
+
+
 class DriveView(Protocol):
     def set_values(self, expr: np.ndarray, pose: np.ndarray, translation: np.ndarray) -> None: ...
 
@@ -177,6 +191,15 @@ class Driving:
             self.drive.source = "sliders"
 
         self.jobs.submit(f"start-{source}", live.start, started, failed)
+
+    def set_neutral(self) -> None:
+        """The webcam's or video's face over the next second becomes the avatar's rest face."""
+        source = self.video_source()
+        if source is None:
+            self.log.warning("the neutral face is taken from a webcam or video: drive from one first")
+            return
+        source.request_neutral()
+        self.log.info("hold a resting face: measuring the neutral for one second")
 
     def live_status(self) -> str:
         """The live source's status line while it drives, else ""."""

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from savatar.core.head.open_head import load_open_head_data
-from savatar.drive.sources import AudioFileSource, DriveSourceError, MicrophoneSource, VideoSource
+from savatar.drive.sources import AudioFileSource, DriveFrame, DriveSourceError, MicrophoneSource, VideoSource
+from savatar.viewer.driving import fit_quality_line
 
 
 def test_video_source_tracks_a_real_face_and_stops_cleanly(astronaut_video):
@@ -28,9 +29,23 @@ def test_video_source_tracks_a_real_face_and_stops_cleanly(astronaut_video):
         assert np.isfinite(frame.pose).all()
         for k in ("capture", "landmarks", "fit", "capture_to_params"):
             assert frame.timings[k] >= 0
+        # The fit's residual reaches the HUD line (a few pixels on a real face).
+        assert 0 < frame.residual_px < 10 and f"fit residual {frame.residual_px:.1f} px" in fit_quality_line(frame)
     finally:
         src.stop()
     assert not [t for t in threading.enumerate() if t.name.startswith("drive:") and t.is_alive()]
+
+
+def test_fit_quality_line_shows_residual_neutral_and_warnings():
+    e = np.zeros(3, np.float32)
+    frame = DriveFrame(0.0, e, np.zeros(15, np.float32), np.zeros(3, np.float32), 1.0, "ok", residual_px=2.345,
+                       warnings=("face too small (40 px between the eyes)", "too dark"), neutral="measuring")
+    line = fit_quality_line(frame)
+    assert "fit residual 2.3 px" in line and "measuring the neutral face" in line
+    assert "face too small (40 px between the eyes); too dark" in line
+    # Sources without a fit (microphone, motion files) and no frame yet: nothing.
+    assert fit_quality_line(DriveFrame(0.0, e, np.zeros(15, np.float32), np.zeros(3, np.float32))) == ""
+    assert fit_quality_line(None) == ""
 
 
 def test_missing_camera_and_file_are_one_line_errors(tmp_path):

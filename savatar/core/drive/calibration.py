@@ -7,15 +7,23 @@ MediaPipe sees on the render smaller (about half), blinks partial, and so on. So
 reading, sent to the avatar as it is, makes a face that reads smaller than the person's.
 
 The response of each component is measured (measure_response): render the avatar at rest and
-with one component at a few levels, track the renders with the neutral render as the driver's
-neutral, and take the slope of the reading over the level. Driving the avatar with the reading
-divided by that slope makes its render read like the driver (a gain per component, from the
-head model's renders only: never from the clips that judge it). The measured gains of the open
-head's default avatar are OPEN_HEAD_GAINS (scripts/calibrate_tracking.py measures them again).
+with one component at a few levels, run MediaPipe on the renders and project the landmark
+motion it sees on the model's own: its gain and the level past which renders stop reading as
+more (max_drive: a blink beyond about half closes the lids into skin MediaPipe places no lids
+on). OPEN_HEAD_RESPONSE holds them for the open head's default avatar.
+
+Beyond one gain per component, the seen basis (measure_seen_offset, savatar/assets/
+open_head_seen.npz): per component and for the jaw, the motion of every landmark MediaPipe sees
+on the renders, as a change of the head model's landmark motion. The retargeting fit reads
+expressions in that basis (LandmarkModel's expr_offset and jaw_offset), so a reading is what the
+avatar must be driven with for its renders to show the landmark motion the driver's face showed
+(gains 1, the limits still apply). Both are measured on renders of the head model only, never on
+the clips that judge it; scripts/calibrate_tracking.py measures them again.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
@@ -23,81 +31,286 @@ import numpy as np
 from savatar.core.head.head_model import HeadModelData
 
 JAW = "jaw"  # the jaw opening (pose[6], radians) is calibrated like a component
-MAX_DRIVE = 2.5  # above 1 extrapolates the blendshape (the open head's are subtle: smile 1 is a slight smile)
-GAIN_RANGE = (0.5, 4.0)  # a measured gain outside this is a failed measurement, not a response
+GAIN_RANGE = (0.5, 4.0)  # components needing more are left alone: it would amplify jitter into grimaces
 
-# Measured by scripts/calibrate_tracking.py on the default avatar (gl renderer, 512x512, 50 degrees).
-# Components missing here read too little on renders to measure (press, funnel, cheeks, sneer),
-# or stop being read at all (a blink above about 0.5 renders as skin MediaPipe cannot place lids on).
-OPEN_HEAD_GAINS: dict[str, float] = {
-    'eyeSquint_L': 2.112, 'eyeSquint_R': 3.424, 'eyeWide_R': 3.837, 'browInnerUp': 2.38, 'browOuterUp_L': 3.204,
-    'browOuterUp_R': 2.247, 'browDown_L': 2.838, 'browDown_R': 2.609, 'mouthSmile_L': 1.954, 'mouthSmile_R': 2.321,
-    'mouthFrown_L': 2.258, 'mouthFrown_R': 2.682, 'mouthStretch_L': 2.106, 'mouthStretch_R': 1.964,
-    'mouthPucker': 3.758, 'mouthUpperUp_L': 2.619, 'mouthUpperUp_R': 2.105, 'mouthRollUpper': 1.462,
-    'mouthRight': 2.737, 'mouthDimple_L': 3.817, 'mouthDimple_R': 3.821, 'jaw': 1.087}
+# Measured by scripts/calibrate_tracking.py on the default avatar: name -> (gain, max_drive).
+OPEN_HEAD_RESPONSE: dict[str, tuple[float, float]] = {
+    'eyeBlink_L': (1.46, 0.5), 'eyeBlink_R': (1.46, 0.5), 'eyeSquint_L': (1.166, 2.5),
+    'eyeSquint_R': (1.166, 2.5), 'eyeWide_L': (1.95, 2.5), 'eyeWide_R': (1.95, 2.5),
+    'browInnerUp': (1.774, 2.5), 'browOuterUp_L': (1.71, 2.5), 'browOuterUp_R': (1.71, 2.5),
+    'browDown_L': (1.731, 1.0), 'browDown_R': (1.731, 1.0), 'mouthSmile_L': (1.482, 1.5),
+    'mouthSmile_R': (1.482, 1.5), 'mouthFrown_L': (1.734, 2.0), 'mouthFrown_R': (1.734, 2.0),
+    'mouthStretch_L': (1.752, 2.5), 'mouthStretch_R': (1.752, 2.5), 'mouthPucker': (3.546, 2.0),
+    'mouthFunnel': (2.355, 2.5),
+    'mouthUpperUp_L': (1.148, 2.5), 'mouthUpperUp_R': (1.148, 2.5), 'mouthLowerDown_L': (2.429, 2.5),
+    'mouthLowerDown_R': (2.429, 2.5), 'mouthRollUpper': (0.918, 2.5),
+    'mouthLeft': (1.72, 2.5), 'mouthRight': (1.568, 2.5), 'mouthDimple_L': (0.931, 2.5),
+    'mouthDimple_R': (0.931, 2.5), 'cheekPuff': (2.803, 2.5), 'cheekSquint_L': (2.527, 2.5),
+    'cheekSquint_R': (2.527, 2.5), 'jawForward': (1.529, 2.5), 'jaw': (1.418, 0.3)}
+
+# The default avatar's eyes render narrower than the head model's (MediaPipe's lid gap about 9 px
+# where the model's is 14.6 px at 0.42 m), and eyeWide opens them on renders only up to about
+# 1.5 (11 px): the rest face is driven with that much, so a rest face reads as open eyes and a
+# blink has room to close before the lids turn into skin MediaPipe cannot find.
+OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.5, "eyeWide_R": 1.5}
 
 
 @dataclass
 class ExpressionCalibration:
-    """gains (E,) per expression component and jaw_gain: drive = reading x gain, expressions
-    clipped to [0, MAX_DRIVE], jaw to [0, max_jaw] radians."""
+    """gains (E,) and max_drive (E,) per expression component, jaw_gain and max_jaw (radians):
+    drive = clip(reading x gain, 0, max_drive)."""
 
     gains: np.ndarray
+    max_drive: np.ndarray
     jaw_gain: float = 1.0
     max_jaw: float = 0.6
+    rest: np.ndarray | None = None  # (E,) drive of the avatar's rest face (added to every frame)
+    closing: np.ndarray | None = None  # (2, E) how much each component closes each eye's lids, metres
+    max_closing: np.ndarray | None = None  # (2,) the most either eye may close (its blink's max_drive)
 
     def apply(self, expr: np.ndarray, jaw: float) -> tuple[np.ndarray, float]:
         """(expr (E,), jaw radians) read by the tracker -> what drives the avatar."""
-        e = np.clip(np.asarray(expr, np.float64) * self.gains, 0.0, MAX_DRIVE)
+        e = np.asarray(expr, np.float64) * self.gains
+        if self.rest is not None:
+            e = e + self.rest
+        e = np.clip(e, 0.0, self.max_drive)
+        if self.closing is not None:
+            # Blink, squint and lowered brows together close a lid further than any one of them
+            # may: the components that close it are scaled back to the blink's limit.
+            for c, top in zip(self.closing, self.max_closing):
+                shut = np.where(c > 0, c, 0.0)
+                total = float(e @ c)
+                if total > top and e @ shut > 0:
+                    factor = max(0.0, (top - float(e @ (c - shut))) / float(e @ shut))
+                    e = np.where(c > 0, e * min(1.0, factor), e)
         return e.astype(np.asarray(expr).dtype, copy=False), float(np.clip(jaw * self.jaw_gain, 0.0, self.max_jaw))
 
     @classmethod
     def identity(cls, num_expr: int) -> "ExpressionCalibration":
-        return cls(np.ones(num_expr), 1.0)
+        return cls(np.ones(num_expr), np.full(num_expr, 1.0))
 
     @classmethod
-    def from_gains(cls, names: Sequence[str], gains: dict[str, float]) -> "ExpressionCalibration":
-        """Gains by component name (missing names keep 1); JAW for the jaw."""
-        return cls(np.array([gains.get(n, 1.0) for n in names]), gains.get(JAW, 1.0))
+    def from_table(cls, names: Sequence[str], table: dict[str, tuple[float, float]]) -> "ExpressionCalibration":
+        """(gain, max_drive) by component name (missing names: gain 1, max 1); JAW for the jaw."""
+        gains = np.array([table.get(n, (1.0, 1.0))[0] for n in names])
+        top = np.array([table.get(n, (1.0, 1.0))[1] for n in names])
+        jaw_gain, max_jaw = table.get(JAW, (1.0, 0.6))
+        return cls(gains, top, jaw_gain, max_jaw)
 
 
-def default_calibration(data: HeadModelData) -> ExpressionCalibration:
-    """The measured gains for the open head; other models (FLAME) are not measured: identity."""
-    if data.name == "open-head":
-        return ExpressionCalibration.from_gains(data.expr_names, OPEN_HEAD_GAINS)
-    return ExpressionCalibration.identity(len(data.expr_names))
+def default_calibration(data: HeadModelData, seen: bool = False) -> ExpressionCalibration:
+    """The measured response of the open head; other models (FLAME) are not measured: identity.
+    seen: the fit reads expressions and jaw in the seen basis (seen_offset), already in units of
+    what drives the avatar, so gains are 1 (the limits, rest drive and lid closing still apply)."""
+    if data.name != "open-head":
+        return ExpressionCalibration.identity(len(data.expr_names))
+    cal = ExpressionCalibration.from_table(data.expr_names, OPEN_HEAD_RESPONSE)
+    if seen:
+        cal.gains = np.ones_like(cal.gains)
+        cal.jaw_gain = 1.0
+    cal.rest = np.array([OPEN_HEAD_REST.get(n, 0.0) for n in data.expr_names])
+    cal.closing = lid_closing(data)
+    blinks = [i for i, n in enumerate(data.expr_names) if n.startswith("eyeBlink")]
+    cal.max_closing = np.array([max(c[i] * cal.max_drive[i] for i in blinks) for c in cal.closing])
+    return cal
 
 
-# read(expr (E,), jaw radians) -> the tracker's reading of a render of the avatar so driven:
-# (expr (E,), jaw), or None when no face was found on the render.
-Reader = Callable[[np.ndarray, float], "tuple[np.ndarray, float] | None"]
+# MediaPipe Face Mesh upper and lower lid midpoints of each eye.
+LIDS = ((159, 145), (386, 374))
 
 
-def measure_gains(read: Reader, names: Sequence[str], levels: Sequence[float] = (0.4, 0.7, 1.0),
-                  jaw_levels: Sequence[float] = (0.1, 0.2, 0.3)) -> dict[str, float]:
-    """Per component (and JAW): level / reading, as the least-squares slope through the origin
-    of the reading over the levels; components whose reading does not grow (slope under
-    1 / GAIN_RANGE[1]) or is out of GAIN_RANGE are left out (gain 1)."""
-    out: dict[str, float] = {}
+def lid_closing(data: HeadModelData) -> np.ndarray:
+    """(2, E): per eye, how much each expression component at 1 narrows the head model's lid gap
+    (metres; negative opens it)."""
+    from savatar.core.drive.tracking import LandmarkModel, mediapipe_indices
+
+    model = LandmarkModel(data)
+    where = {int(m): i for i, m in enumerate(mediapipe_indices(data))}
+    rest = model.rest()
+    out = np.zeros((2, model.num_expr))
+    for k in range(model.num_expr):
+        e = np.zeros(model.num_expr)
+        e[k] = 1.0
+        moved = model.rest(e)
+        for j, (up, low) in enumerate(LIDS):
+            if up in where and low in where:
+                out[j, k] = (np.linalg.norm(rest[where[up]] - rest[where[low]])
+                             - np.linalg.norm(moved[where[up]] - moved[where[low]]))
+    return out
+
+
+# landmarks(expr (E,), jaw radians) -> (L, 2) pixels: MediaPipe's on a render of the avatar so
+# driven (None when it finds no face), or the head model's own projected landmarks.
+Landmarks = Callable[[np.ndarray, float], "np.ndarray | None"]
+
+LEVELS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
+JAW_LEVELS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
+
+
+def response(seen: np.ndarray, model: np.ndarray) -> float:
+    """How much of the model's landmark motion model (L, 2) (pixels, from the rest face) shows in
+    the motion seen (L, 2): the projection of seen onto model's direction, in units of model."""
+    m = np.asarray(model, np.float64).ravel()
+    return float(np.asarray(seen, np.float64).ravel() @ m / max(m @ m, 1e-12))
+
+
+def measure_response(render: Landmarks, model: Landmarks, names: Sequence[str], levels: Sequence[float] = LEVELS,
+                     jaw_levels: Sequence[float] = JAW_LEVELS) -> dict[str, tuple[float, float]]:
+    """Per component (and JAW): (gain, max_drive). At each level a the landmark motion MediaPipe
+    sees on the render (from the rest render) is projected on the model's own motion at level 1
+    (0.1 rad for the jaw): s(a), the motion seen in model units. max_drive is the first level
+    where s comes within 5 % of its peak (beyond it the render stops reading as more of the expression: a blink closed into
+    featureless skin); gain is the level per unit of s, the least-squares slope up to there.
+    Components not seen at all (s never above 0.05) are left out (gain 1, max 1)."""
+    rest_seen, rest_model = render(np.zeros(len(names)), 0.0), model(np.zeros(len(names)), 0.0)
+    if rest_seen is None:
+        raise ValueError("no face found on the render at rest")
+    out: dict[str, tuple[float, float]] = {}
     for k, name in enumerate([*names, JAW]):
-        got, asked = [], []
-        for a in (jaw_levels if name == JAW else levels):
+        def at(a: float) -> tuple[np.ndarray, float]:
             e = np.zeros(len(names))
-            jaw = 0.0
             if name == JAW:
-                jaw = a
-            else:
-                e[k] = a
-            r = read(e, jaw)
-            if r is None:
-                continue
-            got.append(r[1] if name == JAW else r[0][k])
+                return e, a
+            e[k] = a
+            return e, 0.0
+        unit = model(*at(0.1 if name == JAW else 1.0)) - rest_model
+        asked, seen = [], []
+        for a in (jaw_levels if name == JAW else levels):
+            lm = render(*at(a))
+            if lm is None:
+                break
+            asked.append(a / 0.1 if name == JAW else a)
+            seen.append(response(lm - rest_seen, unit))
+        if not seen or max(seen) < 0.05:
+            continue
+        top = int(np.argmax(np.asarray(seen) >= 0.95 * max(seen)))  # the first level near the peak
+        a, s = np.asarray(asked[:top + 1]), np.asarray(seen[:top + 1])
+        slope = float((a * s).sum() / (a * a).sum())
+        if slope <= 0:
+            continue
+        scale = 0.1 if name == JAW else 1.0
+        if 1.0 / slope > GAIN_RANGE[1]:  # barely seen: driving it harder would mostly amplify jitter
+            continue
+        out[name] = (round(max(1.0 / slope, GAIN_RANGE[0]), 3), round(asked[top] * scale, 3))
+    return out
+
+
+SEEN_ASSET = "open_head_seen.npz"  # in savatar.assets, written by scripts/calibrate_tracking.py
+SEEN_LEVELS = (0.25, 0.5, 0.75, 1.0)
+SEEN_JAW_LEVELS = (0.05, 0.1, 0.15, 0.2, 0.3)
+# Below this much motion of its own (pixels per unit, or per 0.1 rad of jaw) a landmark keeps the
+# model's motion: what MediaPipe reports there is its jitter and its re-estimate of the whole
+# face, which would let a component explain motion anywhere (the jaw moving the brows).
+SEEN_MIN_PX = 1.0
+
+
+def _similarity_basis(points: np.ndarray) -> np.ndarray:
+    """(2L, 4): small 2D translation, scale and rotation of points (L, 2) about their mean, rows u, v interleaved."""
+    x = points - points.mean(0)
+    a = np.zeros((2 * len(x), 4))
+    a[0::2, 0] = a[1::2, 1] = 1.0
+    a[0::2, 2], a[1::2, 2] = x[:, 0], x[:, 1]
+    a[0::2, 3], a[1::2, 3] = -x[:, 1], x[:, 0]
+    return a
+
+
+def _seen_change(seen: np.ndarray, own: np.ndarray, frame: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                 unit: float = 1.0) -> np.ndarray:
+    """Model-space (L, 3) change that turns the model's motion own (L, 2) pixels per unit into the
+    motion seen (L, 2): the difference without its similarity part (MediaPipe re-placing the whole
+    face), faded out where the model moves less than SEEN_MIN_PX per unit (times unit), lifted to
+    depth (L,) in the image plane."""
+    d = seen - own
+    sim = _similarity_basis(frame)
+    d = d - (sim @ np.linalg.lstsq(sim, d.reshape(-1), rcond=None)[0]).reshape(-1, 2)
+    n2 = (own * own).sum(1, keepdims=True) * unit ** 2
+    d = d * n2 / (n2 + SEEN_MIN_PX ** 2)
+    # Image u is world x, image v is world -y (TRACKING_VIEWMAT); a render shows no depth, so the
+    # model's own depth motion is kept.
+    return np.stack([d[:, 0] * depth / K[0, 0], -d[:, 1] * depth / K[1, 1], np.zeros(len(d))], 1)
+
+
+def _slope(asked: Sequence[float], seen: Sequence[np.ndarray]) -> np.ndarray:
+    a = np.asarray(asked, np.float64)
+    return np.tensordot(a, np.stack(seen), 1) / float(a @ a)
+
+
+def measure_seen_offset(render: Landmarks, model: Landmarks, names: Sequence[str], depth: np.ndarray, K: np.ndarray,
+                        max_drive: Sequence[float], max_jaw: float = 0.3, levels: Sequence[float] = SEEN_LEVELS,
+                        jaw_levels: Sequence[float] = SEEN_JAW_LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """How the landmark motion MediaPipe sees on renders of the avatar differs from the head
+    model's own: (expr_offset (L, 3, E) model-space metres per unit of each expression
+    component, jaw_offset (L, 3) metres per radian of jaw opening), LandmarkModel's arguments.
+
+    render and model give landmark pixels (L, 2) of a camera K (3, 3) looking at the head at rest
+    (model axes = tracking world axes); depth (L,) the landmarks' camera depth in metres. Per
+    component the seen motion is the least-squares slope through the origin over the levels up
+    to its max_drive (past it renders stop reading as more); see _seen_change for what is kept."""
+    zero = np.zeros(len(names))
+    rest_seen, rest_model = render(zero, 0.0), model(zero, 0.0)
+    if rest_seen is None:
+        raise ValueError("no face found on the render at rest")
+    out = np.zeros((len(rest_seen), 3, len(names)))
+    for k in range(len(names)):
+        asked, seen = [], []
+        for a in levels:
+            e = zero.copy()
+            e[k] = a
+            lm = render(e, 0.0) if a <= max_drive[k] + 1e-9 else None
+            if lm is None:
+                break
             asked.append(a)
-        if not asked:
-            continue
-        a, g = np.asarray(asked), np.asarray(got)
-        slope = float((a * g).sum() / (a * a).sum())
-        if slope <= 0 or not GAIN_RANGE[0] <= 1.0 / slope <= GAIN_RANGE[1]:
-            continue
-        out[name] = round(1.0 / slope, 3)
+            seen.append(lm - rest_seen)
+        if asked:
+            e = zero.copy()
+            e[k] = 1.0
+            out[:, :, k] = _seen_change(_slope(asked, seen), model(e, 0.0) - rest_model, rest_seen, depth, K)
+    asked, seen, own = [], [], []
+    for a in jaw_levels:
+        lm = render(zero, a) if a <= max_jaw + 1e-9 else None
+        if lm is None:
+            break
+        asked.append(a)
+        seen.append(lm - rest_seen)
+        own.append(model(zero, a) - rest_model)
+    jaw = np.zeros((len(rest_seen), 3))
+    if asked:
+        # The jaw's own motion is a rotation: its slope is taken over the same levels.
+        jaw = _seen_change(_slope(asked, seen), _slope(asked, own), rest_seen, depth, K, unit=0.1)
+    return out, jaw
+
+
+@lru_cache(maxsize=1)
+def _seen_asset() -> tuple[tuple[str, ...], np.ndarray, np.ndarray] | None:
+    from importlib import resources
+
+    path = resources.files("savatar.assets").joinpath(SEEN_ASSET)
+    if not path.is_file():
+        return None
+    with path.open("rb") as fh, np.load(fh) as z:
+        return tuple(str(n) for n in z["names"]), z["offset"].astype(np.float64), z["jaw"].astype(np.float64)
+
+
+def seen_offset(data: HeadModelData) -> tuple[np.ndarray, np.ndarray] | None:
+    """The open head's measured (expr_offset (L, 3, E), jaw_offset (L, 3)) (measure_seen_offset
+    on the default avatar), or None for other models or when it was not measured for these
+    components. Callers must not modify them."""
+    if data.name != "open-head":
+        return None
+    asset = _seen_asset()
+    if asset is None or asset[0] != tuple(data.expr_names):
+        return None
+    return asset[1], asset[2]
+
+
+def symmetric(table: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Left and right components (name_L, name_R) given one response: the mean gain and the
+    smaller max_drive. The head model and the avatar's renders are near mirror images, so their
+    difference in one measurement is MediaPipe's noise, and a driver's symmetric smile must stay
+    symmetric on the avatar."""
+    out = dict(table)
+    for name in table:
+        if name.endswith("_L") and name[:-2] + "_R" in table:
+            (gl, ml), (gr, mr) = table[name], table[name[:-2] + "_R"]
+            out[name] = out[name[:-2] + "_R"] = (round((gl + gr) / 2, 3), min(ml, mr))
     return out

@@ -9,8 +9,9 @@ with the head), and the neutral head rotation is taken off the root. Fits made w
 read the person's neutral as the avatar's rest face, zero expression, and every expression as a
 departure from it.
 
-Then the calibration (savatar.core.drive.calibration) turns what the tracker reads into what the
-avatar must be driven with so that MediaPipe reads the same on the avatar's renders.
+Expressions and jaw are read in the seen basis (savatar.core.drive.calibration.seen_offset: the
+landmark motion MediaPipe sees on renders of the avatar, not the mesh's own), and the calibration
+adds the avatar's rest drive and the limits past which renders stop reading as more.
 """
 from __future__ import annotations
 
@@ -20,9 +21,16 @@ from typing import Sequence
 import numpy as np
 
 from savatar.core.drive.motion import Motion
-from savatar.core.drive.calibration import ExpressionCalibration, default_calibration
+from savatar.core.drive.calibration import ExpressionCalibration, default_calibration, seen_offset
 from savatar.core.drive.tracking import FLIP, FaceFitter, FitResult, TrackerParams, rodrigues, rotation_vector
 from savatar.core.head.head_model import HeadModelData
+
+
+MAX_READING = 2.5
+# Components whose landmark motion another component explains as well (eyeWide and eyeSquint
+# against eyeBlink on a lid, one eye's lids close the other's) get a stronger prior, so a
+# closing eye reads as a blink and not as blink + wide + squint, which renders as a grimace.
+PRIOR_SCALE = {"eyeWide_L": 10.0, "eyeWide_R": 10.0, "eyeSquint_L": 10.0, "eyeSquint_R": 10.0}
 
 
 @dataclass
@@ -57,10 +65,13 @@ def _frame_offset(fitter: FaceFitter, pts: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def measure_neutral(data: HeadModelData, K: np.ndarray, frames: Sequence[np.ndarray], shape: np.ndarray | None = None,
-                    static_offset: np.ndarray | None = None) -> Neutral:
+                    static_offset: np.ndarray | None = None,
+                    seen: tuple[np.ndarray, np.ndarray] | None = None) -> Neutral:
     """The neutral of resting frames: landmarks (L, 2+) pixels each, camera K (3, 3). The
-    median offset over frames (a blink among them does not count) and the mean rotation."""
-    fitter = FaceFitter(data, K, shape, TrackerParams(filter=False), static_offset)
+    median offset over frames (a blink among them does not count) and the mean rotation.
+    seen: the (expr_offset, jaw_offset) the fits with this neutral will use."""
+    fitter = FaceFitter(data, K, shape, TrackerParams(filter=False), static_offset, None,
+                        *(seen if seen is not None else (None, None)))
     offsets, rots = [], []
     for pts in frames:
         off, r0 = _frame_offset(fitter, np.asarray(pts, np.float64))
@@ -69,6 +80,28 @@ def measure_neutral(data: HeadModelData, K: np.ndarray, frames: Sequence[np.ndar
     if not offsets:
         raise ValueError("a neutral face needs at least one frame with a face")
     return Neutral(np.median(np.stack(offsets), 0), rodrigues(np.mean(rots, 0)), len(offsets))
+
+
+def rest_frames(landmarks: Sequence[np.ndarray | None], count: int = 10) -> list[int]:
+    """Positions of the count frames of a clip (MediaPipe landmarks (478, 2+) each, None without
+    a face) where the face looks most at rest: lips closed (the inner-lip gap within the lowest
+    fifth of the clip's), eyes open, mouth width and brows near their typical (median) values,
+    and the head turned least. A talking or smiling first second is a poor neutral; a person's
+    resting face is the one they return to between expressions."""
+    from savatar.core.reenact.face_signals import face_signals
+
+    seen = [k for k, p in enumerate(landmarks) if p is not None]
+    if len(seen) <= count:
+        return seen
+    sig = [face_signals(landmarks[k]) for k in seen]
+    col = lambda key: np.array([x[key] for x in sig])  # noqa: E731
+    def spread(v: np.ndarray) -> np.ndarray:
+        return (v - np.median(v)) / max(float(np.percentile(v, 75) - np.percentile(v, 25)), 1e-6)
+    mouth = col("mouth_open")
+    score = (np.maximum(spread(mouth) - spread(mouth)[mouth <= np.percentile(mouth, 20)].max(), 0.0)
+             + np.abs(spread(col("mouth_width"))) + np.abs(spread(col("brow_height")))
+             + np.maximum(-spread(col("eye_open")), 0.0) + np.abs(spread(col("head_yaw"))))
+    return [seen[k] for k in sorted(np.argsort(score, kind="stable")[:count])]
 
 
 class Retargeter:
@@ -82,29 +115,46 @@ class Retargeter:
 
     def __init__(self, data: HeadModelData, K: np.ndarray, shape: np.ndarray | None = None,
                  static_offset: np.ndarray | None = None, params: TrackerParams | None = None,
-                 calibration: ExpressionCalibration | None = None, neutral: Neutral | None = None):
+                 calibration: ExpressionCalibration | None = None, neutral: Neutral | None = None,
+                 seen: bool = True):
         self.data, self.K, self.shape, self.static_offset = data, np.asarray(K, np.float64), shape, static_offset
-        self.params = params or TrackerParams(filter=False)
-        self.calibration = calibration if calibration is not None else default_calibration(data)
+        # A person's full expressions go past the head model's 1 (the open head's smile 1 is a
+        # slight smile): bounded at 1, a wide grin is explained by smile 1 plus frown, sneer and
+        # puff, and those show on the avatar as a grimace.
+        self.params = replace(params or TrackerParams(filter=False), max_expr=MAX_READING)
+        # The seen basis (calibration.seen_offset): expressions and jaw are read as the motion
+        # MediaPipe sees on renders of the avatar, not the mesh's own, so a reading is what the
+        # avatar must be driven with for its renders to show the same landmark motion.
+        self.seen = seen_offset(data) if seen else None
+        self.calibration = calibration if calibration is not None else default_calibration(data, self.seen is not None)
         self.neutral: Neutral | None = None
-        self.fitter = FaceFitter(data, self.K, shape, self.params, static_offset)
+        self.fitter = self._fitter(None)
         self.last_residuals: list[float] = []
         if neutral is not None:
             self._use(neutral)
 
     def _use(self, neutral: Neutral) -> None:
         self.neutral = neutral
-        self.fitter = FaceFitter(self.data, self.K, self.shape, self.params, self.static_offset, neutral.offset)
+        self.fitter = self._fitter(neutral.offset)
+
+    def _fitter(self, offset: np.ndarray | None) -> FaceFitter:
+        expr_offset, jaw_offset = self.seen if self.seen is not None else (None, None)
+        fitter = FaceFitter(self.data, self.K, self.shape, self.params, self.static_offset, offset, expr_offset,
+                            jaw_offset)
+        for name, scale in PRIOR_SCALE.items():
+            if name in self.data.expr_names:
+                fitter.prior[11 + self.data.expr_names.index(name)] *= scale
+        return fitter
 
     def set_neutral(self, frames: Sequence[np.ndarray]) -> Neutral:
         """Measure the driver's neutral on these resting frames' landmarks and fit with it from now on."""
-        neutral = measure_neutral(self.data, self.K, frames, self.shape, self.static_offset)
+        neutral = measure_neutral(self.data, self.K, frames, self.shape, self.static_offset, self.seen)
         self._use(neutral)
         return neutral
 
     def clear_neutral(self) -> None:
         self.neutral = None
-        self.fitter = FaceFitter(self.data, self.K, self.shape, self.params, self.static_offset)
+        self.fitter = self._fitter(None)
 
     def reset(self) -> None:
         """Forget the warm start (a lost face): the next fit starts from solvePnP."""
@@ -128,16 +178,20 @@ class Retargeter:
     @classmethod
     def for_clip(cls, data: HeadModelData, K: np.ndarray, landmarks: Sequence[np.ndarray | None], fps: float,
                  neutral_frame: int | None = None, neutral_s: float = 1.0, shape: np.ndarray | None = None,
-                 static_offset: np.ndarray | None = None, **kwargs) -> "Retargeter":
+                 static_offset: np.ndarray | None = None, rest: bool = True,
+                 mediapipe_landmarks: Sequence[np.ndarray | None] | None = None, **kwargs) -> "Retargeter":
         """A retargeter whose neutral is frame neutral_frame of a clip's tracked landmarks
-        (positions in landmarks; None where no face), or by default the frames of its first
-        neutral_s seconds that have a face (the first face's when none does). ValueError when
-        the neutral frame has no face."""
+        (positions in landmarks; None where no face); by default the clip's rest_frames, or
+        with rest=False the frames of its first neutral_s seconds that have a face (the first
+        face's when none does). mediapipe_landmarks: the same frames' 478 MediaPipe landmarks,
+        when the model embeds fewer (rest_frames reads MediaPipe's indices). ValueError when the neutral frame has no face."""
         rt = cls(data, K, shape, static_offset, **kwargs)
         if neutral_frame is not None:
             if not 0 <= neutral_frame < len(landmarks) or landmarks[neutral_frame] is None:
                 raise ValueError(f"frame {neutral_frame} has no tracked face to take as the neutral")
             picked = [landmarks[neutral_frame]]
+        elif rest:
+            picked = [landmarks[k] for k in rest_frames(mediapipe_landmarks or landmarks)]
         else:
             count = max(1, int(round(neutral_s * fps)))
             picked = [p for p in landmarks[:count] if p is not None]
@@ -233,7 +287,7 @@ def track_motion(path, data: HeadModelData, params: TrackerParams | None = None,
     marks = [p[index, :2] if p is not None else None for p in full]
     fit_params = replace(params, filter=False)
     rt = Retargeter.for_clip(data, K, marks, fps, neutral_frame, params.neutral_s, shape, static_offset,
-                             params=fit_params)
+                             mediapipe_landmarks=full, params=fit_params)
     e = len(data.expr_names)
     smooth = OneEuroFilter(params.min_cutoff, np.r_[np.full(e + 15, params.beta), np.full(3, params.beta * 20)],
                            params.d_cutoff)

@@ -108,9 +108,14 @@ class LandmarkModel:
     GROUPS = (2, 3, 4)  # jaw, left eye, right eye joints
 
     def __init__(self, data: HeadModelData, shape: np.ndarray | None = None,
-                 static_offset: np.ndarray | None = None, landmark_offset: np.ndarray | None = None):
+                 static_offset: np.ndarray | None = None, landmark_offset: np.ndarray | None = None,
+                 expr_offset: np.ndarray | None = None, jaw_offset: np.ndarray | None = None):
         """landmark_offset (L, 3): a per-landmark displacement of the rest face (model space),
-        skinned like the landmark itself: a driver's neutral face (savatar.core.drive.retarget)."""
+        skinned like the landmark itself: a driver's neutral face (savatar.core.drive.retarget).
+        expr_offset (L, 3, E): a per-landmark change of each expression component's motion (model
+        space, per unit), skinned the same way: the motion MediaPipe sees on renders of the
+        avatar in place of the mesh's own (savatar.core.drive.calibration.seen_offset).
+        jaw_offset (L, 3): the same for the jaw's opening, metres per radian of pose jaw x."""
         f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
         v = f64(data.v_template)
         if shape is not None and len(shape):
@@ -136,6 +141,8 @@ class LandmarkModel:
         if landmark_offset is not None:
             # A rigid offset of the landmark's three vertices: each joint carries its weight of it.
             p0 = p0 + w[:, :, None] * f64(landmark_offset)[:, None, :]
+        if expr_offset is not None:
+            pb = pb + w[:, :, None, None] * f64(expr_offset)[:, None, :, :]
         c0 = p0[:, body].sum(1) - w[:, body].sum(1)[:, None] * joints[0]
         cb = pb[:, body].sum(1) - w[:, body].sum(1)[:, None, None] * joints_b[0]
         self.idx, self.a0, self.ab = [], [], []
@@ -147,6 +154,7 @@ class LandmarkModel:
             self.a0.append(p0[idx, j] - w[idx, j, None] * joints[j])
             self.ab.append(pb[idx, j] - w[idx, j, None, None] * joints_b[j])
         self.c0 = c0
+        self.jaw_offset = None if jaw_offset is None else f64(jaw_offset)
         # Two layouts of each basis: flat (3L, E) for values, coordinate-first (3, L, E) for Jacobians.
         self.cb_flat = cb.reshape(-1, self.num_expr)
         self.cb3 = np.ascontiguousarray(cb.transpose(1, 0, 2), dtype=np.float32)
@@ -183,6 +191,8 @@ class LandmarkModel:
             us.append(u)
         if self.pd is not None:
             q = q + self._correctives(rots)
+        if self.jaw_offset is not None:
+            q = q + jaw[0] * self.jaw_offset
         rq = q @ r0.T  # R0 Q
         self._state = (r0, rots, us, rq)
         return rq + (self.jr0 + self.jrb @ e) + t
@@ -208,6 +218,8 @@ class LandmarkModel:
                 dpose[:, idx, 6:9] += block
             else:
                 dpose[:, idx, 9:11] += block[:, :, :2]
+        if self.jaw_offset is not None:
+            dpose[:, :, 6] += r0 @ self.jaw_offset.T
         # Written into preallocated buffers: fresh arrays this size come from mmap (glibc's
         # threshold is 128 KiB), and their page faults cost more than the arithmetic.
         jac, tmp = self._jac, self._tmp
@@ -253,6 +265,7 @@ class TrackerParams:
     tol: float = 1e-3  # relative cost decrease that ends the iterations
     max_jaw: float = 0.6  # radians
     max_eye: float = 0.6
+    max_expr: float = 1.0  # upper bound of expression coefficients (retargeting reads past 1: see retarget)
     hold_s: float = 0.5
     ease_s: float = 1.0
     filter: bool = True
@@ -300,9 +313,10 @@ class FaceFitter:
 
     def __init__(self, data: HeadModelData, K: np.ndarray, shape: np.ndarray | None = None,
                  params: TrackerParams | None = None, static_offset: np.ndarray | None = None,
-                 landmark_offset: np.ndarray | None = None):
+                 landmark_offset: np.ndarray | None = None, expr_offset: np.ndarray | None = None,
+                 jaw_offset: np.ndarray | None = None):
         self.params = params or TrackerParams()
-        self.model = LandmarkModel(data, shape, static_offset, landmark_offset)
+        self.model = LandmarkModel(data, shape, static_offset, landmark_offset, expr_offset, jaw_offset)
         self.K = np.asarray(K, dtype=np.float64)
         self.expr_names = list(data.expr_names)
         n, e = self.model.num_landmarks, self.model.num_expr
@@ -319,7 +333,7 @@ class FaceFitter:
         self.upper = np.full(11 + e, np.inf)
         self.lower[6], self.upper[6] = 0.0, p.max_jaw
         self.lower[9:11], self.upper[9:11] = -p.max_eye, p.max_eye
-        self.lower[11:], self.upper[11:] = 0.0, 1.0
+        self.lower[11:], self.upper[11:] = 0.0, p.max_expr
         self.reset()
 
     def reset(self) -> None:
@@ -539,10 +553,11 @@ class FaceTracker:
             else:
                 self.fitter = FaceFitter(self.data, k, self.shape, self.params, self.static_offset)
             self._size = (w, h)
+        neutral = self._collect_neutral(pts, timestamp)  # first: the frame that completes it is fitted with it
         fit = self.fitter.fit(pts)
+        fit.neutral = neutral
         t2 = time.perf_counter()
         timings["fit_ms"] = (t2 - t1) * 1e3
-        fit.neutral = self._collect_neutral(pts, timestamp)
         if full is not None:
             fit.warnings = tuple(fit_warnings(full, fit.camera_rotation(), fit.residual_px, image))
         if self.params.filter:

@@ -57,10 +57,14 @@ def test_compact_model_matches_head_model(data, lmodel):
         assert np.abs(x - ref).max() < 1e-5
 
 
-def test_pixel_jacobian_matches_finite_differences(data):
-    fitter = FaceFitter(data, K)
-    lmodel = fitter.model
+@pytest.mark.parametrize("seen", [False, True])
+def test_pixel_jacobian_matches_finite_differences(data, seen):
+    # seen: with a per-landmark change of each expression's motion and of the jaw's (the seen basis)
     rng = np.random.default_rng(2)
+    n, e = len(data.lmk_faces), data.exprdirs.shape[2]
+    offsets = (rng.normal(scale=1e-3, size=(n, 3, e)), rng.normal(scale=0.01, size=(n, 3))) if seen else (None, None)
+    fitter = FaceFitter(data, K, expr_offset=offsets[0], jaw_offset=offsets[1])
+    lmodel = fitter.model
     root, t, e = rng.normal(scale=0.3, size=3), np.array([0.0, 0.0, -0.5]), rng.uniform(0, 0.5, lmodel.num_expr)
     jaw, eyes = np.array([0.2, 0.0, 0.0]), np.array([0.1, -0.1])
     _, p = fitter._project(lmodel.evaluate(rodrigues(root), t, jaw, eyes, e), derivative=True)

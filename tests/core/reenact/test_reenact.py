@@ -173,7 +173,8 @@ def test_cli_reenact_png_folder_mp4_side_by_side_and_metrics(clip_path, tmp_path
 
 
 @pytest.mark.parametrize("case, message", [("missing", "no such file"), ("junk", "cannot open the video"),
-                                           ("faceless", "no face found"), ("avatar", "not a readable HDF5")])
+                                           ("faceless", "no face found"), ("avatar", "not a readable HDF5"),
+                                           ("neutral", "frame 99 has no tracked face")])
 def test_cli_reenact_errors_are_one_line(tmp_path, capsys, drawer, case, message):
     from savatar.cli import main
 
@@ -189,6 +190,9 @@ def test_cli_reenact_errors_are_one_line(tmp_path, capsys, drawer, case, message
         (tmp_path / "bad.h5").write_bytes(b"junk")
         write_clip(video, drawer)
         extra = ["--avatar", str(tmp_path / "bad.h5")]
+    elif case == "neutral":  # the driver's neutral frame is past the clip's end
+        write_clip(video, drawer)
+        extra = ["--neutral-frame", "99"]
     assert main(["reenact", str(video), "-o", str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines()[-1].startswith("savatar reenact: ") and message in err.splitlines()[-1], err

@@ -3,15 +3,16 @@
 For each clip of the real development set (SAVATAR_REAL_DIR, default ../shared/real beside the
 repository; skipped with a one-line message where it is absent): the clip is tracked with the
 default avatar's identity (track_clip), retargeted onto the avatar (the driver's neutral from
-the clip's first second mapped to the avatar's rest face, expression gains calibrated on renders
-of the head model: savatar.core.drive.retarget), rendered frame for frame in the tracker's camera
+the clip's resting frames mapped to the avatar's rest face, expressions and jaw read in the basis
+MediaPipe sees on renders of the head model: savatar.core.drive.retarget), rendered frame for frame in the tracker's camera
 with the gl renderer (cross-reenactment: self_reenactment=False), and MediaPipe's six face
 signals on the real frames and on the renders are correlated over the clip. 1 means the avatar
 does exactly what the person does; the target is >= 0.85 for every signal on every clip.
 
 Side-by-side pictures (real | avatar) of the frames where the person grins, frowns, blinks,
-raises the brows and tilts the head most go to bench/results/puppet/ (never docs/: the dev clips
-are not ours to ship). SAVATAR_PUPPET_RAW=1 measures the tracker without retargeting.
+raises the brows and tilts the head most go to bench/results/puppet/ (the picture in docs/ is
+scripts/puppet_side_by_side.py's, from the MIT-licensed clips only). SAVATAR_PUPPET_RAW=1
+measures the tracker without retargeting.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ MOMENTS = (("grin", "mouth_width", 1), ("frown", "brow_height", -1), ("blink", "
 
 
 def retarget_tracked(clip, avatar, data):
-    """The clip with expression and pose retargeted onto the avatar (neutral from the first second)."""
+    """The clip with expression and pose retargeted onto the avatar (neutral from its resting frames)."""
     from savatar.core.drive.retarget import Retargeter
 
     rt = Retargeter.for_clip(data, clip.K, clip.landmarks, clip.fps, shape=avatar.shape.numpy(),

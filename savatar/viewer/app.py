@@ -23,6 +23,8 @@ from savatar.core.gaussians.facing import skippable_faces, visible_gaussians
 from savatar.core.gaussians.gaussians import GaussianAvatar
 from savatar.core.gaussians.rig import Rig
 from savatar.core.render.camera import scaled_camera
+from savatar.commands.build_video import REFINE_FRAMES as VIDEO_REFINE_FRAMES
+from savatar.commands.build_video import REFINE_SIZE as VIDEO_REFINE_SIZE
 from savatar.viewer.building import Building
 from savatar.viewer.driving import LIVE_SOURCES, Driving, fit_quality_line
 from savatar.viewer.drops import DropKind, classify
@@ -147,7 +149,13 @@ class App:
                             occluder_faces(data))
         self._skippable = skippable_faces(data)
 
-    def _refine_after_build(self) -> None:
+    def _refine_after_build(self, video: str | None) -> None:
+        """A build from a video's frames is refined against that video, for the Build panel's
+        minutes; one from portraits when the Build panel asks for it."""
+        if video is not None:
+            config, minutes = self.console.video_refine()
+            self.refining.start_video(video, config, minutes, VIDEO_REFINE_SIZE, VIDEO_REFINE_FRAMES)
+            return
         config = self.console.refine_after_build()
         if config is not None:
             self.refining.start(FrameChoice(), config)
@@ -276,8 +284,11 @@ class App:
                 self.driving.load_motion(path)
             elif kind is DropKind.PORTRAIT:
                 self.building.queue_portrait(path)
+            elif kind is DropKind.VIDEO:
+                self.console.show_panel("Build")
+                self.building.queue_video(path, self.console.video_sources())
             else:
-                self.log.error(f"{Path(path).name}: not an avatar (.h5), motion (.npz) or image file")
+                self.log.error(f"{Path(path).name}: not an avatar (.h5), motion (.npz), image or video file")
 
     def handle_key(self, key: str) -> None:
         if key == "reset":

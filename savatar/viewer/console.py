@@ -12,6 +12,8 @@ import numpy as np
 
 from savatar.core.gaussians.antispike import AntiSpikeConfig
 from savatar.core.refine.refine import RefineConfig
+from savatar.core.build.source_frames import DEFAULT_SOURCES
+from savatar.viewer.drops import VIDEO_SUFFIXES
 from savatar.viewer.glx_context import SavedContext
 from savatar.viewer.refining import FrameChoice, FrameKind
 from savatar.viewer.stage_backends import STAGE_BACKENDS
@@ -32,6 +34,10 @@ REGION_PREFIXES = (("Eyes", ("eye",)), ("Brows", ("brow",)), ("Mouth", ("mouth",
 # What the Refine panel's path field holds for each source of frames.
 REFINE_PATH_HINTS = {FrameKind.STORED: "", FrameKind.IMAGES: "images + params.npz",
                      FrameKind.VIDEO: "a video of this person"}
+# A video's build is refined for this long by default (the CLI's whole `build --video` takes
+# 2.5 minutes; here the viewer keeps the build's avatar on screen meanwhile and refines on one core).
+VIDEO_REFINE_MINUTES = 2.0
+VIDEO_REFINE_FIRST_GUESS = 300  # iterations: shapes the first steps' learning rates until the pace is known
 LEVEL_COLOURS = {"info": (200, 200, 200), "warning": (240, 200, 80), "error": (255, 110, 110)}
 POSE_SLIDERS = (("jaw", 2, ("open", "side", "twist")), ("neck", 1, ("pitch", "yaw", "roll")),
                 ("head", 0, ("pitch", "yaw", "roll")), ("eyes", 3, ("pitch", "yaw", "-")))
@@ -146,6 +152,7 @@ class Console:
         dialog("side_by_side", (".mp4",), True)
         dialog("refine_video", (".mp4", ".mov", ".avi", ".mkv", ".webm"), False)
         dialog("refine_folder", (), False, folder=True)
+        dialog("build_video", tuple(sorted(VIDEO_SUFFIXES)), False)
 
     def _on_dialog(self, name: str, app_data: dict) -> None:
         path = app_data.get("file_path_name") if isinstance(app_data, dict) else None
@@ -157,7 +164,8 @@ class Console:
                    "load_motion": a.driving.load_motion, "save_recording": a.driving.save_recording,
                    "audio_file": self.choose_audio, "side_by_side": a.side_by_side.start,
                    "refine_video": lambda p: dpg.set_value(self.refine_path, p),
-                   "refine_folder": lambda p: dpg.set_value(self.refine_path, p)}[name]
+                   "refine_folder": lambda p: dpg.set_value(self.refine_path, p),
+                   "build_video": lambda p: a.building.queue_video(p, self.video_sources())}[name]
         handler(path)
 
     def choose_audio(self, path: str) -> None:
@@ -339,7 +347,17 @@ class Console:
         self._render_changed()
 
     def _build_panel(self) -> None:
-        dpg.add_text("Drop portraits on the stage (any number, any order), then Build.", wrap=480)
+        dpg.add_text("Drop portraits on the stage (any number, any order), or a selfie video (10-20 s of the face "
+                     "turning) to take its best frames from, then Build. A video's build is refined against it.",
+                     wrap=480)
+        with dpg.group(horizontal=True):
+            dpg.add_button(label="Video...", callback=lambda: self._show("build_video"))
+            self.video_sources_field = dpg.add_input_int(label="frames to choose", default_value=DEFAULT_SOURCES,
+                                                         min_value=1, max_value=12, min_clamped=True, max_clamped=True,
+                                                         width=90)
+            self.video_minutes = dpg.add_input_float(label="min refining", default_value=VIDEO_REFINE_MINUTES,
+                                                     min_value=0.1, max_value=120.0, min_clamped=True, max_clamped=True,
+                                                     step=0.5, format="%.1f", width=90)
         with dpg.child_window(height=250) as self.portrait_box:
             pass
         self.build_generator = dpg.add_input_text(label="generator checkpoint (empty: parameter-free)", width=260)
@@ -360,19 +378,31 @@ class Console:
             self._texture_parent = dpg.last_container()
         self._textures: dict[str, int] = {}
 
+    def video_sources(self) -> int:
+        """How many frames the Build panel asks to choose from a video."""
+        return int(dpg.get_value(self.video_sources_field))
+
+    def video_refine(self) -> tuple[RefineConfig, float]:
+        """The refinement of a build from a video: the Refine panel's weights and the Build
+        panel's minutes (the iteration count is a first guess the time budget replaces)."""
+        return self._refine_config(VIDEO_REFINE_FIRST_GUESS), float(dpg.get_value(self.video_minutes))
+
+    def show_panel(self, name: str) -> None:
+        dpg.set_value(self.tab_bar, self.tabs[name])
+
     def set_portraits(self, portraits: list[Portrait]) -> None:
         """Rows of (thumbnail, name, status, up/down/remove) for the queued portraits."""
         dpg.delete_item(self.portrait_box, children_only=True)
-        live = {p.path for p in portraits}
-        for path in [k for k in self._textures if k not in live]:
-            dpg.delete_item(self._textures.pop(path))
+        live = {p.key for p in portraits}
+        for key in [k for k in self._textures if k not in live]:
+            dpg.delete_item(self._textures.pop(key))
         b = self.actions.building
         for i, p in enumerate(portraits):
-            if p.path not in self._textures:
+            if p.key not in self._textures:
                 h, w = p.preview.shape[:2]
-                self._textures[p.path] = dpg.add_static_texture(w, h, p.preview.ravel().tolist(), parent=self._texture_parent)
+                self._textures[p.key] = dpg.add_static_texture(w, h, p.preview.ravel().tolist(), parent=self._texture_parent)
             with dpg.group(horizontal=True, parent=self.portrait_box):
-                dpg.add_image(self._textures[p.path], width=64, height=64)
+                dpg.add_image(self._textures[p.key], width=64, height=64)
                 with dpg.group():
                     dpg.add_text(p.status, color=(160, 230, 160) if p.ok else (255, 120, 120), wrap=300)
                     with dpg.group(horizontal=True):

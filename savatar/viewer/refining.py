@@ -5,6 +5,7 @@ improves, comes back through a LatestSlot for the plots and the stage. torch run
 single-threaded in the viewer, so a refinement takes one core and the interface keeps the other."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -57,6 +58,7 @@ class Refining:
         self.shown, self.log, self.jobs, self.tasks = shown, log, jobs, tasks
         self.refiner = None
         self.history: list[Report] = []
+        self.frames: list[Frame] = []  # those of the current (or last) run
         self.task: Task | None = None
         self._slot: LatestSlot = LatestSlot()
 
@@ -96,11 +98,27 @@ class Refining:
             return
         self.run(frames, with_held_out(config, len(frames)))
 
-    def _track(self, path: str, config: RefineConfig) -> None:
+    def start_video(self, path: str, config: RefineConfig, minutes: float | None = None,
+                    size: int | None = None, max_frames: int | None = None) -> None:
+        """Refine against the video at path (tracked first, on a worker) as `savatar build
+        --video` does: for minutes of refinement (a TimeBudget fits config.iterations to the
+        pace; None: config.iterations), frames of at most size pixels a side, at most max_frames
+        of them (None: frames_from_video's defaults)."""
+        if self.busy:
+            self.log.warning("a refinement is already running: stop it first")
+            return
+        if not Path(path).is_file():
+            self.log.error(f"cannot refine: {path}: no such file")
+            return
+        self._track(path, config, minutes, size, max_frames)
+
+    def _track(self, path: str, config: RefineConfig, minutes: float | None = None, size: int | None = None,
+               max_frames: int | None = None) -> None:
         """Frames from the video, tracked on a worker; then the refinement, unless stopped."""
         from savatar.core.refine.frame_sources import frames_from_video
 
         name = Path(path).name
+        sizing = {k: v for k, v in (("size", size), ("max_frames", max_frames)) if v is not None}
         task = self.task = self.tasks.start("track", PANEL, f"tracking {name}")
         avatar = self.shown.rig.avatar
 
@@ -109,19 +127,23 @@ class Refining:
             if task.cancelled:
                 task.finish("stopped before refining")
                 return
-            self.run(frames, with_held_out(config, len(frames)), task)
+            self.run(frames, with_held_out(config, len(frames)), task, minutes)
 
         def failed(exc: BaseException) -> None:
             task.finish(f"failed: {exc}")
             self.log.error(f"cannot refine: {exc}")
 
-        self.jobs.submit(task.name, lambda: frames_from_video(path, avatar, progress=task.frame_counter(f"tracking {name}")),
+        self.jobs.submit(task.name, lambda: frames_from_video(path, avatar, progress=task.frame_counter(f"tracking {name}"),
+                                                          **sizing),
                          tracked, failed)
 
-    def run(self, frames: list[Frame], config: RefineConfig, task: Task | None = None) -> None:
+    def run(self, frames: list[Frame], config: RefineConfig, task: Task | None = None,
+            minutes: float | None = None) -> None:
         """A Refiner on the shown avatar and frames, in a worker thread; task: the one that
-        prepared the frames, if any."""
+        prepared the frames, if any; minutes: a time budget from now (core.refine.time_budget),
+        config.iterations being then only the first guess that shapes the first steps."""
         from savatar.core.refine.refine import Refiner
+        from savatar.core.refine.time_budget import TimeBudget
 
         try:
             refiner = Refiner(self.shown.rig.avatar, self.shown.rig, frames, config)
@@ -130,11 +152,14 @@ class Refining:
             if task is not None:
                 task.finish(f"cannot refine: {exc}")
             return
+        if minutes is not None:
+            refiner.pre_step_hooks.append(TimeBudget(time.monotonic() + 60.0 * minutes))
         task = self.task = task or self.tasks.start("refine", PANEL)
         task.update(0.0, "starting")
         self.refiner, self.history = refiner, []
-        self.log.info(f"refining {len(self.shown.rig.avatar)} Gaussians on {len(frames)} frames "
-                      f"for {config.iterations} iterations")
+        self.frames = frames
+        length = f"{minutes:g} minutes" if minutes is not None else f"{config.iterations} iterations"
+        self.log.info(f"refining {len(self.shown.rig.avatar)} Gaussians on {len(frames)} frames for {length}")
 
         def on_report(report: Report) -> None:  # worker thread: hand over, never touch the GUI
             self._slot.put((report, refiner.current_avatar()))

@@ -28,7 +28,10 @@ KEYS = ("psnr_mask", "psnr_crop", "ssim_crop", "coverage", "landmark_distance", 
 UNITS = {"psnr_mask": "_db", "psnr_crop": "_db", "landmark_distance": "_iod"}
 
 
-def _clip_entry(path: Path, draw, tmp: Path) -> dict[str, float]:
+def _clip_entry(path: Path, draw, tmp: Path, options: tuple[str, ...] = (), oneshot: bool = True,
+                command: tuple[str, ...] = (sys.executable, "-m", "savatar.cli")) -> dict[str, float]:
+    """The numbers of one clip; options are added to the build command, which command runs
+    (experiments)."""
     from savatar.core.build.build import build_avatar
     from savatar.core.drive.tracking import VideoReader
     from savatar.core.gaussians.rig import Rig
@@ -40,8 +43,8 @@ def _clip_entry(path: Path, draw, tmp: Path) -> dict[str, float]:
     half = count // 2
     out = tmp / f"{path.stem}.h5"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "savatar.cli", "build", "--video", str(path), "--stop", str(half),
-                           "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run([*command, "build", "--video", str(path), "--stop", str(half),
+                           "-o", str(out), *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{path.name}: build --video failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -53,14 +56,16 @@ def _clip_entry(path: Path, draw, tmp: Path) -> dict[str, float]:
     scored = _spread(start, len(clip), SCORED_FRAMES)
     video = _scores(clip, avatar, rig, draw, scored, None)
 
-    one = build_avatar([_first_frame(path)])[0]
-    one_rig = Rig.of(one)
-    one_clip = track_clip(path, one, one_rig.data)
-    oneshot = _scores(one_clip, one, one_rig, draw, scored, None)
+    results = [("video", video)]
+    if oneshot:
+        one = build_avatar([_first_frame(path)])[0]
+        one_rig = Rig.of(one)
+        one_clip = track_clip(path, one, one_rig.data)
+        results.append(("oneshot", _scores(one_clip, one, one_rig, draw, scored, None)))
 
     numbers: dict[str, float] = {"wall_s": wall, "sources": float(len(avatar.metadata.get("sources") or [])),
                                  "iterations": float((avatar.metadata.get("refinement") or {}).get("iterations", 0))}
-    for label, s in (("video", video), ("oneshot", oneshot)):
+    for label, s in results:
         for key in KEYS:
             if key in s:
                 numbers[f"{label}_{key}{UNITS.get(key, '')}"] = float(s[key])

@@ -25,6 +25,10 @@ DEFAULT_SOURCES = 4  # savatar.core.build.source_frames.DEFAULT_SOURCES (not imp
 REFINE_SIZE = 192  # refinement frames' longer side: the pace on a CPU falls with the pixels
 REFINE_FRAMES = 40  # frames tracked for refinement (about 0.1 s each)
 SAVE_RESERVE_S = 3.0  # refinement ends this long before the budget: the final write
+HOLD_OUT = 0.2  # fraction of the tracked frames, the clip's last stretch, held out of training
+MIN_FRAMES_TO_HOLD_OUT = 8  # fewer frames are all trained on (and the last state is kept)
+EVALUATE_EVERY = 20  # iterations between held-out evaluations (one forward render per held-out frame)
+PATIENCE = 6  # evaluations without a gain before refinement stops
 
 
 def add_video_args(p: argparse.ArgumentParser) -> None:
@@ -143,6 +147,7 @@ def _refine(args: argparse.Namespace, out: Path, avatar, deadline: float | None,
     from savatar.commands.common import make_rig
     from savatar.core.refine.frame_sources import frames_from_video
     from savatar.core.refine.refine import RefineConfig, Refiner, report_line
+    from savatar.core.refine.keep_best import KeepBest
     from savatar.core.refine.time_budget import TimeBudget
 
     rig = make_rig(avatar)
@@ -152,34 +157,53 @@ def _refine(args: argparse.Namespace, out: Path, avatar, deadline: float | None,
                                        stop=args.stop, progress=track_progress)
     except (OSError, ValueError) as exc:
         raise UserError(f"{str(exc).splitlines()[0]} ({out} holds the built avatar, not refined)") from None
+    # The last stretch of the tracked frames (they come in clip order) is held out of training:
+    # refinement keeps its best state by them and stops when they stop improving (KeepBest; more
+    # steps on a few dozen frames fit those frames, not the person).
+    held = tuple(range(len(frames) - max(2, round(HOLD_OUT * len(frames))), len(frames))) \
+        if len(frames) >= MIN_FRAMES_TO_HOLD_OUT else ()
     # With a budget the planned count follows the measured pace (TimeBudget); this first guess
     # only shapes the first couple of steps' learning rates.
     planned = args.iters if args.iters is not None else 300
-    cfg = RefineConfig(iterations=planned, backend="cpu", report_every=5, checkpoint_every=0)
-    refiner = Refiner(avatar, rig, frames, cfg, output=out)
-    budget = None
+    cfg = RefineConfig(iterations=planned, backend="cpu", report_every=EVALUATE_EVERY, checkpoint_every=0,
+                       held_out=held)
+    refiner = Refiner(avatar, rig, frames, cfg)
+    keep = KeepBest(refiner, patience=PATIENCE if held else None)
     if deadline is not None:
-        budget = TimeBudget(deadline)
-        refiner.pre_step_hooks.append(budget)
-    bar = progress_bar(total=cfg.iterations, desc=f"refine {len(frames)} frames", unit="it")
+        refiner.pre_step_hooks.append(TimeBudget(deadline))
+    bar = progress_bar(total=cfg.iterations, desc=f"refine {len(frames) - len(held)} frames", unit="it")
+    interrupted = []
 
     def on_report(r) -> None:
+        keep(r)
         bar.total = r.iterations
         bar.update(r.iteration - bar.n)
         bar.set_postfix(report_line(r), refresh=False)
-        if r.event and r.event != "stopped":  # Ctrl-C gets its one line below
+        if r.event and r.event != "stopped":  # a stop gets its one line below
             bar.write(f"refine: {r.event}")
 
-    # Ctrl-C stops after the current step; run() then writes the avatar as it is (atomically).
-    previous = signal.signal(signal.SIGINT, lambda *_: refiner.stop())
+    def on_interrupt(*_) -> None:
+        interrupted.append(True)
+        refiner.stop()
+
+    # Ctrl-C stops after the current step; the best state so far is then written (atomically).
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         final = refiner.run(on_report)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
-    interrupted = final.iteration < cfg.iterations
-    state = "interrupted (Ctrl-C), kept" if interrupted else "refined"
-    print(f"wrote {out}: {len(avatar)} Gaussians, {state} after {final.iteration} iterations "
-          f"({final.elapsed_s:.0f} s of refinement, {time.monotonic() - start:.0f} s in all), "
-          f"loss {final.losses.get('total', float('nan')):.4f}")
+    ran = final.iteration
+    restored = keep.restore()
+    refiner.checkpoint(out)
+    if interrupted:
+        state = "interrupted (Ctrl-C)"
+    elif keep.stopped_early:
+        state = "stopped early (the held-out frames no longer improved)"
+    else:
+        state = "refined"
+    best = "" if keep.best_db is None else (f"; kept iteration {keep.best_iteration}, held-out PSNR in mask "
+                                            f"{keep.best_db:.2f} dB" + ("" if restored else " (the last)"))
+    print(f"wrote {out}: {len(avatar)} Gaussians, {state} after {ran} iterations "
+          f"({final.elapsed_s:.0f} s of refinement, {time.monotonic() - start:.0f} s in all){best}")
     return 130 if interrupted else 0

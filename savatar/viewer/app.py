@@ -32,7 +32,7 @@ from savatar.viewer.files import AvatarFiles
 from savatar.viewer.log import Log
 from savatar.viewer.orbit import Orbit
 from savatar.viewer.reenacting import SideBySideRecorder
-from savatar.viewer.refining import FrameChoice, Refining
+from savatar.viewer.refining import FrameChoice, FrameKind, Refining
 from savatar.viewer.settings import Settings, load_settings, save_settings
 from savatar.viewer.shown import ShownAvatar
 from savatar.viewer.stage_backends import (
@@ -154,6 +154,8 @@ class App:
         minutes; one from portraits when the Build panel asks for it."""
         if video is not None:
             config, minutes = self.console.video_refine()
+            self.console.show_panel("Refine")  # where it shows: status, losses, held-out PSNR
+            self.console.show_frame_choice(FrameChoice(FrameKind.VIDEO, video))
             self.refining.start_video(video, config, minutes, VIDEO_REFINE_SIZE, VIDEO_REFINE_FRAMES)
             return
         config = self.console.refine_after_build()

@@ -86,7 +86,13 @@ class Building:
             indices = [scan.stats[i].index for i in choice.chosen]
             task.update(1.0, f"checking the {len(indices)} frames chosen from {name}")
             frames = read_frames(path, indices)
-            return check_video_frames(path, {i: frames[i] for i in indices if i in frames}), scan, choice
+            portraits = check_video_frames(path, {i: frames[i] for i in indices if i in frames})
+            views = {scan.stats[i].index: scan.stats[i] for i in choice.chosen}
+            for p in portraits:  # the view each adds: why these frames
+                if p.ok:
+                    v = views[p.frame]
+                    p.status += f", head yaw {round(v.yaw):+d} pitch {round(v.pitch):+d} deg"
+            return portraits, scan, choice
 
         def done(out) -> None:
             portraits, scan, choice = out
@@ -171,7 +177,7 @@ class Building:
                 (self.log.info if r.ok else self.log.warning)(f"build: {r.line()}")
             self.shown.show(rig, None)
             text = (f"built {len(rig.avatar)} Gaussians from {sum(r.ok for r in results)} of {len(results)} "
-                    f"portraits: Save as... to keep it")
+                    f"{'sources' if videos else 'portraits'}: Save as... to keep it")
             task.finish(text, 1.0)
             self.log.info(text)
             used = {p.path for p, r in zip(queued, results) if r.ok and p.image is not None}

@@ -358,7 +358,7 @@ class Console:
             self.video_minutes = dpg.add_input_float(label="min refining", default_value=VIDEO_REFINE_MINUTES,
                                                      min_value=0.1, max_value=120.0, min_clamped=True, max_clamped=True,
                                                      step=0.5, format="%.1f", width=90)
-        with dpg.child_window(height=250) as self.portrait_box:
+        with dpg.child_window(height=300) as self.portrait_box:  # a video's 4 frames without scrolling
             pass
         self.build_generator = dpg.add_input_text(label="generator checkpoint (empty: parameter-free)", width=260)
         self.build_count = dpg.add_input_int(label="Gaussians", default_value=60000, min_value=1000, max_value=500000,
@@ -475,6 +475,12 @@ class Console:
     def _show_refine_path(self, kind: FrameKind) -> None:
         dpg.configure_item(self.refine_path_row, show=kind is not FrameKind.STORED)
         dpg.configure_item(self.refine_path, hint=REFINE_PATH_HINTS[kind])
+
+    def show_frame_choice(self, choice: FrameChoice) -> None:
+        """The Refine panel's frames set to choice (a refinement the app started by itself)."""
+        dpg.set_value(self.refine_data, choice.kind.value)
+        dpg.set_value(self.refine_path, choice.path)
+        self._show_refine_path(choice.kind)
 
     def _frame_choice(self) -> FrameChoice:
         return FrameChoice(FrameKind(dpg.get_value(self.refine_data)), dpg.get_value(self.refine_path))

@@ -96,6 +96,7 @@ def test_a_dropped_clip_queues_the_frames_chosen_from_it(app, clip):
     assert all(p.ok for p in queued), [p.status for p in queued]
     frames = [p.frame for p in queued]
     assert all(p.label == f"turning.mp4 frame {p.frame}" and p.status.startswith(p.label) for p in queued)
+    assert all("head yaw" in p.status for p in queued)
     assert not set(frames) & set(clip.spoiled), (frames, clip.spoiled)
     yaws = [clip.yaw[f] for f in frames]
     assert min(yaws) <= -20 and max(yaws) >= 20  # both sides of the turn
@@ -131,6 +132,8 @@ def test_build_from_the_frames_then_refine_against_the_clip(app, clip):
     # The refinement started by itself: first the clip's frames are tracked, on a worker.
     refining = app.refining
     assert refining.busy and refining.task.name == "track" and "turning.mp4" in refining.task.state().text
+    assert dpg.get_value(app.console.tab_bar) == app.console.tabs["Refine"]
+    assert dpg.get_value(app.console.refine_data) == "video" and dpg.get_value(app.console.refine_path) == str(clip.path)
     pump(app, until=lambda: refining.refiner is not None or not refining.busy, timeout=180)
     assert refining.refiner is not None, [e.text for e in app.log.entries()[seen:]]
     frames = refining.frames

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,7 @@ from savatar.core.gaussians.facing import skippable_faces, visible_gaussians
 from savatar.core.gaussians.gaussians import GaussianAvatar
 from savatar.core.gaussians.rig import Rig
 from savatar.core.render.camera import scaled_camera
-from savatar.commands.build_video import REFINE_FRAMES as VIDEO_REFINE_FRAMES
-from savatar.commands.build_video import REFINE_SIZE as VIDEO_REFINE_SIZE
+from savatar.commands import build_video as video_cli  # a video's refinement as `savatar build --video`'s
 from savatar.viewer.building import Building
 from savatar.viewer.driving import LIVE_SOURCES, Driving, fit_quality_line
 from savatar.viewer.drops import DropKind, classify
@@ -32,7 +32,7 @@ from savatar.viewer.files import AvatarFiles
 from savatar.viewer.log import Log
 from savatar.viewer.orbit import Orbit
 from savatar.viewer.reenacting import SideBySideRecorder
-from savatar.viewer.refining import FrameChoice, FrameKind, Refining
+from savatar.viewer.refining import FrameChoice, FrameKind, Refining, VideoPlan
 from savatar.viewer.settings import Settings, load_settings, save_settings
 from savatar.viewer.shown import ShownAvatar
 from savatar.viewer.stage_backends import (
@@ -156,7 +156,9 @@ class App:
             config, minutes = self.console.video_refine()
             self.console.show_panel("Refine")  # where it shows: status, losses, held-out PSNR
             self.console.show_frame_choice(FrameChoice(FrameKind.VIDEO, video))
-            self.refining.start_video(video, config, minutes, VIDEO_REFINE_SIZE, VIDEO_REFINE_FRAMES)
+            self.refining.start_video(video, replace(config, report_every=video_cli.EVALUATE_EVERY), VideoPlan(
+                minutes, video_cli.REFINE_SIZE, video_cli.REFINE_FRAMES, video_cli.HOLD_OUT,
+                video_cli.MIN_FRAMES_TO_HOLD_OUT, video_cli.PATIENCE))
             return
         config = self.console.refine_after_build()
         if config is not None:

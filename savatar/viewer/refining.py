@@ -39,9 +39,35 @@ class FrameChoice:
     path: str = ""
 
 
+@dataclass(frozen=True)
+class VideoPlan:
+    """How to refine against a video as `savatar build --video` does. minutes: a time budget
+    (None: config.iterations); size, max_frames: the tracked frames' longer side and count (None:
+    frames_from_video's defaults); hold_out: fraction of the tracked frames, the clip's last
+    stretch, kept out of training when there are at least min_frames_to_hold_out; patience:
+    held-out evaluations (reports) without a gain before the run stops, the best state being
+    put back at the end (core.refine.keep_best; None: the last state stays)."""
+
+    minutes: float | None = None
+    size: int | None = None
+    max_frames: int | None = None
+    hold_out: float = 0.0
+    min_frames_to_hold_out: int = 8
+    patience: int | None = None
+
+
 def with_held_out(config: RefineConfig, frame_count: int) -> RefineConfig:
     """The last frame held out for the PSNR plot when there are more than two."""
     return replace(config, held_out=(frame_count - 1,) if frame_count > 2 else ())
+
+
+def with_held_out_tail(config: RefineConfig, frame_count: int, plan: VideoPlan) -> RefineConfig:
+    """The last plan.hold_out of the frames (at least two) held out, as `savatar build --video`
+    does; with too few frames or no hold_out, with_held_out's single frame for the plot."""
+    if plan.hold_out <= 0 or frame_count < plan.min_frames_to_hold_out:
+        return with_held_out(config, frame_count)
+    held = max(2, round(plan.hold_out * frame_count))
+    return replace(config, held_out=tuple(range(frame_count - held, frame_count)))
 
 
 def status_line(r: Report) -> str:
@@ -98,27 +124,23 @@ class Refining:
             return
         self.run(frames, with_held_out(config, len(frames)))
 
-    def start_video(self, path: str, config: RefineConfig, minutes: float | None = None,
-                    size: int | None = None, max_frames: int | None = None) -> None:
-        """Refine against the video at path (tracked first, on a worker) as `savatar build
-        --video` does: for minutes of refinement (a TimeBudget fits config.iterations to the
-        pace; None: config.iterations), frames of at most size pixels a side, at most max_frames
-        of them (None: frames_from_video's defaults)."""
+    def start_video(self, path: str, config: RefineConfig, plan: VideoPlan = VideoPlan()) -> None:
+        """Refine against the video at path (tracked first, on a worker) as plan says."""
         if self.busy:
             self.log.warning("a refinement is already running: stop it first")
             return
         if not Path(path).is_file():
             self.log.error(f"cannot refine: {path}: no such file")
             return
-        self._track(path, config, minutes, size, max_frames)
+        self._track(path, config, plan)
 
-    def _track(self, path: str, config: RefineConfig, minutes: float | None = None, size: int | None = None,
-               max_frames: int | None = None) -> None:
+    def _track(self, path: str, config: RefineConfig, plan: VideoPlan | None = None) -> None:
         """Frames from the video, tracked on a worker; then the refinement, unless stopped."""
         from savatar.core.refine.frame_sources import frames_from_video
 
         name = Path(path).name
-        sizing = {k: v for k, v in (("size", size), ("max_frames", max_frames)) if v is not None}
+        sizing = {} if plan is None else {k: v for k, v in (("size", plan.size), ("max_frames", plan.max_frames))
+                                          if v is not None}
         task = self.task = self.tasks.start("track", PANEL, f"tracking {name}")
         avatar = self.shown.rig.avatar
 
@@ -127,7 +149,10 @@ class Refining:
             if task.cancelled:
                 task.finish("stopped before refining")
                 return
-            self.run(frames, with_held_out(config, len(frames)), task, minutes)
+            if plan is None:
+                self.run(frames, with_held_out(config, len(frames)), task)
+            else:
+                self.run(frames, with_held_out_tail(config, len(frames), plan), task, plan.minutes, plan.patience)
 
         def failed(exc: BaseException) -> None:
             task.finish(f"failed: {exc}")
@@ -138,10 +163,12 @@ class Refining:
                          tracked, failed)
 
     def run(self, frames: list[Frame], config: RefineConfig, task: Task | None = None,
-            minutes: float | None = None) -> None:
+            minutes: float | None = None, patience: int | None = None) -> None:
         """A Refiner on the shown avatar and frames, in a worker thread; task: the one that
         prepared the frames, if any; minutes: a time budget from now (core.refine.time_budget),
-        config.iterations being then only the first guess that shapes the first steps."""
+        config.iterations being then only the first guess that shapes the first steps;
+        patience: see VideoPlan (needs config.held_out)."""
+        from savatar.core.refine.keep_best import KeepBest
         from savatar.core.refine.refine import Refiner
         from savatar.core.refine.time_budget import TimeBudget
 
@@ -161,15 +188,26 @@ class Refining:
         length = f"{minutes:g} minutes" if minutes is not None else f"{config.iterations} iterations"
         self.log.info(f"refining {len(self.shown.rig.avatar)} Gaussians on {len(frames)} frames for {length}")
 
+        keep = KeepBest(refiner, patience) if patience is not None and config.held_out else None
+
         def on_report(report: Report) -> None:  # worker thread: hand over, never touch the GUI
+            if keep is not None:
+                keep(report)
             self._slot.put((report, refiner.current_avatar()))
             task.update(report.iteration / max(report.iterations, 1), status_line(report))
 
         def done(report: Report) -> None:
             self.refiner = None
-            task.finish(f"finished: {status_line(report)}")
-            self.log.info(f"refinement ended at iteration {report.iteration}"
-                          + (f", held-out PSNR in mask {report.psnr_mask:.2f} dB" if report.psnr_mask is not None else ""))
+            self.take_report()  # the last report's avatar first, so that a restored best is what stays shown
+            kept = ""
+            if keep is not None and keep.restore():  # the worker has finished: its parameters are ours
+                self.shown.refined(refiner.current_avatar())
+                kept = f"; kept iteration {keep.best_iteration}, the best by held-out PSNR ({keep.best_db:.2f} dB)"
+            why = ", the held-out frames no longer improved" if keep is not None and keep.stopped_early else ""
+            task.finish(f"finished{why}: {status_line(report)}{kept}")
+            self.log.info(f"refinement ended at iteration {report.iteration}{why}"
+                          + (f", held-out PSNR in mask {report.psnr_mask:.2f} dB" if report.psnr_mask is not None else "")
+                          + kept)
 
         def failed(exc: BaseException) -> None:
             self.refiner = None

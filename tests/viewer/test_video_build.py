@@ -112,7 +112,7 @@ def test_build_from_the_frames_then_refine_against_the_clip(app, clip):
     import dearpygui.dearpygui as dpg
 
     from savatar.core.refine.time_budget import TimeBudget
-    from savatar.viewer.app import VIDEO_REFINE_SIZE
+    from savatar.commands.build_video import REFINE_SIZE
 
     b = app.building
     assert b.portraits and b.portraits[0].frame is not None, "runs after test_a_dropped_clip_queues_..."
@@ -138,8 +138,11 @@ def test_build_from_the_frames_then_refine_against_the_clip(app, clip):
     assert refining.refiner is not None, [e.text for e in app.log.entries()[seen:]]
     frames = refining.frames
     assert len(frames) >= len(clip.yaw) - len(clip.spoiled)  # the clip's frames, not the avatar's portraits
-    assert all(max(f.height, f.width) <= VIDEO_REFINE_SIZE for f in frames)
+    assert all(max(f.height, f.width) <= REFINE_SIZE for f in frames)
     assert any(isinstance(h, TimeBudget) for h in refining.refiner.pre_step_hooks)
+    # As build --video: the clip's last stretch (a fifth, at least two frames) is held out of training.
+    held = refining.refiner.config.held_out
+    assert held == tuple(range(len(frames) - len(held), len(frames))) and 2 <= len(held) <= len(frames) // 4
     pump(app, until=lambda: len(refining.history) >= 2, timeout=240)
     assert len(refining.history) >= 2
     # The stage shows the avatar improving: the shown avatar is the refiner's, moved from the built one.
@@ -149,6 +152,7 @@ def test_build_from_the_frames_then_refine_against_the_clip(app, clip):
     refining.stop()
     pump(app, until=lambda: not refining.busy and not app.jobs.busy, timeout=120)
     assert refining.refiner is None and not refining.busy
+    assert any(e.text.startswith("refinement ended") for e in app.log.entries()[seen:])
 
 
 def splats(avatar) -> np.ndarray:

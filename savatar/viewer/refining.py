@@ -186,7 +186,9 @@ class Refining:
         self.refiner, self.history = refiner, []
         self.frames = frames
         length = f"{minutes:g} minutes" if minutes is not None else f"{config.iterations} iterations"
-        self.log.info(f"refining {len(self.shown.rig.avatar)} Gaussians on {len(frames)} frames for {length}")
+        held = f" ({len(config.held_out)} more held out)" if config.held_out else ""
+        self.log.info(f"refining {len(self.shown.rig.avatar)} Gaussians on {len(frames) - len(config.held_out)} "
+                      f"frames{held} for {length}")
 
         keep = KeepBest(refiner, patience) if patience is not None and config.held_out else None
 

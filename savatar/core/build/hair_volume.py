@@ -40,7 +40,7 @@ DOME_BLEND = 0.02  # metres over which the dome's radial growth turns into the s
 FACE_CLEARANCE = 0.01  # metres from the face region where growth starts
 FACE_BLEND = 0.03  # metres over which growth fades in beyond the clearance
 SMOOTH_PASSES = 10  # neighbour averaging of the offsets over the mesh
-ROUNDS = 2
+ROUNDS = 4  # measuring rounds: each gives back part of what the smoothing took
 
 
 def _polar(points: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

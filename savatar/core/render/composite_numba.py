@@ -26,6 +26,26 @@ ALPHA_MAX = 0.999
 T_MIN = 1e-4
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _tile_box(t, tiles_x, tile_size, width, height):
+    """Pixel ranges [x0, x1) and [y0, y1) of tile t, clipped to the image."""
+    x0, y0 = (t % tiles_x) * tile_size, (t // tiles_x) * tile_size
+    return x0, min(x0 + tile_size, width), y0, min(y0 + tile_size, height)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _alpha_at(geo, g, x, y):
+    """(alpha, dx, dy) of Gaussian g at the pixel centre (x, y), d = pixel - mean; alpha is
+    -1 outside the support (s <= 0)."""
+    dx = x - geo[g, 0]
+    dy = y - geo[g, 1]
+    s = geo[g, 5] - (0.5 * (geo[g, 2] * dx * dx + geo[g, 4] * dy * dy) + geo[g, 3] * dx * dy)
+    if s <= 0.0:
+        return -1.0, dx, dy
+    return min(geo[g, 6] * math.exp(s), ALPHA_MAX), dx, dy
+
+
+
 @numba.njit(nogil=True, cache=True)
 def forward_tiles(tiles, offsets, gauss_ids, geo, feat, tile_size, tiles_x, width, height,
                   out, out_alpha):
@@ -40,23 +60,17 @@ def forward_tiles(tiles, offsets, gauss_ids, geo, feat, tile_size, tiles_x, widt
     for ti in range(tiles.shape[0]):
         t = tiles[ti]
         start, end = offsets[t], offsets[t + 1]
-        x0, y0 = (t % tiles_x) * tile_size, (t // tiles_x) * tile_size
-        for py in range(y0, min(y0 + tile_size, height)):
-            y = py + 0.5
-            for px in range(x0, min(x0 + tile_size, width)):
-                x = px + 0.5
+        x0, x1, y0, y1 = _tile_box(t, tiles_x, tile_size, width, height)
+        for py in range(y0, y1):
+            for px in range(x0, x1):
                 trans = 1.0
                 wsum = 0.0
                 acc[:] = 0.0
                 for k in range(start, end):
                     g = gauss_ids[k]
-                    dx = x - geo[g, 0]
-                    dy = y - geo[g, 1]
-                    s = geo[g, 5] - (0.5 * (geo[g, 2] * dx * dx + geo[g, 4] * dy * dy)
-                                     + geo[g, 3] * dx * dy)
-                    if s <= 0.0:
+                    alpha, _, _ = _alpha_at(geo, g, px + 0.5, py + 0.5)
+                    if alpha < 0.0:
                         continue
-                    alpha = min(geo[g, 6] * math.exp(s), ALPHA_MAX)
                     nxt = trans * (1.0 - alpha)
                     if nxt <= T_MIN:
                         break
@@ -85,24 +99,19 @@ def backward_tiles(tiles, offsets, gauss_ids, geo, feat, tile_size, tiles_x, wid
     for ti in range(tiles.shape[0]):
         t = tiles[ti]
         start, end = offsets[t], offsets[t + 1]
-        x0, y0 = (t % tiles_x) * tile_size, (t // tiles_x) * tile_size
-        for py in range(y0, min(y0 + tile_size, height)):
-            y = py + 0.5
-            for px in range(x0, min(x0 + tile_size, width)):
-                x = px + 0.5
+        x0, x1, y0, y1 = _tile_box(t, tiles_x, tile_size, width, height)
+        for py in range(y0, y1):
+            for px in range(x0, x1):
                 trans = 1.0
                 seen = 0.0
                 ga = grad_alpha[py, px]
                 tot = total[py, px]
                 for k in range(start, end):
                     g = gauss_ids[k]
-                    dx = x - geo[g, 0]
-                    dy = y - geo[g, 1]
-                    a, b, c = geo[g, 2], geo[g, 3], geo[g, 4]
-                    s = geo[g, 5] - (0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy)
-                    if s <= 0.0:
+                    alpha, dx, dy = _alpha_at(geo, g, px + 0.5, py + 0.5)
+                    if alpha < 0.0:
                         continue
-                    alpha = min(geo[g, 6] * math.exp(s), ALPHA_MAX)
+                    a, b, c = geo[g, 2], geo[g, 3], geo[g, 4]
                     one_minus = 1.0 - alpha
                     nxt = trans * one_minus
                     if nxt <= T_MIN:

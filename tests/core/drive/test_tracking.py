@@ -13,6 +13,7 @@ from savatar.core.drive.tracking import (FaceFitter, FaceTracker, LandmarkModel,
                                          intrinsics_for, rodrigues, rotation_vector, track_video)
 from savatar.core.head.head_model import HeadModel
 from savatar.core.head.open_head import load_open_head_data
+from scripted_landmarker import ScriptedLandmarker
 
 K = intrinsics_for(640, 480, 50.0)
 
@@ -112,18 +113,6 @@ def test_one_euro_filter_smooths_noise_and_passes_constants():
     assert np.abs(out[60:].mean(0) - [1.0, -2.0]).max() < 0.03
     assert out[60:].std(0).max() < 0.05  # raw noise has std 0.1
 
-
-class ScriptedLandmarker:
-    """Stands in for MediaPipe: returns the queued landmark arrays (None = no face) in order."""
-
-    def __init__(self, frames):
-        self.frames = list(frames)
-
-    def __call__(self, image):
-        return self.frames.pop(0)
-
-    def close(self):
-        pass
 
 
 def test_no_face_holds_then_eases_to_neutral(data, lmodel):

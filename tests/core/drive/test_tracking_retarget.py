@@ -14,6 +14,7 @@ from savatar.core.drive.fit_quality import MIN_EYE_DISTANCE_PX, eye_distance, fi
 from savatar.core.drive.retarget import Retargeter, track_motion
 from savatar.core.drive.tracking import FaceFitter, FaceTracker, LandmarkModel, TrackerParams, intrinsics_for, rodrigues
 from savatar.core.head.open_head import load_open_head_data
+from scripted_landmarker import ScriptedLandmarker
 
 K = intrinsics_for(640, 480)
 
@@ -22,16 +23,6 @@ K = intrinsics_for(640, 480)
 def data():
     return load_open_head_data()
 
-
-class ScriptedLandmarker:
-    def __init__(self, frames):
-        self.frames = list(frames)
-
-    def __call__(self, image):
-        return self.frames.pop(0)
-
-    def close(self):
-        pass
 
 
 def _person_points(data, expr_values: dict[str, float], tilt_deg: float = 6.0, seed: int = 0) -> np.ndarray:

@@ -20,7 +20,8 @@ from savatar.cli_args import UserError
 from savatar.commands.common import tracking_bar
 from savatar.commands.progress import progress_bar
 
-DEFAULT_MINUTES = 2.5  # the whole command on a 2-core CPU for a 10-20 s clip, with room for startup
+DEFAULT_MINUTES = 2.25  # the whole command on a 2-core CPU for a 10-20 s clip: the last step, held-out
+# evaluation and write after the deadline took up to 30 s on a loaded machine (bench video_build)
 DEFAULT_SOURCES = 4  # savatar.core.build.source_frames.DEFAULT_SOURCES (not imported: registering stays light)
 REFINE_SIZE = 192  # refinement frames' longer side: the pace on a CPU falls with the pixels
 REFINE_FRAMES = 40  # frames tracked for refinement (about 0.1 s each)

@@ -231,21 +231,24 @@ def test_build_keeps_its_sources_through_save_and_load(built):
     warped = cv2.warpAffine(src.image, m, (f.width, f.height), flags=cv2.INTER_AREA if a < 1 else cv2.INTER_LINEAR)
     inner = np.s_[2:-2, 2:-2]
     assert psnr(warped[inner], f.image.numpy()[inner]) > 35
-    # The avatar rendered with the stored camera and parameters lines up with the stored image;
-    # with the focal length 10 % off it does not. Measured 18.3 dB (3000 Gaussians: colours are
-    # blurred, see test_build) against 14.5.
+    # The avatar rendered with the stored camera and parameters lines up with the stored image
+    # over the face (the landmarks' hull, carried into the crop: hair is blurred with 3000
+    # Gaussians and says little about alignment); with the focal length 10 % off it does not.
     draw = drawer()
     world = Rig.of(avatar).world(f.expr.numpy(), f.pose.numpy(), f.translation.numpy())
     rgb, alpha = draw(world, frame_camera(f))
-    mask = (f.mask.numpy() > 0.5) & (alpha > 0.95)
+    face = np.zeros((f.height, f.width), np.uint8)
+    marks = np.asarray(src.landmarks, np.float64)[:, :2] * a + shift
+    cv2.fillConvexPoly(face, cv2.convexHull(np.round(marks).astype(np.int32)), 1)
+    mask = (f.mask.numpy() > 0.5) & (alpha > 0.95) & (face > 0)
     good = psnr(rgb, f.image.numpy(), mask)
     k = k1.copy()
     k[:2, :2] *= 1.1
     wrong = psnr(draw(world, Camera(TRACKING_VIEWMAT, k, f.width, f.height))[0], f.image.numpy(), mask)
     print(f"stored source {f.width}x{f.height}: PSNR {good:.2f} dB over {mask.sum()} px of the mask, "
           f"focal +10 % {wrong:.2f} dB")
-    assert mask.sum() > 0.2 * f.width * f.height
-    assert good > 16.0 and wrong < good - 2.5
+    assert mask.sum() > 0.1 * f.width * f.height  # the face: measured 13% of the crop
+    assert good > 16.0 and wrong < good - 2.5  # measured 18.9 against 14.2 dB
     # The mask is the head: it covers the face and leaves the image corners out.
     assert f.mask[:10, :10].max() == 0 and f.mask[f.height // 2, f.width // 2] == 1
     small = frames_from_stored_sources(loaded, size=100)[0]

@@ -77,6 +77,10 @@ class SplatRenderer:
     """
 
     def __init__(self, ctx: moderngl.Context | None = None):
+        # A headless context of our own is made current for each offscreen render: another
+        # context created in the process since (a second renderer, the CLI's) would otherwise
+        # receive our draws and leave our framebuffers blank.
+        self._own_context = ctx is None
         self.ctx = ctx or headless_context()
         self.prog = program(self.ctx, "splat.vert", "splat.frag")
         self.composite = program(self.ctx, "composite.vert", "composite.frag")
@@ -143,6 +147,13 @@ class SplatRenderer:
     def render(self, g: WorldGaussians, camera: Camera, background=(1.0, 1.0, 1.0),
                sh_degree: int | None = None, scale_modifier: float = 1.0) -> SplatImage:
         """Offscreen render read back as float arrays."""
+        if self._own_context:
+            with self.ctx:
+                return self._render(g, camera, background, sh_degree, scale_modifier)
+        return self._render(g, camera, background, sh_degree, scale_modifier)
+
+    def _render(self, g: WorldGaussians, camera: Camera, background, sh_degree: int | None,
+                scale_modifier: float) -> SplatImage:
         self.upload(g, camera, sh_degree, scale_modifier=scale_modifier)
         color, depth, _ = self._accumulate(camera)
         h, w = camera.height, camera.width

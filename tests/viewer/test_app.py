@@ -9,39 +9,14 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from app_harness import pump, running_app
 
 pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display (scripts/test.sh starts Xvfb)")
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    old_config = os.environ.get("SAVATAR_CONFIG_DIR")
-    os.environ["SAVATAR_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
-    from savatar.core.gaussians.binding import default_avatar
-    from savatar.viewer.app import App
-
-    a = App(default_avatar(), None, (256, 256))
-    a.log.echo = False
-    yield a
-    if a.running:
-        a.running = False
-        a.shutdown()
-    if old_config is None:
-        os.environ.pop("SAVATAR_CONFIG_DIR", None)
-    else:
-        os.environ["SAVATAR_CONFIG_DIR"] = old_config
-
-
-def pump(app, frames=3, until=None, timeout=20.0):
-    t0 = time.time()
-    for _ in range(frames):
-        app.stage.dispatch_events()
-        app.step(1 / 30)
-    while until is not None and not until() and time.time() - t0 < timeout:
-        app.stage.dispatch_events()
-        app.step(1 / 30)
-    app.step(1 / 30)  # hands over what the worker finished after the last frame
-    return app
+    yield from running_app(tmp_path_factory.mktemp("config"), (256, 256))
 
 
 def set_widget(item, value):

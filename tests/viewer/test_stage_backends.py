@@ -16,6 +16,7 @@ from PIL import Image
 
 from savatar.viewer.stage_backends import resolve_stage_backend, stage_scale
 from savatar.viewer.state import RenderSettings
+from app_harness import pump, running_app
 
 needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display (scripts/test.sh starts Xvfb)")
 SIZE = 256
@@ -55,34 +56,7 @@ def test_settings_keep_the_stage_backend(tmp_path):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    old_config = os.environ.get("SAVATAR_CONFIG_DIR")
-    os.environ["SAVATAR_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
-    from savatar.core.gaussians.binding import default_avatar
-    from savatar.viewer.app import App
-
-    a = App(default_avatar(), None, (SIZE, SIZE), stage_backend="gl")
-    a.log.echo = False
-    yield a
-    if a.running:
-        a.running = False
-        a.shutdown()
-    if old_config is None:
-        os.environ.pop("SAVATAR_CONFIG_DIR", None)
-    else:
-        os.environ["SAVATAR_CONFIG_DIR"] = old_config
-
-
-def pump(app, frames=3, until=None, timeout=60.0):
-    import time
-
-    t0 = time.time()
-    for _ in range(frames):
-        app.stage.dispatch_events()
-        app.step(1 / 30)
-    while until is not None and not until() and time.time() - t0 < timeout:
-        app.stage.dispatch_events()
-        app.step(1 / 30)
-    app.step(1 / 30)
+    yield from running_app(tmp_path_factory.mktemp("config"), (SIZE, SIZE), stage_backend="gl")
 
 
 def set_widget(item, value):

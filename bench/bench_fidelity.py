@@ -25,6 +25,7 @@ from bench import entry
 from bench.display import x_display
 from bench.identity import SAME_PERSON, IdentityJudge
 from bench.identity import available as identity_available
+from bench.real_clips import gl_drawer, per_clip_table, real_clips
 
 REAL_DIR = Path(os.environ.get("SAVATAR_REAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "real"))
 SCORED_FRAMES = 30
@@ -109,29 +110,12 @@ def _clip_entry(path: Path, draw, judge) -> dict[str, float]:
 
 @entry("fidelity")
 def fidelity() -> dict[str, float]:
-    clips = sorted(REAL_DIR.glob("*.mp4")) if REAL_DIR.is_dir() else []
+    clips = real_clips("fidelity", REAL_DIR)
     if not clips:
-        print(f"fidelity: skipped, no real clips in {REAL_DIR} (set SAVATAR_REAL_DIR)", file=sys.stderr)
         return {}
     with x_display():
-        from savatar.gl.splat_renderer import SplatRenderer
-
-        splat = SplatRenderer()
+        draw = gl_drawer()
         judge = IdentityJudge() if identity_available() else None
         if judge is None:
             print("fidelity: no identity scores (pip install .[judge] for dlib's face recognition)", file=sys.stderr)
-
-        def draw(g, cam):
-            image = splat.render(g, cam, (1.0, 1.0, 1.0))
-            return image.rgb, image.alpha[..., 0]
-
-        out: dict[str, float] = {}
-        per_clip = []
-        for path in clips:
-            numbers = _clip_entry(path, draw, judge)
-            per_clip.append(numbers)
-            out.update({f"{path.stem}_{k}": v for k, v in numbers.items()})
-        for key in per_clip[0]:
-            values = [c[key] for c in per_clip if math.isfinite(c[key])]
-            out[f"mean_{key}"] = float(np.mean(values)) if values else float("nan")
-    return out
+        return per_clip_table(clips, lambda path: _clip_entry(path, draw, judge))

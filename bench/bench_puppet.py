@@ -16,9 +16,7 @@ measures the tracker without retargeting.
 """
 from __future__ import annotations
 
-import math
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 
 from bench import entry
 from bench.display import x_display
+from bench.real_clips import gl_drawer, per_clip_table, real_clips
 
 MAX_SCORED = 180
 REAL_DIR = Path(os.environ.get("SAVATAR_REAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "real"))
@@ -108,28 +107,12 @@ def puppet_clip(path: Path, draw, raw: bool = False) -> dict[str, float]:
 
 @entry("puppet")
 def puppet() -> dict[str, float]:
-    clips = sorted(REAL_DIR.glob("*.mp4")) if REAL_DIR.is_dir() else []
+    clips = real_clips("puppet", REAL_DIR)
     if not clips:
-        print(f"puppet: skipped, no real clips in {REAL_DIR} (set SAVATAR_REAL_DIR)", file=sys.stderr)
         return {}
     raw = os.environ.get("SAVATAR_PUPPET_RAW", "") not in ("", "0")
     with x_display():
-        from savatar.gl.splat_renderer import SplatRenderer
-
-        splat = SplatRenderer()
-
-        def draw(g, cam):
-            image = splat.render(g, cam, (1.0, 1.0, 1.0))
-            return image.rgb, image.alpha[..., 0]
-
-        out: dict[str, float] = {}
-        per_clip = []
-        for path in clips:
-            numbers = puppet_clip(path, draw, raw)
-            per_clip.append(numbers)
-            out.update({f"{path.stem}_{k}": v for k, v in numbers.items()})
-        for key in per_clip[0]:
-            values = [c[key] for c in per_clip if math.isfinite(c[key])]
-            out[f"mean_{key}"] = float(np.mean(values)) if values else float("nan")
-        out["min_corr_min"] = float(min(c["corr_min"] for c in per_clip))
+        draw = gl_drawer()
+        out = per_clip_table(clips, lambda path: puppet_clip(path, draw, raw))
+    out["min_corr_min"] = float(min(out[f"{path.stem}_corr_min"] for path in clips))
     return out

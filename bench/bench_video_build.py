@@ -23,6 +23,7 @@ import numpy as np
 from bench import entry
 from bench.bench_fidelity import REAL_DIR, SCORED_FRAMES, _first_frame, _scores, _spread
 from bench.display import x_display
+from bench.real_clips import gl_drawer, per_clip_table, real_clips
 
 KEYS = ("psnr_mask", "psnr_crop", "ssim_crop", "coverage", "landmark_distance", "correlation_mean")
 UNITS = {"psnr_mask": "_db", "psnr_crop": "_db", "landmark_distance": "_iod"}
@@ -76,27 +77,11 @@ def _clip_entry(path: Path, draw, tmp: Path, options: tuple[str, ...] = (), ones
 
 @entry("video_build")
 def video_build() -> dict[str, float]:
-    clips = sorted(REAL_DIR.glob("*.mp4")) if REAL_DIR.is_dir() else []
+    clips = real_clips("video_build", REAL_DIR)
     if not clips:
-        print(f"video_build: skipped, no real clips in {REAL_DIR} (set SAVATAR_REAL_DIR)", file=sys.stderr)
         return {}
     with x_display(), tempfile.TemporaryDirectory() as tmp:
-        from savatar.gl.splat_renderer import SplatRenderer
-
-        splat = SplatRenderer()
-
-        def draw(g, cam):
-            image = splat.render(g, cam, (1.0, 1.0, 1.0))
-            return image.rgb, image.alpha[..., 0]
-
-        out: dict[str, float] = {}
-        per_clip = []
-        for path in clips:
-            numbers = _clip_entry(path, draw, Path(tmp))
-            per_clip.append(numbers)
-            out.update({f"{path.stem}_{k}": v for k, v in numbers.items()})
-        for key in per_clip[0]:
-            values = [c[key] for c in per_clip if key in c and math.isfinite(c[key])]
-            out[f"mean_{key}"] = float(np.mean(values)) if values else float("nan")
-        out["max_wall_s"] = max(c["wall_s"] for c in per_clip)
+        draw = gl_drawer()
+        out = per_clip_table(clips, lambda path: _clip_entry(path, draw, Path(tmp)))
+    out["max_wall_s"] = max(out[f"{path.stem}_wall_s"] for path in clips)
     return out

@@ -148,7 +148,7 @@ def _refine(args: argparse.Namespace, out: Path, avatar, deadline: float | None,
     from savatar.commands.common import make_rig
     from savatar.core.refine.frame_sources import frames_from_video
     from savatar.core.refine.refine import RefineConfig, Refiner, report_line
-    from savatar.core.refine.keep_best import KeepBest
+    from savatar.core.refine.keep_best import KeepBest, held_out_tail
     from savatar.core.refine.time_budget import TimeBudget
 
     rig = make_rig(avatar)
@@ -161,8 +161,7 @@ def _refine(args: argparse.Namespace, out: Path, avatar, deadline: float | None,
     # The last stretch of the tracked frames (they come in clip order) is held out of training:
     # refinement keeps its best state by them and stops when they stop improving (KeepBest; more
     # steps on a few dozen frames fit those frames, not the person).
-    held = tuple(range(len(frames) - max(2, round(HOLD_OUT * len(frames))), len(frames))) \
-        if len(frames) >= MIN_FRAMES_TO_HOLD_OUT else ()
+    held = held_out_tail(len(frames), HOLD_OUT, MIN_FRAMES_TO_HOLD_OUT)
     # With a budget the planned count follows the measured pace (TimeBudget); this first guess
     # only shapes the first couple of steps' learning rates.
     planned = args.iters if args.iters is not None else 300

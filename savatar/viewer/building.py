@@ -63,7 +63,7 @@ class Building:
         """Scan the video on a worker and queue the frames chosen to build from (at most
         sources, default as `savatar build --video`); progress in the Build panel; a clip that
         gives none (unreadable, too short, no face, too dark) is one line in the Log."""
-        from savatar.core.build.from_video import choose_from_scan, read_frames, scan_clip
+        from savatar.core.build.from_video import chosen_frames
         from savatar.core.build.source_frames import DEFAULT_SOURCES
         from savatar.viewer.portraits import check_video_frames
 
@@ -81,12 +81,9 @@ class Building:
             counter(done, total)
 
         def run():
-            scan = scan_clip(path, progress=progress)
-            choice = choose_from_scan(scan, k)
-            indices = [scan.stats[i].index for i in choice.chosen]
-            task.update(1.0, f"checking the {len(indices)} frames chosen from {name}")
-            frames = read_frames(path, indices)
-            portraits = check_video_frames(path, {i: frames[i] for i in indices if i in frames})
+            frames, choice, scan = chosen_frames(path, k, progress=progress)
+            task.update(1.0, f"checking the {len(frames)} frames chosen from {name}")
+            portraits = check_video_frames(path, frames)
             views = {scan.stats[i].index: scan.stats[i] for i in choice.chosen}
             for p in portraits:  # the view each adds: why these frames
                 if p.ok:
@@ -138,7 +135,7 @@ class Building:
     def build(self, count: int, generator: str = "") -> None:
         """count Gaussians from the queued portraits, parameter-free, or with the generator
         checkpoint at that path (which decides the count itself)."""
-        from savatar.core.build.build import BuildCancelled, build_avatar
+        from savatar.core.build.build import BuildCancelled, build_avatar, relabel_sources
 
         if self.busy:
             self.log.warning("a build is already running")
@@ -156,7 +153,7 @@ class Building:
             return
         task = self.task = self.tasks.start("build", PANEL, "starting")
         # build_avatar names an array source "image N" (N: its place in the list): the queue's labels instead.
-        labels = {f"image {n + 1}": p.label for n, p in enumerate(queued) if p.image is not None}
+        labels = [p.label if p.image is not None else None for p in queued]
         videos = [p.path for p in queued if p.image is not None]
 
         def run():
@@ -165,10 +162,7 @@ class Building:
                 avatar, results = build_from_portraits(generator, sources, None, task.on_stage)
             else:
                 avatar, results = build_avatar(sources, count=count, progress=task.on_stage, cancel=task.cancel_event)
-            for r in results:
-                r.name = labels.get(r.name, r.name)
-            for rec in avatar.metadata.get("sources") or []:
-                rec["name"] = labels.get(str(rec["name"]), str(rec["name"]))
+            relabel_sources(avatar, results, labels)
             return Rig.of(avatar), results
 
         def done(out) -> None:

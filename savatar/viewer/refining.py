@@ -64,10 +64,10 @@ def with_held_out(config: RefineConfig, frame_count: int) -> RefineConfig:
 def with_held_out_tail(config: RefineConfig, frame_count: int, plan: VideoPlan) -> RefineConfig:
     """The last plan.hold_out of the frames (at least two) held out, as `savatar build --video`
     does; with too few frames or no hold_out, with_held_out's single frame for the plot."""
-    if plan.hold_out <= 0 or frame_count < plan.min_frames_to_hold_out:
-        return with_held_out(config, frame_count)
-    held = max(2, round(plan.hold_out * frame_count))
-    return replace(config, held_out=tuple(range(frame_count - held, frame_count)))
+    from savatar.core.refine.keep_best import held_out_tail
+
+    held = held_out_tail(frame_count, plan.hold_out, plan.min_frames_to_hold_out)
+    return replace(config, held_out=held) if held else with_held_out(config, frame_count)
 
 
 def status_line(r: Report) -> str:

@@ -564,6 +564,16 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     return avatar, results
 
 
+def relabel_sources(avatar: GaussianAvatar, results: Sequence[SourceResult], labels: Sequence[str | None]) -> None:
+    """Name array sources (build_avatar calls input n "image n", from 1) labels[n - 1] instead, in
+    the results and the avatar's stored sources; None keeps the name."""
+    names = {f"image {n + 1}": label for n, label in enumerate(labels) if label is not None}
+    for r in results:
+        r.name = names.get(r.name, r.name)
+    for rec in avatar.metadata.get("sources") or []:
+        rec["name"] = names.get(str(rec["name"]), str(rec["name"]))
+
+
 def stored_sources(results: Sequence[SourceResult], data, shape: np.ndarray,
                    size: int = SOURCE_SIDE, static_offset: np.ndarray | None = None) -> list[dict]:
     """A build's usable sources as the records avatar files keep for refinement

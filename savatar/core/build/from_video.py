@@ -134,35 +134,41 @@ def read_frames(path: str | Path, indices: list[int]) -> dict[int, np.ndarray]:
     return out
 
 
+def chosen_frames(path: str | Path, k: int = DEFAULT_SOURCES, data=None, stop: int | None = None,
+                  progress: Callable[[int, int], None] | None = None,
+                  ) -> tuple[dict[int, np.ndarray], Choice, ClipScan]:
+    """Scan the clip, choose k source frames and decode them: ({frame index: RGB uint8 (H, W, 3)}
+    in the choice's order, Choice, ClipScan). progress(done, total) as scan_clip's.
+    VideoSourceError as choose_from_scan, or when no chosen frame decodes again."""
+    scan = scan_clip(path, data, stop=stop, progress=progress)
+    choice = choose_from_scan(scan, k)
+    indices = [scan.stats[i].index for i in choice.chosen]
+    images = read_frames(path, indices)
+    frames = {i: images[i] for i in indices if i in images}
+    if not frames:
+        raise VideoSourceError(f"{path}: the chosen frames could not be decoded again (damaged file)")
+    return frames, choice, scan
+
+
 def build_from_video(path: str | Path, k: int = DEFAULT_SOURCES, count: int = 60000, stop: int | None = None,
                      progress: Callable[[float, str], None] | None = None, cancel: threading.Event | None = None,
                      data=None):
     """(avatar, SourceResults named "frame N", Choice, ClipScan) built from the k frames of the
     clip chosen by choose_sources. progress(fraction, stage) as build_avatar's: the scan takes
-    the first 40 %. VideoSourceError as choose_from_scan; BuildError when the build rejects all
+    the first 40 %. VideoSourceError as chosen_frames; BuildError when the build rejects all
     chosen frames."""
-    from savatar.core.build.build import BuildError, build_avatar
+    from savatar.core.build.build import BuildError, build_avatar, relabel_sources
 
     def scan_progress(done: int, total: int) -> None:
         if progress is not None and total:
             progress(0.4 * min(done / total, 1.0), "choose frames")
 
-    scan = scan_clip(path, data, stop=stop, progress=scan_progress)
-    choice = choose_from_scan(scan, k)
-    indices = [scan.stats[i].index for i in choice.chosen]
-    images = read_frames(path, indices)
-    indices = [i for i in indices if i in images]
-    if not indices:
-        raise VideoSourceError(f"{path}: the chosen frames could not be decoded again (damaged file)")
+    frames, choice, scan = chosen_frames(path, k, data, stop, scan_progress)
     inner = None if progress is None else (lambda f, stage: progress(0.4 + 0.6 * f, stage))
     try:
-        avatar, results = build_avatar([images[i] for i in indices], count=count, progress=inner, cancel=cancel,
+        avatar, results = build_avatar(list(frames.values()), count=count, progress=inner, cancel=cancel,
                                        data=data)
     except BuildError as exc:
         raise BuildError(f"{path}: {exc}") from None
-    names = {f"image {n + 1}": f"frame {i}" for n, i in enumerate(indices)}
-    for r in results:
-        r.name = names.get(r.name, r.name)
-    for rec in avatar.metadata.get("sources") or []:
-        rec["name"] = names.get(str(rec["name"]), str(rec["name"]))
+    relabel_sources(avatar, results, [f"frame {i}" for i in frames])
     return avatar, results, choice, scan

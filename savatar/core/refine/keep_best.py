@@ -15,6 +15,14 @@ import torch
 MIN_GAIN_DB = 0.01  # smaller changes of the held-out PSNR are noise, not progress
 
 
+def held_out_tail(frame_count: int, fraction: float, min_frames: int) -> tuple[int, ...]:
+    """Positions of the last `fraction` of frame_count frames (at least two; the clip's last
+    stretch when frames come in clip order), or () when there are fewer than min_frames."""
+    if fraction <= 0 or frame_count < min_frames:
+        return ()
+    return tuple(range(frame_count - max(2, round(fraction * frame_count)), frame_count))
+
+
 class KeepBest:
     """Report callback for a Refiner with held-out frames. best_db and best_iteration describe the
     snapshot; stopped_early says whether patience ran out (rather than time, iterations or the

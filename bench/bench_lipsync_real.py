@@ -1,13 +1,16 @@
 """Speech to mouth on real speakers: does the driven avatar's mouth follow the real one?
 
 For every clip of the real development set (SAVATAR_REAL_DIR, default ../shared/real beside the
-repository) that has sound (ffmpeg extracts it; clips without an audio stream, or with a silent
+repository) that has sound (ffmpeg extracts it: the one on PATH, else the binary of the
+`imageio-ffmpeg` package from the `judge` extra; clips without an audio stream, or with a silent
 one, are left out): `lipsync_file` on the clip's audio drives the default avatar at the clip's
 frame rate; MediaPipe measures the mouth opening (inner lips over the inter-ocular distance,
 savatar.core.reenact.face_signals) on the real frames and on frontal renders of the avatar; the
 two series are correlated over the clip at lags of -3..3 frames (the lead of the mouth that fits
 best is MOUTH_LEAD_S minus the best lag). A strip of a stretch of each clip (real mouth above, avatar
-below) goes to bench/results/lipsync_real/. Also the synthesized-speech checks (espeak-ng, when
+below) goes to bench/results/lipsync_real/. The real frames' mouth series (and landmarks) are
+cached there per clip (keyed by the file's size and modification time), so MediaPipe runs on a
+clip's real frames once; delete bench/results/lipsync_real/cache to measure them again. Also the synthesized-speech checks (espeak-ng, when
 installed): the jaw in silent gaps, and closed at the bilabial closures of papa, mama, baby.
 """
 from __future__ import annotations
@@ -29,9 +32,27 @@ LAGS = range(-3, 4)
 RENDER_SIDE = 320
 
 
+CACHE_DIR = OUT_DIR / "cache"
+
+
+def ffmpeg_exe() -> str | None:
+    """ffmpeg on PATH, else the binary shipped in the imageio-ffmpeg wheel (judge extra), else None."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # the wheel has no binary for this platform
+        return None
+
+
 def _extract_audio(video: Path, wav: Path) -> bool:
     """The clip's sound as 16 kHz mono WAV; False when it has none (or only digital silence)."""
-    proc = subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-vn", "-ac", "1", "-ar", str(SR), str(wav)],
+    proc = subprocess.run([ffmpeg_exe() or "ffmpeg", "-v", "error", "-y", "-i", str(video), "-vn", "-ac", "1", "-ar", str(SR), str(wav)],
                           capture_output=True, text=True)
     if proc.returncode != 0 or not wav.exists():
         return False
@@ -83,6 +104,40 @@ def _mouth_open(landmarker, image: np.ndarray) -> tuple[float, np.ndarray | None
     return (face_signals(lm)["mouth_open"], lm) if lm is not None else (float("nan"), None)
 
 
+def real_mouth(path: Path, landmarker) -> tuple[np.ndarray, list[np.ndarray | None], float]:
+    """(mouth opening per frame (F,), landmarks per frame ((478, 3) or None), fps) of a real clip,
+    from the cache when the clip has not changed since it was measured."""
+    from savatar.core.drive.tracking import VideoReader
+
+    stat = path.stat()
+    key = f"{stat.st_size}_{stat.st_mtime_ns}"
+    cache = CACHE_DIR / f"{path.stem}_real_mouth.npz"
+    if cache.exists():
+        data = np.load(cache)
+        if str(data["key"]) == key:
+            lms = [lm if np.isfinite(lm).all() else None for lm in data["landmarks"]]
+            return data["mouth"], lms, float(data["fps"])
+    mouth, lms = [], []
+    with VideoReader(path) as video:
+        fps = video.fps
+        for _, rgb in video.frames():
+            m, lm = _mouth_open(landmarker, rgb)
+            mouth.append(m)
+            lms.append(lm)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    stacked = np.stack([lm if lm is not None else np.full((478, 3), np.nan) for lm in lms])
+    np.savez(cache, key=key, mouth=np.array(mouth), landmarks=stacked, fps=fps)
+    return np.array(mouth), lms, float(fps)
+
+
+def real_frames(path: Path) -> list[np.ndarray]:
+    """The clip's frames, (H, W, 3) uint8 RGB each."""
+    from savatar.core.drive.tracking import VideoReader
+
+    with VideoReader(path) as video:
+        return [rgb for _, rgb in video.frames()]
+
+
 def _mouth_crop(image: np.ndarray, lm: np.ndarray | None, side: int = 128) -> np.ndarray:
     """A square around the mouth, 1.6 inter-ocular distances wide, resized to side."""
     from PIL import Image
@@ -109,19 +164,11 @@ def _strip(real: list[np.ndarray], avatar: list[np.ndarray], path: Path) -> None
 
 def _clip(path: Path, avatar: _Avatar, landmarker, tmp: Path) -> dict[str, float] | None:
     from savatar.core.drive.lipsync import MOUTH_LEAD_S, lipsync_file
-    from savatar.core.drive.tracking import VideoReader
 
     wav = tmp / f"{path.stem}.wav"
     if not _extract_audio(path, wav):
         return None
-    real, real_lm, frames = [], [], []
-    with VideoReader(path) as video:
-        fps = video.fps
-        for _, rgb in video.frames():
-            m, lm = _mouth_open(landmarker, rgb)
-            real.append(m)
-            real_lm.append(lm)
-            frames.append(rgb)
+    real, real_lm, fps = real_mouth(path, landmarker)
     motion = lipsync_file(wav, avatar.names, fps=fps)
     n = min(len(real), len(motion))
     rendered, rendered_lm, renders = [], [], []
@@ -140,6 +187,7 @@ def _clip(path: Path, avatar: _Avatar, landmarker, tmp: Path) -> dict[str, float
     mid = n // 2
     pick = list(range(max(0, mid - int(fps)), min(n, mid + int(fps)), 2))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
+    frames = real_frames(path)
     _strip([_mouth_crop(frames[i], real_lm[i]) for i in pick], [_mouth_crop(renders[i], rendered_lm[i]) for i in pick],
            OUT_DIR / f"{path.stem}_strip.png")
     np.savez(OUT_DIR / f"{path.stem}_mouth.npz", real=a, avatar=b, fps=fps)
@@ -213,8 +261,9 @@ def _espeak_strip(avatar: _Avatar, landmarker, tmp: Path) -> None:
 def lipsync_real() -> dict[str, float]:
     from savatar.core.drive.face_landmarks import FaceLandmarker
 
-    if not shutil.which("ffmpeg"):
-        raise RuntimeError("needs ffmpeg on PATH to read the clips' sound")
+    if ffmpeg_exe() is None:
+        raise RuntimeError("needs ffmpeg to read the clips' sound: on PATH, or the judge extra "
+                           "(pip install -e '.[judge]', imageio-ffmpeg)")
     clips = sorted(REAL_DIR.glob("*.mp4")) if REAL_DIR.is_dir() else []
     if not clips:
         raise RuntimeError(f"no real clips in {REAL_DIR} (set SAVATAR_REAL_DIR)")

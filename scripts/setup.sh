@@ -131,12 +131,12 @@ else
     say "torch $TORCH_VERSION installed"
 fi
 
-# --- 4. the package and its test extras ---------------------------------------------------------
+# --- 4. the package and its test and bench extras ---------------------------------------------------------
 STAMP_WANT="pyproject=$(sha256sum pyproject.toml | cut -d' ' -f1) torch=$TORCH_VERSION python=$("$PY" -c 'import platform; print(platform.python_version())')"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_WANT" ]; then
     say "savatar and its dependencies: up to date (stamp matches)"
 else
-    say "installing savatar (editable) with test extras (log: $PIP_LOG)"
+    say "installing savatar (editable) with the test and bench extras (log: $PIP_LOG)"
     rm -f "$STAMP"
     # Pin the torch that is there, so no dependency can upgrade or replace it (a GPU user's CUDA
     # build in particular). Its ">=" lower bound in pyproject.toml is satisfied by it.
@@ -144,9 +144,9 @@ else
     trap 'rm -f "$CONSTRAINT"' EXIT
     printf 'torch==%s\n' "$TORCH_VERSION" >"$CONSTRAINT"
     [ "$FRESH_LOG" = 0 ] || : >"$PIP_LOG"
-    if ! "$PY" -m pip install -q -c "$CONSTRAINT" -e ".[test]" >>"$PIP_LOG" 2>&1; then
+    if ! "$PY" -m pip install -q -c "$CONSTRAINT" -e ".[test,bench]" >>"$PIP_LOG" 2>&1; then
         tail -n 40 "$PIP_LOG" >&2
-        die "pip install -e .[test] failed (full log: $PIP_LOG)"
+        die "pip install -e .[test,bench] failed (full log: $PIP_LOG)"
     fi
     [ "$(torch_version)" = "$TORCH_VERSION" ] || die "torch changed during the install ($(torch_version || echo broken)); see $PIP_LOG"
     printf '%s\n' "$STAMP_WANT" >"$STAMP"

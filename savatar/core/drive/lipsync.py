@@ -36,11 +36,13 @@ __all__ = ["SILENCE_DB", "AudioAnalyzer", "AudioFrame", "AudioUnavailableError",
 VISEMES: tuple[str, ...] = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR",
                             "aa", "E", "ih", "oh", "ou")
 
-# How much earlier than its sound the mouth moves in file mode (seconds); measured on real talking
-# clips with `python -m bench lipsync_real` (the lag of best correlation between the real mouth
-# and the driven avatar's). Speech physiology agrees: the lips and jaw reach a sound's shape
-# before the sound is heard (tens of ms inside speech, more at phrase onsets).
-MOUTH_LEAD_S = 0.04
+# How much earlier than its sound the mouth moves in file mode (seconds); measured on five real
+# talking clips (the dev clip and four other speakers) by scripts/fit_lipsync_lead.py: the lead
+# whose jaw correlates best with the real speaker's mouth opening. Chosen leave-one-clip-out it
+# was 80-120 ms for every clip, and the held-out correlation at lag 0 rose from 0.12 to 0.14 on
+# average over the earlier 40 ms. Speech physiology agrees: the lips and jaw reach a sound's
+# shape before the sound is heard (tens of ms inside speech, 100-300 ms at phrase onsets).
+MOUTH_LEAD_S = 0.10
 
 # Expression weights (ARKit-style names) of the articulatory components.
 CLOSURE = {"mouthPress_L": 0.8, "mouthPress_R": 0.8, "mouthRollUpper": 0.3, "mouthRollLower": 0.3}

@@ -90,8 +90,10 @@ def test_jaw_closed_in_silent_gaps(sentences, names, tmp_path, noise_dbfs):
     for t0, t1 in gaps:
         # Edges: silence is detected within one window (25 ms) and the jaw then closes with the
         # 12 ms closure time constant (0.35 rad -> 0.03 rad in 30 ms); at the far edge the
-        # centred window sees the next sentence 12.5 ms early and the attack starts.
-        inside = (t > t0 + 0.1) & (t < t1 - 0.02)
+        # centred window sees the next sentence 12.5 ms early and the attack starts. File mode
+        # shows each sound MOUTH_LEAD_S early (the mouth opens before the vowel is heard).
+        lead = lipsync.MOUTH_LEAD_S
+        inside = (t > t0 + 0.1 - lead) & (t < t1 - 0.02 - lead)
         assert jaw[inside].max() < 0.03, (t0, t1, jaw[inside].max())
 
 
@@ -139,10 +141,11 @@ def test_jaw_follows_speech_envelope(sentences, names):
     x, _, path = sentences
     m = lipsync_file(path, names, fps=30)
     t = np.arange(len(m)) / m.fps
-    # Envelope: RMS over 25 ms every 10 ms, smoothed over 50 ms, resampled to the motion's frames.
+    # Envelope: RMS over 25 ms every 10 ms, smoothed over 50 ms, resampled to the motion's frames
+    # (frame i shows the sound at i / fps + MOUTH_LEAD_S).
     t100 = np.arange(0, len(x) / SR, 0.01)
     rms = np.sqrt(10 ** (frame_db(x, t100) / 10))
-    env = np.interp(t, t100, np.convolve(rms, np.ones(5) / 5, mode="same"))
+    env = np.interp(t + lipsync.MOUTH_LEAD_S, t100, np.convolve(rms, np.ones(5) / 5, mode="same"))
     r = np.corrcoef(env, m.pose[:, 6])[0, 1]
     assert r > 0.6, r
 

@@ -14,6 +14,7 @@ import numpy as np
 from savatar.core.drive.formants import FormantEstimator, SpeakerNorm
 
 SILENCE_DB = -100.0
+LOCAL_PEAK_S = 0.15
 
 
 @dataclass
@@ -22,7 +23,9 @@ class AudioFrame:
 
     loudness_db: RMS in dB full scale (>= -100); snr_db: above the noise floor; active: voice
     activity; level: 0..1 loudness relative to the recent speech peak (0 when inactive); dip_db:
-    dB below that peak (0 when inactive); quiet: active but down near the noise floor (a pause or
+    dB below that peak (0 when inactive); local_dip_db: dB below the loudest frame of the last
+    LOCAL_PEAK_S (0 when inactive: a stop closure drops fast from its vowel, a quieter word does
+    not); quiet: active but down near the noise floor (a pause or
     a closure inside speech); voicing: 0..1 periodicity (normalised autocorrelation peak at a
     pitch lag, 0 for noise and whisper); f1, f2: formants in Hz and z1, z2 the speaker-normalised
     log formants (nan when not measured: inactive or not sonorant); flatness: spectral flatness
@@ -36,6 +39,7 @@ class AudioFrame:
     active: bool
     level: float
     dip_db: float
+    local_dip_db: float
     quiet: bool
     voicing: float
     f1: float
@@ -98,6 +102,7 @@ class AudioAnalyzer:
         self._recent = np.full(max(2, round(floor_window_s / self.hop_s)), np.nan)
         self._learn = max(1, round(learn_s / self.hop_s))
         self._peak = -math.inf
+        self._local = np.full(max(1, round(LOCAL_PEAK_S / self.hop_s)), SILENCE_DB)
         self._active = False
         self._below = 0
         # Floor rises slowly (3 dB/s) so long speech does not become the floor, falls fast.
@@ -131,6 +136,8 @@ class AudioAnalyzer:
         rms = math.sqrt(float(np.dot(x, x)) / len(x))
         db = max(SILENCE_DB, 20.0 * math.log10(rms + 1e-12))
         active, quiet, level, dip = self._vad(db)
+        self._local[(self._n_frames - 1) % len(self._local)] = db
+        local_dip = float(self._local.max()) - db if active else 0.0
 
         power = np.abs(np.fft.rfft(x * self._window, self.nfft)) ** 2 + 1e-20
         total = float(power.sum())
@@ -161,7 +168,7 @@ class AudioAnalyzer:
                     if db - self._floor > 15.0:  # learn the speaker from clean frames only
                         self.speaker.update(f1, f2)
                     z1, z2 = self.speaker.z(f1, f2)
-        return AudioFrame(t, db, db - self._floor, active, level, dip, quiet, min(voicing, 1.0), f1, f2, z1, z2,
+        return AudioFrame(t, db, db - self._floor, active, level, dip, local_dip, quiet, min(voicing, 1.0), f1, f2, z1, z2,
                           flatness, centroid, lf, hf, zcr)
 
     def _vad(self, db: float) -> tuple[bool, bool, float, float]:

@@ -184,3 +184,20 @@ def test_lpc_finds_the_synthesized_formants(v):
     f2 = np.median([f.f2 for f in frames[40:] if f.sonorant])
     assert abs(f1 / VOWELS[v][0] - 1) < 0.15 and abs(f2 / VOWELS[v][1] - 1) < 0.15, (v, f1, f2)
     assert isinstance(an.formants, FormantEstimator)
+
+
+def test_quieter_word_is_not_a_closure(names):
+    """An /a/ that fades by 26 dB over 0.8 s (an unstressed word after a stressed one) keeps
+    the mouth open: only a fast drop is a stop closure, not being far under the loudest syllable."""
+    rng = np.random.default_rng(5)
+    a = vowel(VOWELS["a"], 110.0, 1.0, False, rng, dur=1.2)
+    n = len(a)
+    fade = np.ones(n)
+    fade[int(0.3 * SR):int(1.1 * SR)] = 10 ** (np.linspace(0, -26, int(1.1 * SR) - int(0.3 * SR)) / 20)
+    fade[int(1.1 * SR):] = 10 ** (-26 / 20)
+    x, spans = say([(a * fade).astype(np.float32)])
+    t, jaw, _, visemes = run(x, names)
+    t0 = spans[0][0]
+    quiet_end = (t > t0 + 0.95) & (t < t0 + 1.15)  # 20-26 dB under the start
+    assert "PP" not in {visemes[i] for i in np.flatnonzero(quiet_end)}
+    assert jaw[quiet_end].min() > 0.1, jaw[quiet_end].min()

@@ -30,17 +30,16 @@ from savatar.core.drive.motion import Motion
 from savatar.core.drive.speech_features import SILENCE_DB, AudioAnalyzer, AudioFrame
 
 __all__ = ["SILENCE_DB", "AudioAnalyzer", "AudioFrame", "AudioUnavailableError", "LipFrame", "LipSync",
-           "MOUTH_LEAD_S", "VISEMES", "articulation", "classify_viseme", "lipsync_file", "open_input_stream",
+           "JAW", "JawRule", "MOUTH_LEAD_S", "VISEMES", "articulation", "classify_viseme", "lipsync_file", "open_input_stream",
            "read_audio", "resample"]
 
 VISEMES: tuple[str, ...] = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR",
                             "aa", "E", "ih", "oh", "ou")
 
 # How much earlier than its sound the mouth moves in file mode (seconds); measured on five real
-# talking clips (the dev clip and four other speakers) by scripts/fit_lipsync_lead.py: the lead
-# whose jaw correlates best with the real speaker's mouth opening. Chosen leave-one-clip-out it
-# was 80-120 ms for every clip, and the held-out correlation at lag 0 rose from 0.12 to 0.14 on
-# average over the earlier 40 ms. Speech physiology agrees: the lips and jaw reach a sound's
+# talking clips (the dev clip and four other speakers) by scripts/fit_lipsync.py: the lead whose
+# avatar mouth correlates best with the real speaker's mouth opening. Chosen leave-one-clip-out
+# it was 80-140 ms for every clip (40 ms before). Speech physiology agrees: the lips and jaw reach a sound's
 # shape before the sound is heard (tens of ms inside speech, 100-300 ms at phrase onsets).
 MOUTH_LEAD_S = 0.10
 
@@ -65,6 +64,25 @@ SHAPES: dict[str, dict[str, float]] = {
 
 # Jaw openness (0..1 of LipSync.max_jaw) of the consonant classes detected.
 CONSONANT_OPENNESS = {"sil": 0.0, "PP": 0.0, "FF": 0.1, "SS": 0.1, "CH": 0.12}
+
+
+class JawRule(NamedTuple):
+    """Jaw openness of a vowel (0..1 of LipSync.max_jaw) from its speaker-normalised first
+    formant z1: floor + (1 - floor) * clip(base + per_z1 * z1, 0, 1), times
+    (1 - loudness) + loudness * level (the share of the opening that loudness scales)."""
+
+    base: float
+    per_z1: float
+    floor: float
+    loudness: float
+
+
+# Chosen on real talking clips by scripts/fit_lipsync.py among the rules that pass the
+# synthesized-speech tests (leave-one-clip-out with the lead; held-out numbers in its output and
+# in the commit that set these): the jaw follows the vowel's F1 with more contrast than the
+# phonetic prior had (no floor: /i/ and /u/ nearly shut, as the avatar shows a mouth only above
+# about 0.07 rad) and loudness does not scale it. Before: JawRule(0.45, 0.35, 0.2, 0.45).
+JAW = JawRule(base=0.45, per_z1=0.5, floor=0.0, loudness=0.0)
 
 # Vowel prototypes as speaker-normalised log formants (z1, z2): the corners of the vowel space of
 # Peterson & Barney / Hillenbrand averages read against SpeakerNorm's prior.
@@ -96,8 +114,8 @@ def classify_viseme(frame: AudioFrame, dip_pp_db: float = 20.0) -> str:
     # (all energy below 400 Hz, 10+ dB quieter than the vowel just before). Measured against the
     # loudest frame of the last 150 ms, not against the speech peak of the last seconds: real
     # speech has unstressed words 20 dB under its stressed syllables, and closing the mouth on
-    # them put it out of step with the real speakers' (scripts/fit_lipsync_lead.py: held-out
-    # correlation at lag 0 0.14 -> 0.17 on average over five real clips, dev clip -0.01 -> 0.09).
+    # them put it out of step with the real speakers' (scripts/fit_lipsync.py's clips: held-out
+    # correlation of the jaw at lag 0 0.14 -> 0.17 on average over five clips, dev clip -0.01 -> 0.09).
     if frame.local_dip_db > dip_pp_db or (frame.lf_ratio > 0.8 and frame.local_dip_db > 10.0):
         return "PP"
     if not frame.sonorant:
@@ -121,7 +139,7 @@ class Articulation(NamedTuple):
     lips_apart: float
 
 
-def articulation(frame: AudioFrame, viseme: str) -> Articulation:
+def articulation(frame: AudioFrame, viseme: str, jaw_rule: JawRule = JAW) -> Articulation:
     """The mouth's targets for an analysed frame and its viseme (see the module docstring)."""
     if viseme in ("sil", "PP"):
         return Articulation(0.0, 1.0 if viseme == "PP" else 0.0, 0.0, 0.0, 0.0, 0.0)
@@ -133,7 +151,8 @@ def articulation(frame: AudioFrame, viseme: str) -> Articulation:
     if not frame.sonorant:  # voiced but no formants read (a stop burst, a noisy frame): neutral
         return Articulation(0.35 * gain, 0.0, 0.0, 0.0, 0.0, 0.3 * gain)
     # F1 one spread above the speaker's middle is an open vowel, one below a close one.
-    openness = min(1.0, max(0.0, 0.45 + 0.35 * frame.z1))
+    openness = min(1.0, max(0.0, jaw_rule.base + jaw_rule.per_z1 * frame.z1))
+    jaw = (jaw_rule.floor + (1.0 - jaw_rule.floor) * openness) * (1.0 - jaw_rule.loudness * (1.0 - frame.level))
     # Unrounded vowels lie near the line from /i/ (z -1.4, 1.3) to /a/ (1.2, -0.5) in the
     # normalised (F1, F2) plane: the tongue alone moves along it. Rounding lowers F2 below it
     # (/o/, /u/); an open back /a/ has a low F2 from the tongue, and stays unrounded.
@@ -141,9 +160,8 @@ def articulation(frame: AudioFrame, viseme: str) -> Articulation:
     rounding = min(1.0, max(0.0, 0.6 * (below - 0.3)))
     # Spreading raises F2 (/i/, /e/).
     spreading = min(1.0, max(0.0, 0.8 * (frame.z2 - 0.1)))
-    # A close vowel still parts the lips (the jaw of /i/ opens a few millimetres): never below 0.2.
-    return Articulation((0.2 + 0.8 * openness) * gain, 0.0, 0.0, rounding * gain, spreading * gain,
-                        (0.3 + 0.7 * openness) * gain)
+    # A close vowel still parts the lips (the lower lip drops a little off the teeth).
+    return Articulation(jaw, 0.0, 0.0, rounding * gain, spreading * gain, (0.3 + 0.7 * openness) * gain)
 
 
 class LipFrame(NamedTuple):
@@ -164,8 +182,10 @@ class LipSync:
     """
 
     def __init__(self, expr_names: list[str], sample_rate: int = 16000, max_jaw: float = 0.35,
-                 attack_s: float = 0.03, release_s: float = 0.08, closure_s: float = 0.012) -> None:
+                 attack_s: float = 0.03, release_s: float = 0.08, closure_s: float = 0.012,
+                 jaw_rule: JawRule = JAW) -> None:
         self.analyzer = AudioAnalyzer(sample_rate)
+        self.jaw_rule = jaw_rule
         self.expr_names = list(expr_names)
         self.max_jaw = max_jaw
         index = {n: i for i, n in enumerate(self.expr_names)}
@@ -198,7 +218,7 @@ class LipSync:
         out = []
         for fr in self.analyzer.push(samples):
             vis = classify_viseme(fr)
-            art = articulation(fr, vis)
+            art = articulation(fr, vis, self.jaw_rule)
             jaw_target = self.max_jaw * art.jaw
             expr_target = np.asarray(art[1:], np.float32) @ self._basis
             fall = self._a_closure if vis in ("PP", "sil") else self._a_release

@@ -32,6 +32,8 @@ SCORED_FRAMES = 30
 REFINE_ITERATIONS = 150
 REFINE_SIZE = 192
 REFINE_FRAMES = 40
+# SAVATAR_FIDELITY_ONESHOT=1 scores the one-shot avatars only (a quick check of a build change).
+ONE_SHOT_ONLY = os.environ.get("SAVATAR_FIDELITY_ONESHOT", "") not in ("", "0")
 
 
 def _scores(clip, avatar, rig, draw, frames, judge) -> dict:
@@ -84,6 +86,9 @@ def _clip_entry(path: Path, draw, judge) -> dict[str, float]:
     n = len(clip)
     half = n // 2
     one_shot = _scores(clip, avatar, rig, draw, _spread(1, n, SCORED_FRAMES), judge)
+    out: dict[str, float] = {"frames_count": float(n), "build_s": build_s}
+    if ONE_SHOT_ONLY:
+        return _numbers(out, {"oneshot": one_shot})
 
     t0 = time.perf_counter()
     torch.set_num_threads(2)
@@ -96,8 +101,13 @@ def _clip_entry(path: Path, draw, judge) -> dict[str, float]:
     refine_s = time.perf_counter() - t0
     video = _scores(clip, refined, Rig(refined, rig.model), draw, _spread(half, n, SCORED_FRAMES), judge)
 
-    out: dict[str, float] = {"frames_count": float(n), "build_s": build_s, "refine_s": refine_s}
-    for label, s in (("oneshot", one_shot), ("video", video)):
+    out["refine_s"] = refine_s
+    return _numbers(out, {"oneshot": one_shot, "video": video})
+
+
+def _numbers(out: dict[str, float], scores: dict[str, dict]) -> dict[str, float]:
+    """out with every score of every label ("oneshot", "video") as "{label}_{key}{unit}"."""
+    for label, s in scores.items():
         for key in ("psnr_mask", "psnr_crop", "ssim_crop", "coverage", "landmark_distance", "correlation_mean",
                     "reenact_s_per_frame", "identity_distance", "identity_same_fraction"):
             unit = {"psnr_mask": "_db", "psnr_crop": "_db", "landmark_distance": "_iod"}.get(key, "")

@@ -50,6 +50,10 @@ SOURCE_SIDE = 512  # the avatar keeps its sources (stored_sources) with at most 
 DEPTH_TOL = 0.005  # metres a Gaussian may lie behind the nearest surface and still count as seen
 MIRROR_RADIUS = 0.004  # metres from the mirrored position to the seen Gaussian it copies
 MIN_SEEN_WEIGHT = 0.02
+# Summed weight from which a lifted colour is trusted fully. Below it (grazing views, the
+# segmentation's edge) the lifted colour fades into the colour filled from the trusted ones,
+# so the border of what a portrait saw is a soft blend, not a jagged seam of smeared pixels.
+TRUSTED_WEIGHT = 0.06
 # Metres from the nearest seen Gaussian over which filled colour settles to its group's median:
 # the back of the head takes the hair's overall colour instead of streaks dragged from the rim.
 SETTLE_DISTANCE = 0.05
@@ -423,16 +427,21 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
     known |= mouth
     donors = np.flatnonzero(seen & ~mouth)
     todo = np.flatnonzero(~known)
-    if len(donors) and len(todo):
-        mirrored = positions[todo] * np.array([-1.0, 1.0, 1.0])
-        dist, j = cKDTree(positions[donors]).query(mirrored, k=4)
+    group = np.zeros(len(out), np.int64) if group is None else group
+    for g in np.unique(group[todo]):
+        # Mirrored from the same group only: a cheek never takes the hair seen beside the face.
+        donors_g, todo_g = donors[group[donors] == g], todo[group[todo] == g]
+        if not len(donors_g):
+            continue
+        mirrored = positions[todo_g] * np.array([-1.0, 1.0, 1.0])
+        dist, j = cKDTree(positions[donors_g]).query(mirrored, k=min(4, len(donors_g)))
+        dist, j = np.atleast_2d(dist.T).T, np.atleast_2d(j.T).T
         near = dist < MIRROR_RADIUS
         hit = near.any(1)
         wts = near / np.maximum(dist, 1e-4)
-        col = (wts[:, :, None] * out[donors[j]]).sum(1) / np.maximum(wts.sum(1), 1e-12)[:, None]
-        out[todo[hit]] = col[hit]
-        known[todo[hit]] = True
-    group = np.zeros(len(out), np.int64) if group is None else group
+        col = (wts[:, :, None] * out[donors_g[j]]).sum(1) / np.maximum(wts.sum(1), 1e-12)[:, None]
+        out[todo_g[hit]] = col[hit]
+        known[todo_g[hit]] = True
     seen_in = {g: int((seen & ~mouth & (group == g)).sum()) for g in np.unique(group)}
     fallback = max(seen_in, key=seen_in.get)
     for g, count in seen_in.items():
@@ -551,8 +560,11 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     default[mouth] = mouth_interior_colours(positions, in_regions("upper_teeth", "lower_teeth"),
                                             in_regions("mouth_cavity"))[mouth]
     hair = hair_colour(good)
-    colour = fill_unseen(positions, colour, seen, mouth, default, group=in_regions("scalp").astype(np.int64),
+    trusted = acc_w > TRUSTED_WEIGHT
+    filled = fill_unseen(positions, colour, trusted, mouth, default, group=in_regions("scalp").astype(np.int64),
                          settle=None if hair is None else {1: hair})
+    trust = np.clip((acc_w - MIN_SEEN_WEIGHT) / (TRUSTED_WEIGHT - MIN_SEEN_WEIGHT), 0.0, 1.0)[:, None]
+    colour = trust * colour + (1.0 - trust) * filled
     avatar.sh[:, 0] = rgb_to_sh0(torch.as_tensor(colour.clip(0, 1), dtype=torch.float32))
     avatar.default_expr = torch.zeros(data.exprdirs.shape[2])
     avatar.metadata["thumbnails"] = np.stack(thumbs)

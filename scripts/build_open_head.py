@@ -635,13 +635,17 @@ def base_colors(verts: np.ndarray, region: np.ndarray, info: dict) -> np.ndarray
         brow = np.maximum(brow, 0.85 * (1 - smoothstep(d, 0.003, 0.008)))
     brow *= face
     col = col * (1 - brow[:, None]) + np.array(COLORS["brow"]) * brow[:, None]
-    # Lash line on the upper lids.
+    # Lash line on the upper lids, a few millimetres wide: a closed eye is then a dark line where
+    # the lids meet, as on a real face. With a thin line (0.5-2.2 mm) the closed lids rendered as
+    # plain skin and MediaPipe placed open lids on them (eye opening read 0.15 of the inter-ocular
+    # distance on a full blink of the default avatar, more than at rest), so blinks could not be
+    # puppeteered; with this one it reads 0.03-0.06 closed.
     lash = np.zeros(len(v))
     for idx in (LEFT_EYE_UPPER, RIGHT_EYE_UPPER):
         d = np.linalg.norm(v[:, None] - p[idx][None], axis=2).min(1)
-        lash = np.maximum(lash, 1 - smoothstep(d, 0.0005, 0.0022))
+        lash = np.maximum(lash, 1 - smoothstep(d, 0.002, 0.005))
     lash *= face
-    col = col * (1 - 0.85 * lash[:, None]) + 0.85 * np.array(COLORS["brow"]) * lash[:, None]
+    col = col * (1 - 0.95 * lash[:, None]) + 0.95 * np.array(COLORS["brow"]) * lash[:, None]
     # Short hair over the cranium and the back of the head, not on the ears or the face.
     sdf = info["sdf"]
     scalp = rid["scalp"]

@@ -7,9 +7,11 @@ it sees with the head model's own, and prints each component's (gain, max_drive)
 savatar.core.drive.calibration.OPEN_HEAD_RESPONSE (measure_response says how). Then it measures,
 per expression component up to that max_drive, the landmark motion MediaPipe sees against the
 head model's own and writes it as savatar/assets/open_head_seen.npz (measure_seen_offset: the
-basis the retargeting fit reads expressions in). Deterministic up to MediaPipe's floats on this CPU.
+basis the retargeting fit reads expressions in). Last, it measures how open the eyes read along
+the lid drive (measure_lid_curve) and prints OPEN_HEAD_LIDS. Deterministic up to MediaPipe's
+floats on this CPU.
 
-    .venv/bin/python scripts/calibrate_tracking.py [--show DIR] [--only response|seen]
+    .venv/bin/python scripts/calibrate_tracking.py [--show DIR] [--only response|seen|lids]
 """
 from __future__ import annotations
 
@@ -26,14 +28,14 @@ DISTANCE = 0.42
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--show", type=Path, help="also save each render here as PNG, to look at")
-    parser.add_argument("--only", choices=("response", "seen"),
-                        help="measure only the response table (printed) or only the seen basis (written)")
+    parser.add_argument("--only", choices=("response", "seen", "lids"),
+                        help="measure only the response table (printed), the seen basis (written) or the lid curve (printed)")
     args = parser.parse_args()
 
     from PIL import Image
 
-    from savatar.core.drive.calibration import (OPEN_HEAD_RESPONSE, SEEN_ASSET, ExpressionCalibration,
-                                                measure_response, measure_seen_offset, symmetric)
+    from savatar.core.drive.calibration import (OPEN_HEAD_REST, OPEN_HEAD_RESPONSE, SEEN_ASSET, ExpressionCalibration,
+                                                measure_lid_curve, measure_response, measure_seen_offset, symmetric)
     from savatar.core.drive.face_landmarks import FaceLandmarker
     from savatar.core.drive.tracking import TRACKING_VIEWMAT, LandmarkModel, intrinsics_for, project_tracking
     from savatar.core.gaussians.binding import default_avatar
@@ -69,11 +71,11 @@ def main() -> None:
             return None if pts is None else pts[:, :2]
 
         table = OPEN_HEAD_RESPONSE
-        if args.only != "seen":
+        if args.only in (None, "response"):
             table = symmetric(measure_response(render, model, names))
             print("OPEN_HEAD_RESPONSE: dict[str, tuple[float, float]] = ", end="")
             pprint.pprint(table, sort_dicts=False, width=110)
-        if args.only != "response":
+        if args.only in (None, "seen"):
             rest = lmodel.evaluate(np.eye(3), trans.astype(np.float64), np.zeros(3), np.zeros(2), np.zeros(len(names)))
             depth = project_tracking(rest, K)[:, 2]
             cal = ExpressionCalibration.from_table(names, table)
@@ -81,6 +83,17 @@ def main() -> None:
             out = Path(__file__).resolve().parents[1] / "savatar" / "assets" / SEEN_ASSET
             np.savez_compressed(out, names=np.array(names), offset=offset.astype(np.float32), jaw=jaw.astype(np.float32))
             print(f"wrote {out}")
+        if args.only in (None, "lids"):
+            def eyes(blink: float, wide: float):
+                e = np.zeros(len(names))
+                for side in ("L", "R"):
+                    e[names.index(f"eyeBlink_{side}")] = blink
+                    e[names.index(f"eyeWide_{side}")] = wide
+                return render(e, 0.0)
+            curve = measure_lid_curve(eyes, OPEN_HEAD_REST.get("eyeWide_L", 0.0))
+            print("OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (")
+            print(f"    {tuple(round(float(x), 2) for x in curve.levels)},")
+            print(f"    {tuple(round(float(x), 3) for x in curve.ratio)})")
 
 
 if __name__ == "__main__":

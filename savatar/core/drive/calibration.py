@@ -19,6 +19,11 @@ expressions in that basis (LandmarkModel's expr_offset and jaw_offset), so a rea
 avatar must be driven with for its renders to show the landmark motion the driver's face showed
 (gains 1, the limits still apply). Both are measured on renders of the head model only, never on
 the clips that judge it; scripts/calibrate_tracking.py measures them again.
+
+The eyelids have their own curve (LidCurve, measure_lid_curve, OPEN_HEAD_LIDS): how open the
+avatar's eyes read on renders (MediaPipe's lid gap over the rest render's) along blink 0..1 and
+eyeWide past its rest drive. The retargeter reads a driver's eyes as the same fraction of open
+and drives the lids by this curve (savatar.core.drive.retarget).
 """
 from __future__ import annotations
 
@@ -35,24 +40,30 @@ GAIN_RANGE = (0.5, 4.0)  # components needing more are left alone: it would ampl
 
 # Measured by scripts/calibrate_tracking.py on the default avatar: name -> (gain, max_drive).
 OPEN_HEAD_RESPONSE: dict[str, tuple[float, float]] = {
-    'eyeBlink_L': (1.46, 0.5), 'eyeBlink_R': (1.46, 0.5), 'eyeSquint_L': (1.166, 2.5),
-    'eyeSquint_R': (1.166, 2.5), 'eyeWide_L': (1.95, 2.5), 'eyeWide_R': (1.95, 2.5),
-    'browInnerUp': (1.774, 2.5), 'browOuterUp_L': (1.71, 2.5), 'browOuterUp_R': (1.71, 2.5),
-    'browDown_L': (1.731, 1.0), 'browDown_R': (1.731, 1.0), 'mouthSmile_L': (1.482, 1.5),
-    'mouthSmile_R': (1.482, 1.5), 'mouthFrown_L': (1.734, 2.0), 'mouthFrown_R': (1.734, 2.0),
-    'mouthStretch_L': (1.752, 2.5), 'mouthStretch_R': (1.752, 2.5), 'mouthPucker': (3.546, 2.0),
-    'mouthFunnel': (2.355, 2.5),
-    'mouthUpperUp_L': (1.148, 2.5), 'mouthUpperUp_R': (1.148, 2.5), 'mouthLowerDown_L': (2.429, 2.5),
-    'mouthLowerDown_R': (2.429, 2.5), 'mouthRollUpper': (0.918, 2.5),
-    'mouthLeft': (1.72, 2.5), 'mouthRight': (1.568, 2.5), 'mouthDimple_L': (0.931, 2.5),
-    'mouthDimple_R': (0.931, 2.5), 'cheekPuff': (2.803, 2.5), 'cheekSquint_L': (2.527, 2.5),
-    'cheekSquint_R': (2.527, 2.5), 'jawForward': (1.529, 2.5), 'jaw': (1.418, 0.3)}
+    'eyeBlink_L': (1.451, 0.5), 'eyeBlink_R': (1.451, 0.5), 'eyeSquint_L': (1.111, 2.0),
+    'eyeSquint_R': (1.111, 2.0), 'eyeWide_L': (1.8, 2.5), 'eyeWide_R': (1.8, 2.5),
+    'browInnerUp': (2.167, 2.5), 'browOuterUp_L': (2.05, 2.5), 'browOuterUp_R': (2.05, 2.5),
+    'browDown_L': (1.448, 1.5), 'browDown_R': (1.448, 1.5), 'mouthSmile_L': (1.526, 1.5),
+    'mouthSmile_R': (1.526, 1.5), 'mouthFrown_L': (1.756, 2.0), 'mouthFrown_R': (1.756, 2.0),
+    'mouthStretch_L': (1.871, 2.5), 'mouthStretch_R': (1.871, 2.5), 'mouthPucker': (3.403, 2.0),
+    'mouthFunnel': (2.379, 2.5), 'mouthUpperUp_L': (1.134, 2.5), 'mouthUpperUp_R': (1.134, 2.5),
+    'mouthLowerDown_L': (2.411, 2.5), 'mouthLowerDown_R': (2.411, 2.5), 'mouthRollUpper': (1.148, 2.5),
+    'mouthLeft': (1.435, 2.0), 'mouthRight': (1.553, 2.5), 'mouthDimple_L': (0.974, 2.5),
+    'mouthDimple_R': (0.974, 2.5), 'cheekPuff': (3.16, 2.5), 'cheekSquint_L': (1.167, 2.5),
+    'cheekSquint_R': (1.167, 2.5), 'jawForward': (1.627, 2.5), 'jaw': (1.418, 0.3)}
 
 # The default avatar's eyes render narrower than the head model's (MediaPipe's lid gap about 9 px
-# where the model's is 14.6 px at 0.42 m), and eyeWide opens them on renders only up to about
-# 1.5 (11 px): the rest face is driven with that much, so a rest face reads as open eyes and a
-# blink has room to close before the lids turn into skin MediaPipe cannot find.
-OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.5, "eyeWide_R": 1.5}
+# where the model's is 14.6 px at 0.42 m): the rest face is driven with some eyeWide, so a rest
+# face reads as open eyes with room for a blink to close from (blink 0..1 from there reads as a
+# steadily closing lid on renders, OPEN_HEAD_LIDS).
+OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.0, "eyeWide_R": 1.0}
+
+# Measured by scripts/calibrate_tracking.py on the default avatar (measure_lid_curve): lid drive
+# s (s in 0..1: eyeBlink s over the rest drive; s < 0: eyeWide rest - s) -> MediaPipe's lid gap
+# on the render over the rest render's.
+OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (
+    (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    (1.057, 1.0, 0.878, 0.804, 0.727, 0.622, 0.541, 0.41, 0.34, 0.282))
 
 
 @dataclass
@@ -67,6 +78,7 @@ class ExpressionCalibration:
     rest: np.ndarray | None = None  # (E,) drive of the avatar's rest face (added to every frame)
     closing: np.ndarray | None = None  # (2, E) how much each component closes each eye's lids, metres
     max_closing: np.ndarray | None = None  # (2,) the most either eye may close (its blink's max_drive)
+    lids: "LidCurve | None" = None  # lid drive read from the eye aperture (retarget), when measured
 
     def apply(self, expr: np.ndarray, jaw: float) -> tuple[np.ndarray, float]:
         """(expr (E,), jaw radians) read by the tracker -> what drives the avatar."""
@@ -112,11 +124,80 @@ def default_calibration(data: HeadModelData, seen: bool = False) -> ExpressionCa
     cal.closing = lid_closing(data)
     blinks = [i for i, n in enumerate(data.expr_names) if n.startswith("eyeBlink")]
     cal.max_closing = np.array([max(c[i] * cal.max_drive[i] for i in blinks) for c in cal.closing])
+    if OPEN_HEAD_LIDS[0]:
+        cal.lids = LidCurve(np.array(OPEN_HEAD_LIDS[0]), np.array(OPEN_HEAD_LIDS[1]))
     return cal
 
 
 # MediaPipe Face Mesh upper and lower lid midpoints of each eye.
 LIDS = ((159, 145), (386, 374))
+
+
+def lid_gaps(points: np.ndarray, index: Sequence[int] | None = None) -> np.ndarray | None:
+    """(2,) the lid gap of each eye (LIDS order), in the units of points (L, 2+); index (L,) the
+    MediaPipe index of each point (None: points are in MediaPipe's order). None when the points
+    lack a lid."""
+    p = np.asarray(points, np.float64)[:, :2]
+    where = None if index is None else {int(m): i for i, m in enumerate(index)}
+    out = np.zeros(2)
+    for j, (up, low) in enumerate(LIDS):
+        if where is not None and (up not in where or low not in where):
+            return None
+        a, b = (up, low) if where is None else (where[up], where[low])
+        if max(a, b) >= len(p):
+            return None
+        out[j] = np.linalg.norm(p[a] - p[b])
+    return out
+
+
+@dataclass
+class LidCurve:
+    """How open the avatar's eyes read on its renders along one lid drive s: s in 0..1 drives
+    eyeBlink s (eyeWide at its rest drive), s < 0 eyeWide rest - s (no blink). ratio (K,): the
+    lid gap MediaPipe sees on the render at levels (K,) (ascending, 0 among them) over the rest
+    render's.
+
+    A driver's eye is read as the ratio of its lid gap to the gap its neutral face would have at
+    the same head pose; level(ratio) is the drive whose renders show the same ratio, so the
+    avatar's eye opens and closes in proportion to the person's, whatever the person's and the
+    avatar's eye sizes (a blink-sized landmark motion on a real face is three times the avatar's
+    whole lid travel on renders)."""
+
+    levels: np.ndarray
+    ratio: np.ndarray
+
+    def level(self, ratio: float) -> float:
+        """The lid drive s whose renders read this gap ratio; ratios past the measured ones give
+        the end levels (the most open, the most closed that renders still read)."""
+        r = np.minimum.accumulate(np.asarray(self.ratio, np.float64))  # closing never reads as opening
+        top = int(np.argmin(r))  # past the first reading of the smallest gap, renders read no less
+        x, y = r[:top + 1][::-1], np.asarray(self.levels, np.float64)[:top + 1][::-1]
+        return float(np.interp(ratio, x, y))
+
+
+# Lid drive levels measured for LidCurve: closing from the rest face, and opening past it.
+LID_LEVELS = (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def measure_lid_curve(render: Callable[[float, float], "np.ndarray | None"], rest_wide: float,
+                      levels: Sequence[float] = LID_LEVELS) -> LidCurve:
+    """render(blink, wide) -> MediaPipe's landmarks (478, 2+) on a frontal render of the avatar
+    with both eyes so driven (None when no face is found). The ratio at each level is the mean
+    over both eyes of the lid gap over the rest render's (blink 0, wide rest_wide); levels where
+    no face is found are left out."""
+    def gaps(s: float) -> np.ndarray | None:
+        lm = render(max(s, 0.0), rest_wide - min(s, 0.0))
+        return None if lm is None else lid_gaps(lm)
+    rest = gaps(0.0)
+    if rest is None or not (rest > 0).all():
+        raise ValueError("no open eyes found on the render at rest")
+    kept, ratio = [], []
+    for s in levels:
+        g = gaps(s)
+        if g is not None:
+            kept.append(float(s))
+            ratio.append(float(np.mean(g / rest)))
+    return LidCurve(np.array(kept), np.array(ratio))
 
 
 def lid_closing(data: HeadModelData) -> np.ndarray:
@@ -313,4 +394,9 @@ def symmetric(table: dict[str, tuple[float, float]]) -> dict[str, tuple[float, f
         if name.endswith("_L") and name[:-2] + "_R" in table:
             (gl, ml), (gr, mr) = table[name], table[name[:-2] + "_R"]
             out[name] = out[name[:-2] + "_R"] = (round((gl + gr) / 2, 3), min(ml, mr))
+    # One side measured, the other not (its motion barely seen once): both sides get that one.
+    for name in table:
+        other = {"_L": "_R", "_R": "_L"}.get(name[-2:])
+        if other is not None and name[:-2] + other not in table:
+            out[name[:-2] + other] = table[name]
     return out

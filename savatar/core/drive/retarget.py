@@ -12,6 +12,13 @@ departure from it.
 Expressions and jaw are read in the seen basis (savatar.core.drive.calibration.seen_offset: the
 landmark motion MediaPipe sees on renders of the avatar, not the mesh's own), and the calibration
 adds the avatar's rest drive and the limits past which renders stop reading as more.
+
+The eyelids are read apart from the fit (when the calibration has a LidCurve): each eye's lid gap
+over the gap the driver's neutral face would have at the fitted head pose gives how far that eye
+is open, and the lid drive whose renders read the same fraction drives the avatar's blink (or
+eyeWide past its rest drive). A real blink moves the lids about three times as far as the
+avatar's lids travel on renders: read as landmark motion it saturates the blink a third of the
+way in, so half-closed, closed and looking down all rendered alike.
 """
 from __future__ import annotations
 
@@ -21,8 +28,10 @@ from typing import Sequence
 import numpy as np
 
 from savatar.core.drive.motion import Motion
-from savatar.core.drive.calibration import ExpressionCalibration, default_calibration, seen_offset
-from savatar.core.drive.tracking import FLIP, FaceFitter, FitResult, TrackerParams, rodrigues, rotation_vector
+from savatar.core.drive.calibration import (ExpressionCalibration, default_calibration, lid_closing, lid_gaps,
+                                           seen_offset)
+from savatar.core.drive.tracking import (FLIP, FaceFitter, FitResult, TrackerParams, mediapipe_indices, rodrigues,
+                                         rotation_vector)
 from savatar.core.head.head_model import HeadModelData
 
 
@@ -130,8 +139,47 @@ class Retargeter:
         self.neutral: Neutral | None = None
         self.fitter = self._fitter(None)
         self.last_residuals: list[float] = []
+        self._index = mediapipe_indices(data)
+        self._eyes = self._eye_components()
         if neutral is not None:
             self._use(neutral)
+
+    def _eye_components(self) -> list[tuple[int, int, int]] | None:
+        """Per eye (LIDS order) the (blink, wide, squint) component indices, the ones that
+        close (open) that eye's lids most; None when the lids are not read apart (no LidCurve,
+        no lid closing measured, the components or the lid landmarks missing)."""
+        names = list(self.data.expr_names)
+        if self.calibration.lids is None or lid_gaps(np.zeros((len(self._index), 2)), self._index) is None:
+            return None
+        out = []
+        for c in lid_closing(self.data):
+            picked = []
+            for prefix, sign in (("eyeBlink", 1.0), ("eyeWide", -1.0), ("eyeSquint", 1.0)):
+                idx = [i for i, n in enumerate(names) if n.startswith(prefix)]
+                if not idx:
+                    return None
+                picked.append(max(idx, key=lambda i: sign * c[i]))
+            out.append(tuple(picked))
+        return out
+
+    def _lid_drive(self, fit: FitResult, expr: np.ndarray) -> np.ndarray:
+        """expr (E,) with each eye's blink, eyeWide and eyeSquint drive replaced by the lid drive
+        read from the eye's opening (fit.landmarks against the neutral face at fit's pose)."""
+        seen = lid_gaps(fit.landmarks, self._index)
+        x = self.fitter.model.evaluate(rodrigues(fit.pose[0:3]), fit.translation, fit.pose[6:9], fit.pose[9:11],
+                                       np.zeros(len(fit.expr)))
+        neutral = lid_gaps(self.fitter._project(x)[0], self._index)
+        rest = self.calibration.rest if self.calibration.rest is not None else np.zeros(len(expr))
+        out = np.array(expr, copy=True)
+        # Both eyes from their mean opening: MediaPipe's lids on a real face differ between the
+        # eyes by more than people wink, most of all on a turned head, and lids closing unevenly
+        # on the avatar's renders tilt the eye line MediaPipe reads (the head roll).
+        level = self.calibration.lids.level(float(np.mean(seen / np.maximum(neutral, 1e-9))))
+        for blink, wide, squint in self._eyes:
+            out[blink] = max(level, 0.0)
+            out[wide] = rest[wide] - min(level, 0.0)
+            out[squint] = 0.0  # the lid drive is the whole of the lids' closing
+        return out
 
     def _use(self, neutral: Neutral) -> None:
         self.neutral = neutral
@@ -167,7 +215,14 @@ class Retargeter:
 
     def apply(self, fit: FitResult) -> FitResult:
         """A raw fit (with this retargeter's neutral) -> the avatar's drive."""
-        expr, jaw = self.calibration.apply(fit.expr, float(fit.pose[6]))
+        lids = self._eyes is not None and fit.landmarks is not None
+        raw = fit.expr
+        if lids:  # read apart: their fitted readings must not count against the lids' closing limit
+            raw = raw.copy()
+            raw[[i for eye in self._eyes for i in eye]] = 0.0
+        expr, jaw = self.calibration.apply(raw, float(fit.pose[6]))
+        if lids:
+            expr = self._lid_drive(fit, expr).astype(expr.dtype, copy=False)
         pose = fit.pose.copy()
         pose[6] = jaw
         if self.neutral is None:

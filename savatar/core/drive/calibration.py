@@ -55,15 +55,18 @@ OPEN_HEAD_RESPONSE: dict[str, tuple[float, float]] = {
 # The default avatar's eyes render narrower than the head model's (MediaPipe's lid gap about 9 px
 # where the model's is 14.6 px at 0.42 m): the rest face is driven with some eyeWide, so a rest
 # face reads as open eyes with room for a blink to close from (blink 0..1 from there reads as a
-# steadily closing lid on renders, OPEN_HEAD_LIDS).
-OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.0, "eyeWide_R": 1.0}
+# steadily closing lid on renders, OPEN_HEAD_LIDS). 1.5 rather than 1.0: on the dev clips the
+# head roll MediaPipe reads on the renders follows the person's better with the more open eyes
+# (bench puppet roll 0.75/0.84/0.53/0.97 against 0.69/0.75/0.57/0.97, eye opening 0.76/0.81/0.87/0.88
+# against 0.69/0.83/0.84/0.83).
+OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.5, "eyeWide_R": 1.5}
 
 # Measured by scripts/calibrate_tracking.py on the default avatar (measure_lid_curve): lid drive
 # s (s in 0..1: eyeBlink s over the rest drive; s < 0: eyeWide rest - s) -> MediaPipe's lid gap
 # on the render over the rest render's.
 OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (
     (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-    (1.057, 1.0, 0.878, 0.804, 0.727, 0.622, 0.541, 0.41, 0.34, 0.282))
+    (1.002, 1.0, 0.893, 0.809, 0.76, 0.693, 0.616, 0.555, 0.428, 0.37))
 
 
 @dataclass
@@ -150,6 +153,9 @@ def lid_gaps(points: np.ndarray, index: Sequence[int] | None = None) -> np.ndarr
     return out
 
 
+MIN_STEP = 0.01  # LidCurve: the least change of the rendered gap ratio a lid level must show
+
+
 @dataclass
 class LidCurve:
     """How open the avatar's eyes read on its renders along one lid drive s: s in 0..1 drives
@@ -171,8 +177,19 @@ class LidCurve:
         the end levels (the most open, the most closed that renders still read)."""
         r = np.minimum.accumulate(np.asarray(self.ratio, np.float64))  # closing never reads as opening
         top = int(np.argmin(r))  # past the first reading of the smallest gap, renders read no less
-        x, y = r[:top + 1][::-1], np.asarray(self.levels, np.float64)[:top + 1][::-1]
-        return float(np.interp(ratio, x, y))
+        levels = np.asarray(self.levels, np.float64)
+        # Walking out from the rest level, a level counts only where renders read it at least
+        # MIN_STEP further from rest than the last one: over a flat stretch (eyeWide past where the
+        # lids open any further) MediaPipe's jitter on the driver's lids would swing the whole stretch.
+        zero = int(np.argmin(np.abs(levels)))
+        keep = [zero]
+        for i in range(zero - 1, -1, -1):
+            if r[i] >= r[keep[0]] + MIN_STEP:
+                keep.insert(0, i)
+        for i in range(zero + 1, top + 1):
+            if r[i] <= r[keep[-1]] - MIN_STEP:
+                keep.append(i)
+        return float(np.interp(ratio, r[keep][::-1], levels[keep][::-1]))
 
 
 # Lid drive levels measured for LidCurve: closing from the rest face, and opening past it.

@@ -33,6 +33,10 @@ def test_lid_curve_level_inverts_the_response():
     lost = LidCurve(np.array([0.0, 0.5, 0.8, 1.0]), np.array([1.0, 0.5, 0.3, 0.6]))
     assert lost.level(0.1) == pytest.approx(0.8)
     assert lost.level(0.5) == pytest.approx(0.5)
+    # eyeWide past where renders read the lids any wider: not used, so jitter above the rest
+    # reading does not swing the eyes wide open.
+    flat = LidCurve(np.array([-0.5, 0.0, 0.5]), np.array([1.002, 1.0, 0.5]))
+    assert flat.level(1.05) == 0.0 and flat.level(0.75) == pytest.approx(0.25)
 
 
 def test_measure_lid_curve_reads_the_gap_over_the_rest_gap():

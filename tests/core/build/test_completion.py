@@ -37,6 +37,26 @@ def test_mirroring_never_overwrites_a_seen_side():
     assert np.all(out[~seen].sum(1) > 0.5)  # the strip took a colour from its neighbours
 
 
+def test_trust_fades_towards_the_edge_of_what_was_seen():
+    # Seen for x < 0, unseen beyond: trust falls over a few millimetres before the edge (a soft
+    # blend into the filled colours, not a seam), is never raised, and stays whole far inside.
+    from scipy.spatial import cKDTree
+
+    from savatar.core.build.build import FEATHER_NEIGHBOURS, _feathered
+
+    rng = np.random.default_rng(3)
+    pos = rng.uniform(-0.03, 0.03, (6000, 3)) * [1.0, 1.0, 0.1]  # a 6 cm patch of surface
+    raw = (pos[:, 0] < 0).astype(np.float64)
+    _, nb = cKDTree(pos).query(pos, k=FEATHER_NEIGHBOURS)
+    trust = _feathered(nb, raw)
+    assert np.all(trust <= raw)
+    assert np.all(trust[pos[:, 0] < -0.012] == 1.0)
+    band = (pos[:, 0] > -0.003) & (pos[:, 0] < 0)
+    assert 0.1 < trust[band].mean() < 0.9  # in between at the edge
+    inner, outer = trust[(pos[:, 0] > -0.006) & (pos[:, 0] < -0.003)], trust[band]
+    assert inner.mean() > outer.mean()  # falling towards the edge
+
+
 def test_far_from_what_was_seen_colour_settles_to_the_median():
     # A head of hair seen at the front (z > 0): mostly brown with a bright streak. The back,
     # far from anything seen, takes the brown median, not the streak dragged from the rim.

@@ -79,22 +79,31 @@ def landmark_offsets(data: HeadModelData, shape: np.ndarray, sources: Sequence, 
     face = np.asarray(data.vertex_regions.get("face", []), np.int64)
     if not len(face) or not len(sources):
         return offsets
+    model = HeadModel(data)
+    mp = mediapipe_indices(data)
+    shape_only = np.array([i not in EXPRESSION_LANDMARKS for i in mp])
+    template = np.asarray(data.v_template, np.float64)
+    anchors = _landmark_points(template, data)[shape_only]
+    kernel = lambda a, b: np.exp(-0.5 * ((a[:, None, :] - b[None]) ** 2).sum(-1) / KERNEL ** 2)  # noqa: E731
+    # Gaussian radial basis interpolation, regularised: close to each landmark's displacement at
+    # the landmark, smooth between them, decaying to zero away from all of them. (F, L): from
+    # the landmarks' displacements to the face vertices'.
+    spread = np.linalg.solve(kernel(anchors, anchors) + SMOOTHING * np.eye(len(anchors)), kernel(template[face], anchors).T).T
     for k in range(rounds):
         # Depth once: the later rounds refine what the image plane shows exactly, the depth is
         # a pull part way towards MediaPipe's guess, not a target to converge on.
-        offsets[face] += _correction(data, shape, sources, offsets, DEPTH_WEIGHT if k == 0 else 0.0)[face]
+        delta = _landmark_residuals(model, data, mp, shape, sources, offsets, DEPTH_WEIGHT if k == 0 else 0.0)[shape_only]
+        norm = np.linalg.norm(delta, axis=1, keepdims=True)
+        offsets[face] += spread @ (delta * np.minimum(1.0, MAX_OFFSET / np.maximum(norm, 1e-12)))
         norm = np.linalg.norm(offsets, axis=1, keepdims=True)
         offsets *= np.minimum(1.0, MAX_OFFSET / np.maximum(norm, 1e-12))
     return offsets
 
 
-def _correction(data: HeadModelData, shape: np.ndarray, sources: Sequence, offsets: np.ndarray,
-                depth_weight: float) -> np.ndarray:
-    """(V, 3) one round of landmark_offsets: the smooth displacement of the mesh (with the static
-    offsets so far) that moves its landmarks onto the observed ones, depth_weight of the way in
-    depth."""
-    model = HeadModel(data)
-    mp = mediapipe_indices(data)
+def _landmark_residuals(model: HeadModel, data: HeadModelData, mp: np.ndarray, shape: np.ndarray, sources: Sequence,
+                        offsets: np.ndarray, depth_weight: float) -> np.ndarray:
+    """(L, 3) metres on the neutral head (with the static offsets so far) that move each landmark
+    onto the observed ones, averaged over the sources; depth_weight of the way in depth."""
     f = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
     with torch.no_grad():
         neutral = model(shape=f(shape), static_offset=f(offsets)).vertices[0].double().numpy()
@@ -112,14 +121,4 @@ def _correction(data: HeadModelData, shape: np.ndarray, sources: Sequence, offse
         in_camera = np.stack([residual[:, 0] * uvz[:, 2] / src.K[0, 0], residual[:, 1] * uvz[:, 2] / src.K[1, 1],
                               depth_weight * _depth_residual(np.asarray(src.landmarks, np.float64)[mp], uvz, src.K)], 1)
         total += (in_camera @ FLIP) @ _rotation(rest, points)
-    shape_only = np.array([i not in EXPRESSION_LANDMARKS for i in mp])
-    delta = total[shape_only] / len(sources)
-    norm = np.linalg.norm(delta, axis=1, keepdims=True)
-    delta *= np.minimum(1.0, MAX_OFFSET / np.maximum(norm, 1e-12))
-    template = np.asarray(data.v_template, np.float64)
-    anchors = _landmark_points(template, data)[shape_only]
-    kernel = lambda a, b: np.exp(-0.5 * ((a[:, None, :] - b[None]) ** 2).sum(-1) / KERNEL ** 2)  # noqa: E731
-    # Gaussian radial basis interpolation, regularised: close to each landmark's displacement at
-    # the landmark, smooth between them, decaying to zero away from all of them.
-    coeff = np.linalg.solve(kernel(anchors, anchors) + SMOOTHING * np.eye(len(anchors)), delta)
-    return kernel(template, anchors) @ coeff
+    return total / len(sources)

@@ -115,10 +115,11 @@ def _landmark_residuals(model: HeadModel, data: HeadModelData, mp: np.ndarray, s
                           translation=f(src.translation), static_offset=f(offsets)).vertices[0].double().numpy()
         points = _landmark_points(posed, data)
         uvz = project_tracking(points, src.K)
-        residual = np.asarray(src.landmarks, np.float64)[mp, :2] - uvz[:, :2]
+        observed = np.asarray(src.landmarks, np.float64)[mp]
+        residual = observed[:, :2] - uvz[:, :2]
         # The pixel residual at the landmark's depth, in the camera's image plane, then in the world
         # (FLIP maps world to camera and is its own inverse) and on the neutral head.
         in_camera = np.stack([residual[:, 0] * uvz[:, 2] / src.K[0, 0], residual[:, 1] * uvz[:, 2] / src.K[1, 1],
-                              depth_weight * _depth_residual(np.asarray(src.landmarks, np.float64)[mp], uvz, src.K)], 1)
+                              depth_weight * _depth_residual(observed, uvz, src.K)], 1)
         total += (in_camera @ FLIP) @ _rotation(rest, points)
     return total / len(sources)

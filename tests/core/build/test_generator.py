@@ -319,6 +319,10 @@ def _ddp_worker(rank: int, world: int, port: int, tmp_dir: str) -> None:
         samples = batch_samples(_ddp_data(), 0, shard(range(cfg.batch), info.rank, info.world), cfg)
         model(samples).backward()
         torch.save(_grads(g), os.path.join(tmp_dir, f"grads{rank}.pt"))
+        # As train() does: no rank tears its group down while the other still talks to it (a rank
+        # destroying gloo's group early aborted its peer now and then: "terminate called without
+        # an active exception", SIGABRT).
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 

@@ -18,10 +18,16 @@ over the gap the driver's neutral face would have at the fitted head pose gives 
 is open, and the lid drive whose renders read the same fraction drives the avatar's blink (or
 eyeWide past its rest drive). A real blink moves the lids about three times as far as the
 avatar's lids travel on renders: read as landmark motion it saturates the blink a third of the
-way in, so half-closed, closed and looking down all rendered alike.
+way in, so half-closed, closed and looking down all rendered alike. What the avatar's other
+components close of an eye (lowered brows, cheek squints) comes off its blink.
+
+The head roll MediaPipe reads is the tilt of the line through the eye corners: after the fit the
+avatar's head is turned about the camera's axis until its eye line leans as the driver's does,
+less the lean of the driver's neutral (Retargeter._level_eye_line).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -30,16 +36,37 @@ import numpy as np
 from savatar.core.drive.motion import Motion
 from savatar.core.drive.calibration import (ExpressionCalibration, default_calibration, lid_closing, lid_gaps,
                                            seen_offset)
-from savatar.core.drive.tracking import (FLIP, FaceFitter, FitResult, TrackerParams, mediapipe_indices, rodrigues,
-                                         rotation_vector)
+from savatar.core.drive.tracking import (FLIP, FaceFitter, FitResult, LandmarkModel, TrackerParams, mediapipe_indices,
+                                         rodrigues, rotation_vector)
 from savatar.core.head.head_model import HeadModelData
 
 
 MAX_READING = 2.5
+EYE_CORNERS = (33, 133, 263, 362)  # MediaPipe: right eye outer, inner; left eye outer, inner
+# The most the eye line turns the avatar's head on top of the fit's roll (radians): enough for
+# what expression components take of a real tilt, not enough for a misplaced eye to throw it.
+MAX_ROLL_FIX = math.radians(6.0)
+
 # Components whose landmark motion another component explains as well (eyeWide and eyeSquint
 # against eyeBlink on a lid, one eye's lids close the other's) get a stronger prior, so a
 # closing eye reads as a blink and not as blink + wide + squint, which renders as a grimace.
-PRIOR_SCALE = {"eyeWide_L": 10.0, "eyeWide_R": 10.0, "eyeSquint_L": 10.0, "eyeSquint_R": 10.0}
+# The lip rolls, jawForward and cheekPuff likewise: in the seen basis the fit paired them with
+# mouthFunnel and the lip presses, whose landmark motions cancel linearly but whose renders do
+# not add up (talk_glasses' pursed "oo" read as funnel 1.5 + roll 1.6 + jawForward 1.5: the
+# avatar's lips rendered 0.24 of the eye distance open where the driver's were 0.05), so they
+# explain only what nothing else does. bench puppet: talk_glasses mouth opening 0.71 -> 0.80,
+# frown_turn mouth width 0.57 -> 0.65.
+PRIOR_SCALE = {"eyeWide_L": 10.0, "eyeWide_R": 10.0, "eyeSquint_L": 10.0, "eyeSquint_R": 10.0,
+               "mouthRollUpper": 10.0, "mouthRollLower": 10.0, "jawForward": 10.0, "cheekPuff": 10.0}
+# Pairs driven with their mean: people lower both brows together, but on a turned head the fit
+# reads one side's brow as lowered (frown_turn: browDown_R 0.95 with browDown_L 0 in a plain
+# frown), and the open head's browDown_R closes its eye twice as far as browDown_L does the left.
+SYMMETRIC = (("browDown_L", "browDown_R"),)
+
+
+def _wrap(a: float) -> float:
+    """An angle (radians) in [-pi, pi)."""
+    return (a + math.pi) % (2 * math.pi) - math.pi
 
 
 @dataclass
@@ -141,6 +168,16 @@ class Retargeter:
         self.last_residuals: list[float] = []
         self._index = mediapipe_indices(data)
         self._eyes = self._eye_components()
+        names = list(data.expr_names)
+        self._pairs = [(names.index(a), names.index(b)) for a, b in SYMMETRIC if a in names and b in names]
+        self._corners = self._eye_corners()
+        # The avatar's own eye corners (no driver's neutral, no seen basis) for a drive, to keep
+        # its eye line on the driver's (_level_eye_line): a model of those four landmarks only.
+        self._avatar = None
+        if self._corners is not None:
+            corners = replace(data, lmk_faces=data.lmk_faces[self._corners], lmk_bary=data.lmk_bary[self._corners])
+            self._avatar = LandmarkModel(corners, shape, static_offset)
+        self._roll_ref: float | None = None
         if neutral is not None:
             self._use(neutral)
 
@@ -179,6 +216,20 @@ class Retargeter:
             out[blink] = max(level, 0.0)
             out[wide] = rest[wide] - min(level, 0.0)
             out[squint] = 0.0  # the lid drive is the whole of the lids' closing
+        # Lowered brows, cheek squints and the like close the avatar's lids too (the head model's
+        # browDown_R at 1 lowers the right upper lid 2.6 mm): on top of a closed lid drive they
+        # push the brow over the closed eye, and MediaPipe then finds the eye in the brow, tilted
+        # (frown_turn's frowning, closed-eyed stretches read 5-8 degrees of roll the person did
+        # not make). The driver's lid gap already shows whatever his brows and cheeks close, so
+        # what the avatar's other components close of each eye comes off that eye's blink: the
+        # lids close as far as the driver's and the brows still show the frown.
+        if self.calibration.closing is not None:
+            lid = [i for eye in self._eyes for i in eye]
+            for (blink, _, _), c in zip(self._eyes, self.calibration.closing):
+                others = np.where(c > 0, c, 0.0)
+                others[lid] = 0.0
+                if c[blink] > 0 and out[blink] > 0:
+                    out[blink] = max(0.0, out[blink] - float(out @ others) / c[blink])
         return out
 
     def _use(self, neutral: Neutral) -> None:
@@ -198,10 +249,49 @@ class Retargeter:
         """Measure the driver's neutral on these resting frames' landmarks and fit with it from now on."""
         neutral = measure_neutral(self.data, self.K, frames, self.shape, self.static_offset, self.seen)
         self._use(neutral)
+        self._roll_ref = None
+        if self._corners is not None:
+            # The neutral's own tilt (the driver's eye line against the avatar's on the resting
+            # frames) stays out of the drive, as the neutral's head rotation does. At most ten
+            # of them: live, this runs within one frame's fit.
+            gaps = []
+            for pts in [frames[k] for k in np.linspace(0, len(frames) - 1, min(len(frames), 10)).round().astype(int)]:
+                self.fitter.reset()
+                fit = self.apply(self.fitter.fit(np.asarray(pts, np.float64), 30))
+                gaps.append(self._eye_line_gap(fit))
+            self.fitter.reset()
+            self._roll_ref = float(np.median(gaps))
         return neutral
+
+    def _eye_corners(self) -> np.ndarray | None:
+        """Positions (4,) of MediaPipe's eye corners (EYE_CORNERS) among the model's landmarks, or
+        None when the embedding lacks one."""
+        where = {int(m): i for i, m in enumerate(self._index)}
+        if any(c not in where for c in EYE_CORNERS):
+            return None
+        return np.array([where[c] for c in EYE_CORNERS])
+
+    def _eye_line(self, points: np.ndarray) -> float:
+        """Image angle (radians, y down) of the line from the right eye's centre to the left's,
+        each the mean of its two corners, in points (L, 2+) of the model's landmark order."""
+        p = np.asarray(points, np.float64)[self._corners, :2]
+        d = p[2:].mean(0) - p[:2].mean(0)
+        return math.atan2(d[1], d[0])
+
+    def _avatar_eye_line(self, expr: np.ndarray, pose: np.ndarray, translation: np.ndarray) -> float:
+        """The avatar's eye line (radians) driven by expr (E,), pose (15,), translation (3,)."""
+        x = self._avatar.evaluate(rodrigues(pose[0:3]), translation, pose[6:9], pose[9:11], np.asarray(expr, np.float64))
+        p = self.fitter._project(x)[0]
+        d = p[2:].mean(0) - p[:2].mean(0)
+        return math.atan2(d[1], d[0])
+
+    def _eye_line_gap(self, fit: FitResult) -> float:
+        """The driver's eye line (fit.landmarks) less the avatar's under fit's drive, radians."""
+        return _wrap(self._eye_line(fit.landmarks) - self._avatar_eye_line(fit.expr, fit.pose, fit.translation))
 
     def clear_neutral(self) -> None:
         self.neutral = None
+        self._roll_ref = None
         self.fitter = self._fitter(None)
 
     def reset(self) -> None:
@@ -221,6 +311,8 @@ class Retargeter:
             raw = raw.copy()
             raw[[i for eye in self._eyes for i in eye]] = 0.0
         expr, jaw = self.calibration.apply(raw, float(fit.pose[6]))
+        for a, b in self._pairs:
+            expr[a] = expr[b] = (expr[a] + expr[b]) / 2
         if lids:
             expr = self._lid_drive(fit, expr).astype(expr.dtype, copy=False)
         pose = fit.pose.copy()
@@ -228,7 +320,25 @@ class Retargeter:
         if self.neutral is None:
             return replace(fit, expr=expr, pose=pose)
         pose[0:3] = rotation_vector(rodrigues(fit.pose[0:3]) @ self.neutral.root.T)
+        if self._roll_ref is not None and fit.landmarks is not None:
+            # The head roll MediaPipe reads is the eye line's tilt. The fit splits the driver's
+            # eye-corner motion between the head's rotation and expression components, and what
+            # expression takes (asymmetric squints, brows, lids) the avatar's drive does not
+            # reproduce (its lids follow both eyes' mean opening); the driver's neutral rotation
+            # taken off the root also tilts the avatar's eye line differently from the driver's
+            # when the head pitches at a yaw. So the avatar's head is turned about the camera's
+            # axis until its eye line leans as the driver's does, less the neutral's lean.
+            pose[0:3] = self._level_eye_line(fit, expr, pose)
         return replace(fit, expr=expr, pose=pose, head_rotation=fit.pose[0:3].copy())
+
+    def _level_eye_line(self, fit: FitResult, expr: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """The root rotation (3,) of pose turned about the camera axis so that the avatar's eye
+        line (expr, pose, fit.translation) leans as fit.landmarks' does less the neutral's gap."""
+        gap = _wrap(self._eye_line(fit.landmarks) - self._avatar_eye_line(expr, pose, fit.translation) - self._roll_ref)
+        gap = float(np.clip(gap, -MAX_ROLL_FIX, MAX_ROLL_FIX))
+        # Turning by phi about world z (the camera looks down -z, image y is world -y) turns the
+        # image's lines by -phi.
+        return rotation_vector(rodrigues(np.array([0.0, 0.0, -gap])) @ rodrigues(pose[0:3]))
 
     @classmethod
     def for_clip(cls, data: HeadModelData, K: np.ndarray, landmarks: Sequence[np.ndarray | None], fps: float,

@@ -110,3 +110,31 @@ def test_retargeter_closes_the_avatars_eyes_by_the_fraction_the_driver_closes_hi
         assert np.all(fit.expr[squints] == 0.0)
         if b == 0.0:  # his larger eyes at rest are the avatar's rest eyes
             assert want == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lowered_brows_do_not_close_the_avatars_eyes_past_the_drivers(data):
+    """A driver frowning with his eyes half shut: the avatar's brows come down, and the lids
+    close as far as the driver's lid gap says, not that plus what the lowered brows close (on
+    renders the brow then slid over the closed eye, where MediaPipe found the eye, tilted)."""
+    person = _big_eyed_person(data)
+    cal = default_calibration(data)
+    cal.lids = CURVE
+    rt = Retargeter(data, K, calibration=cal, seen=False)
+    rest = _points(data, person, 0.0, np.zeros(3))
+    rt.set_neutral([rest])
+    names = data.expr_names
+    e = np.zeros(len(names))
+    for side in ("L", "R"):
+        e[names.index(f"eyeBlink_{side}")] = 0.6
+        e[names.index(f"browDown_{side}")] = 0.8
+    pts = FaceFitter(data, K)._project(person.evaluate(np.eye(3), np.array([0.0, 0.0, -0.45]), np.zeros(3),
+                                                       np.zeros(2), e))[0]
+    fit = rt.fit(pts, iterations=30)
+    brows = [names.index("browDown_L"), names.index("browDown_R")]
+    assert np.all(fit.expr[brows] > 0.3)  # the frown shows
+    level = CURVE.level(float(np.mean(lid_gaps(pts) / lid_gaps(rest))))
+    for (blink, wide, _), c in zip(rt._eyes, cal.closing):
+        lid_only = c[blink] * level + c[wide] * cal.rest[wide]
+        closers = np.where(c > 0, c, 0.0)
+        assert closers @ fit.expr + np.minimum(c[wide], 0) * fit.expr[wide] == pytest.approx(lid_only, rel=0.02)
+        assert fit.expr[blink] < level - 0.1  # the brows' share came off the blink

@@ -182,9 +182,16 @@ def test_identity_offset_maps_to_rest_on_synthetic_landmarks():
     at_rest = rt.fit(points(rest), iterations=30)
     assert np.abs(at_rest.expr).max() < 1e-3 and np.abs(at_rest.pose[0:3]).max() < 1e-4
     e = rest.copy()
-    e[names.index("mouthSmile_L")], e[names.index("browDown_R")] = 0.7, 0.5
+    brows = [names.index("browDown_L"), names.index("browDown_R")]
+    e[names.index("mouthSmile_L")], e[brows] = 0.7, 0.5
     rt.reset()
     got = rt.fit(points(e, 0.2), iterations=30)
     assert abs(got.expr[names.index("mouthSmile_L")] - 0.7) < 0.05
-    assert abs(got.expr[names.index("browDown_R")] - 0.5) < 0.05
+    assert np.all(np.abs(got.expr[brows] - 0.5) < 0.05)
     assert abs(got.pose[6] - 0.2) < 0.01
+    # Lowered brows drive the avatar as a pair (retarget.SYMMETRIC): one brow lowered alone
+    # lowers both half as far.
+    e[brows] = [0.0, 0.5]
+    rt.reset()
+    got = rt.fit(points(e, 0.2), iterations=30)
+    assert np.all(np.abs(got.expr[brows] - 0.25) < 0.05)

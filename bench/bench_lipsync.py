@@ -1,4 +1,5 @@
-"""Speech-driven mouth: audio analysis cost per 10 ms hop (the live budget is 10 ms a hop), and
+"""Speech-driven mouth: audio analysis cost per 10 ms hop (the live budget is 10 ms a hop), the
+learned mouth-opening model's share of it (features and network, target well under 1 ms), and
 the live latency from the microphone to the mouth (target: under 60 ms)."""
 from __future__ import annotations
 
@@ -45,8 +46,28 @@ def lipsync_bench() -> dict[str, float]:
             ls.push(x[i:i + 160])
 
     out["lipsync_live_160_per_hop_ms"] = time_ms(live, repeat=7, warmup=1) / hops
+    out["lipsync_rule_only_per_hop_ms"] = time_ms(lambda: LipSync(names, SR, mouth_model=None).push(x), repeat=7,
+                                                  warmup=1) / hops
+    out.update(_mouth_model(x))
     out.update(_latency(names))
     return out
+
+
+def _mouth_model(x: np.ndarray) -> dict[str, float]:
+    """CPU per hop of the learned model alone: its features from an analysed frame, and one step."""
+    from savatar.core.drive.mouth_regressor import MouthRegressor, hop_features
+    from savatar.core.drive.speech_features import AudioAnalyzer
+
+    frames = AudioAnalyzer(SR).push(x)
+    model = MouthRegressor.load()
+
+    def run() -> None:
+        model.reset()
+        for f in frames:
+            model.step(hop_features(f))
+
+    return {"mouth_model_per_hop_ms": time_ms(run, repeat=7, warmup=1) / len(frames),
+            "mouth_model_networks": float(model.n_models)}
 
 
 def _latency(names: list[str]) -> dict[str, float]:

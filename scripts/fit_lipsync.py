@@ -111,7 +111,8 @@ def main() -> None:
         max_jaw, base, per_z1, loudness, floor = cfg
         table[cfg] = {}
         for c in names:
-            ls = LipSync([], 16000, max_jaw=max_jaw, jaw_rule=JawRule(base, per_z1, floor, loudness))
+            # The rule alone (the learned model's share is chosen by scripts/train_mouth_regressor.py).
+            ls = LipSync([], 16000, max_jaw=max_jaw, jaw_rule=JawRule(base, per_z1, floor, loudness), mouth_model=None)
             frames = ls.push(np.concatenate([clips[c]["audio"], np.zeros(400, np.float32)]))
             t = np.array([f.time_s for f in frames])
             seen = np.interp([f.jaw for f in frames], SWEEP_RAD, response)

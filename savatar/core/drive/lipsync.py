@@ -27,10 +27,11 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from savatar.core.drive.motion import Motion
+from savatar.core.drive.mouth_regressor import MouthRegressor, hop_features
 from savatar.core.drive.speech_features import SILENCE_DB, AudioAnalyzer, AudioFrame
 
 __all__ = ["SILENCE_DB", "AudioAnalyzer", "AudioFrame", "AudioUnavailableError", "LipFrame", "LipSync",
-           "JAW", "JawRule", "MOUTH_LEAD_S", "VISEMES", "articulation", "classify_viseme", "lipsync_file", "open_input_stream",
+           "JAW", "JawRule", "LEARNED", "LearnedJaw", "MOUTH_LEAD_S", "VISEMES", "articulation", "classify_viseme", "lipsync_file", "open_input_stream",
            "read_audio", "resample"]
 
 VISEMES: tuple[str, ...] = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR",
@@ -40,7 +41,9 @@ VISEMES: tuple[str, ...] = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn
 # talking clips (the dev clip and four other speakers) by scripts/fit_lipsync.py: the lead whose
 # avatar mouth correlates best with the real speaker's mouth opening. Chosen leave-one-clip-out
 # it was 80-140 ms for every clip (40 ms before). Speech physiology agrees: the lips and jaw reach a sound's
-# shape before the sound is heard (tens of ms inside speech, 100-300 ms at phrase onsets).
+# shape before the sound is heard (tens of ms inside speech, 100-300 ms at phrase onsets). The
+# learned mouth model (mouth_regressor.py) is trained at this lead; over its 46 training clips,
+# leave-one-source-out, its output correlates best with the real mouth at 100-120 ms.
 MOUTH_LEAD_S = 0.10
 
 # Expression weights (ARKit-style names) of the articulatory components.
@@ -83,6 +86,40 @@ class JawRule(NamedTuple):
 # phonetic prior had (no floor: /i/ and /u/ nearly shut, as the avatar shows a mouth only above
 # about 0.07 rad) and loudness does not scale it. Before: JawRule(0.45, 0.35, 0.2, 0.45).
 JAW = JawRule(base=0.45, per_z1=0.5, floor=0.0, loudness=0.0)
+
+
+class LearnedJaw(NamedTuple):
+    """How the learned mouth opening (mouth_regressor.py; z, in the speaker's own spread) drives
+    the jaw on vowels and other sonorants. The avatar is asked to show a mouth opening of
+    centre + per_z * z (MediaPipe's inner lips over inter-ocular distance, the measure taken on
+    the real speakers), through its measured jaw -> opening response (AVATAR_OPENING), so what is
+    seen follows z linearly; the jaw's openness is share * that + (1 - share) * the formant
+    rule's (JAW): the rule keeps /a/ open and /i/ nearly shut on synthesized vowels, which a
+    model of real mouths (that open on context, not on one vowel) does not promise."""
+
+    centre: float
+    per_z: float
+    share: float
+
+
+# Chosen by scripts/train_mouth_regressor.py on the 46 training clips, leave-one-source-out
+# through LipSync and the avatar's response (mean correlation with the real mouth at lag 0:
+# 0.329, the formant rule alone 0.229), among the settings that keep the synthesized-speech
+# tests: a share over 0.7 loses /a/ > 2 x /i/ in noise, a lower centre leaves a sustained /a/
+# under 0.25 rad (centre 0.25, per_z 0.5 scored 0.331 but fails that test).
+LEARNED = LearnedJaw(centre=0.25, per_z=0.7, share=0.7)
+
+# The default avatar's mouth opening as MediaPipe reads it on frontal renders (inner lips over
+# inter-ocular distance) at these jaw angles (radians), expression neutral: shut below 0.04 rad,
+# opening fast from 0.06 to 0.16, saturated from 0.4 (scripts/fit_lipsync.py measures it).
+AVATAR_OPENING = ((0.0, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4),
+                  (0.0, 0.011, 0.025, 0.055, 0.092, 0.118, 0.219, 0.303, 0.379, 0.466, 0.516, 0.571, 0.579))
+
+
+def jaw_for_opening(opening: float) -> float:
+    """Jaw angle (radians) at which the default avatar shows this mouth opening (AVATAR_OPENING)."""
+    jaw, seen = AVATAR_OPENING
+    return float(np.interp(opening, seen, jaw))
 
 # Vowel prototypes as speaker-normalised log formants (z1, z2): the corners of the vowel space of
 # Peterson & Barney / Hillenbrand averages read against SpeakerNorm's prior.
@@ -164,6 +201,18 @@ def articulation(frame: AudioFrame, viseme: str, jaw_rule: JawRule = JAW) -> Art
     return Articulation(jaw, 0.0, 0.0, rounding * gain, spreading * gain, (0.3 + 0.7 * openness) * gain)
 
 
+_BUNDLED: list[MouthRegressor] = []
+
+
+def bundled_mouth_model() -> MouthRegressor:
+    """A fresh copy of the package's learned mouth-opening model (loaded from disk once)."""
+    import copy
+
+    if not _BUNDLED:
+        _BUNDLED.append(MouthRegressor.load())
+    return copy.deepcopy(_BUNDLED[0])
+
+
 class LipFrame(NamedTuple):
     """time_s: window centre, seconds since the first sample pushed; expr: (E,) weights in the given expr_names order; jaw: radians."""
 
@@ -183,9 +232,15 @@ class LipSync:
 
     def __init__(self, expr_names: list[str], sample_rate: int = 16000, max_jaw: float = 0.35,
                  attack_s: float = 0.03, release_s: float = 0.08, closure_s: float = 0.012,
-                 jaw_rule: JawRule = JAW) -> None:
+                 jaw_rule: JawRule = JAW, mouth_model: MouthRegressor | None | str = "bundled",
+                 learned: LearnedJaw = LEARNED) -> None:
         self.analyzer = AudioAnalyzer(sample_rate)
         self.jaw_rule = jaw_rule
+        # The learned mouth opening (None: the formant rule alone); "bundled": the package's asset.
+        self.mouth_model = bundled_mouth_model() if isinstance(mouth_model, str) else mouth_model
+        if self.mouth_model is not None:
+            self.mouth_model.reset()
+        self.learned = learned
         self.expr_names = list(expr_names)
         self.max_jaw = max_jaw
         index = {n: i for i, n in enumerate(self.expr_names)}
@@ -220,6 +275,16 @@ class LipSync:
             vis = classify_viseme(fr)
             art = articulation(fr, vis, self.jaw_rule)
             jaw_target = self.max_jaw * art.jaw
+            if self.mouth_model is not None:
+                # Stepped on every hop (silences included), so its context is the real past.
+                z = self.mouth_model.step(hop_features(fr))
+                # Only where the rule reads a vowel or another sonorant: pauses, closures and
+                # frication keep the rule's shut or nearly shut jaw (the synthesized-speech checks:
+                # silences and bilabial closures shut, a hiss does not open the mouth).
+                if fr.sonorant and vis not in ("sil", "PP", "FF", "SS", "CH"):
+                    seen = min(max(self.learned.centre + self.learned.per_z * z, 0.0), AVATAR_OPENING[1][-1])
+                    learned_jaw = min(jaw_for_opening(seen), self.max_jaw)
+                    jaw_target = self.learned.share * learned_jaw + (1.0 - self.learned.share) * jaw_target
             expr_target = np.asarray(art[1:], np.float32) @ self._basis
             fall = self._a_closure if vis in ("PP", "sil") else self._a_release
             a = self._a_attack if jaw_target > self._jaw else fall

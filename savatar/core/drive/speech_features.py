@@ -7,7 +7,7 @@ hop; the frames are the same whether the audio arrives in one piece or in microp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,6 +15,26 @@ from savatar.core.drive.formants import FormantEstimator, SpeakerNorm
 
 SILENCE_DB = -100.0
 LOCAL_PEAK_S = 0.15
+N_MELS = 24
+MEL_RANGE_HZ = (80.0, 7600.0)
+
+
+def mel_filterbank(sample_rate: int, nfft: int, n_mels: int = N_MELS,
+                   f_lo: float = MEL_RANGE_HZ[0], f_hi: float = MEL_RANGE_HZ[1]) -> np.ndarray:
+    """(n_mels, nfft // 2 + 1) triangular filters evenly spaced on the mel scale (O'Shaughnessy's
+    2595 log10(1 + f / 700)), each summing to 1 so a band's value is its mean power."""
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    f_hi = min(f_hi, sample_rate / 2)
+    edges = 700.0 * (10 ** (np.linspace(mel(f_lo), mel(f_hi), n_mels + 2) / 2595.0) - 1.0)
+    freqs = np.fft.rfftfreq(nfft, 1.0 / sample_rate)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    bank = np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
+    # A band narrower than the FFT's bin spacing would catch no bin: give it its nearest bin.
+    empty = bank.sum(axis=1) == 0
+    bank[empty, np.searchsorted(freqs, mid[empty, 0]).clip(0, len(freqs) - 1)] = 1.0
+    return bank / bank.sum(axis=1, keepdims=True)
 
 
 @dataclass
@@ -30,7 +50,8 @@ class AudioFrame:
     pitch lag, 0 for noise and whisper); f1, f2: formants in Hz and z1, z2 the speaker-normalised
     log formants (nan when not measured: inactive or not sonorant); flatness: spectral flatness
     0..1; centroid: spectral centroid Hz; lf_ratio, hf_ratio: energy fractions below 400 Hz and
-    above 2.5 kHz; zcr: zero crossings per sample.
+    above 2.5 kHz; zcr: zero crossings per sample; log_mel: (N_MELS,) band powers in dB (the
+    window's, as loudness_db is; mel_filterbank's bands).
     """
 
     time_s: float
@@ -51,6 +72,7 @@ class AudioFrame:
     lf_ratio: float
     hf_ratio: float
     zcr: float
+    log_mel: np.ndarray = field(default_factory=lambda: np.full(N_MELS, SILENCE_DB, np.float32))
 
     @property
     def sonorant(self) -> bool:
@@ -85,6 +107,9 @@ class AudioAnalyzer:
         self._freqs = freqs
         self._lf = freqs < 400.0
         self._hf = freqs > 2500.0
+        # Mean power per bin over the window's energy: every band of a white noise reads its
+        # loudness_db, so band levels and loudness share one scale.
+        self._mel = mel_filterbank(self.sample_rate, self.nfft) / float(np.sum(self._window ** 2))
         # Voicing: the autocorrelation of the windowed frame divided by the window's own (Boersma
         # 1993), looked at over pitch lags 2.5-16 ms (400-62 Hz).
         w_ac = np.fft.irfft(np.abs(np.fft.rfft(self._window, self.nfft)) ** 2)[: self.win]
@@ -168,8 +193,9 @@ class AudioAnalyzer:
                     if db - self._floor > 15.0:  # learn the speaker from clean frames only
                         self.speaker.update(f1, f2)
                     z1, z2 = self.speaker.z(f1, f2)
+        log_mel = (10.0 * np.log10(self._mel @ power + 1e-10)).astype(np.float32)
         return AudioFrame(t, db, db - self._floor, active, level, dip, local_dip, quiet, min(voicing, 1.0), f1, f2, z1, z2,
-                          flatness, centroid, lf, hf, zcr)
+                          flatness, centroid, lf, hf, zcr, np.maximum(log_mel, SILENCE_DB))
 
     def _vad(self, db: float) -> tuple[bool, bool, float, float]:
         if db < self._floor:

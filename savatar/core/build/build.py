@@ -31,9 +31,9 @@ from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_fo
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.build.face_offsets import landmark_offsets
-from savatar.core.build.hair_colour import hair_colour
+from savatar.core.build.hair_colour import EYE_CORNERS, hair_colour
 from savatar.core.build.hair_volume import hair_offsets
-from savatar.core.build.mouth_interior import mouth_interior_colours
+from savatar.core.build.mouth_interior import curtain_colours, lip_curtain, mouth_interior_colours
 from savatar.core.head.head_model import HeadModel, HeadModelData
 from savatar.core.io.pixels import to_uint8
 from savatar.core.refine.frame_sources import HeadMasker, prepare_view
@@ -60,6 +60,12 @@ FEATHER_PASSES = 3
 # the back of the head takes the hair's overall colour instead of streaks dragged from the rim.
 SETTLE_DISTANCE = 0.05
 MOUTH_REGIONS = ("mouth_cavity", "upper_teeth", "lower_teeth")
+JAW_PROBE = 0.35  # radians of jaw opening at which the lip curtain is found and coloured
+MOUTH_CORNERS = (61, 291)  # MediaPipe Face Mesh landmarks
+FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the front
+INNER_LIPS = (13, 14)  # MediaPipe Face Mesh: the inner lips' middle, upper and lower
+CLOSED_LIPS = 0.06  # inner lips' gap over the eye corners' distance below which lips are closed
+# or barely parted (measured: closed 0.00-0.002, parted without teeth 0.05, smiles with teeth 0.11-0.16)
 # Facial features get more Gaussians than plain skin: they carry most of the likeness.
 FEATURE_DENSITY = {"eye_area": 6.0, "lip_area": 6.0, "nose_area": 5.0}
 
@@ -507,6 +513,44 @@ def _propagate(positions: np.ndarray, out: np.ndarray, known: np.ndarray, skin: 
         out[skin[smooth_idx]] = out[nb[smooth_idx]].mean(1)
 
 
+def lips_closed(landmarks: np.ndarray) -> bool:
+    """Whether a face's lips are closed or barely parted (no teeth to see): the inner lips' gap
+    below CLOSED_LIPS of the distance between the eyes' outer corners. landmarks: (478, 2+)
+    MediaPipe Face Mesh, pixels."""
+    pts = np.asarray(landmarks, np.float64)[:, :2]
+    gap = np.linalg.norm(pts[INNER_LIPS[0]] - pts[INNER_LIPS[1]])
+    return bool(gap < CLOSED_LIPS * np.linalg.norm(pts[EYE_CORNERS[0]] - pts[EYE_CORNERS[1]]))
+
+
+def _colour_lip_curtain(avatar: GaussianAvatar, model: HeadModel, mouth: np.ndarray,
+                        default: np.ndarray) -> np.ndarray:
+    """The Gaussians (N,) bool on the lip curtain (mouth_interior.lip_curtain; none where the
+    head model's landmarks do not include the mouth corners), their colours written into
+    default (N, 3) (mouth_interior.curtain_colours). mouth: (N,) bool, the mouth's own regions,
+    which the curtain excludes."""
+    data = model.data
+    ids = np.asarray(data.lmk_mediapipe if data.lmk_mediapipe is not None else [], np.int64)
+    corner_rows = [int(np.flatnonzero(ids == c)[0]) for c in MOUTH_CORNERS if (ids == c).any()]
+    if len(corner_rows) < 2:
+        return np.zeros(len(default), bool)
+    with torch.no_grad():
+        neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
+        jaw = torch.zeros(1, 15)
+        jaw[0, 6] = JAW_PROBE
+        opened = model(shape=avatar.shape[None], pose=jaw, static_offset=avatar.static_offset).vertices[0]
+        opened_means = deform(avatar, opened, model.faces).means.double().numpy()
+        normals = face_frames(neutral, model.faces)[0][:, :, 1].double().numpy()
+    faces = model.faces.numpy()
+    rest = neutral.double().numpy()
+    corners = rest[faces[data.lmk_faces[corner_rows]]].mean(1)
+    on = avatar.face.numpy()
+    curtain = lip_curtain(rest, opened.double().numpy(), faces, float(np.abs(corners[:, 0]).mean()))[on] & ~mouth
+    if curtain.any():
+        facing = normals[on][curtain, 2] > FACING_Z
+        default[curtain] = curtain_colours(opened_means[curtain], facing)
+    return curtain
+
+
 def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
                  progress: Callable[[float, str], None] | None = None,
                  cancel: threading.Event | None = None, data: HeadModelData | None = None,
@@ -571,6 +615,13 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         positions = deform(avatar, neutral, model.faces).means.double().numpy()
     default[mouth] = mouth_interior_colours(positions, in_regions("upper_teeth", "lower_teeth"),
                                             in_regions("mouth_cavity"))[mouth]
+    # With every portrait's lips closed, the lip curtain shows the inside of an open mouth
+    # instead of the lip line's colours stretched over the opening. A portrait with parted lips
+    # saw its own mouth there: its colours stay.
+    if all(lips_closed(src.landmarks) for src in good):
+        curtain = _colour_lip_curtain(avatar, model, mouth, default)
+        acc_w[curtain] = 0.0
+        mouth |= curtain
     hair = hair_colour(good)
     trusted = acc_w > TRUSTED_WEIGHT
     filled = fill_unseen(positions, colour, trusted, mouth, default, group=in_regions("scalp").astype(np.int64),

@@ -4,6 +4,10 @@ The head model's own mouth colours are flat: bright teeth from corner to corner 
 cavity. Real mouths are lit from the front only: the front teeth are bright, the side teeth fall
 into shadow, the cavity is dark and the tongue fills its floor. Flat bright teeth also show at the
 corners of closed lips, a white smear on every closed-mouth frame; shaded ones do not.
+
+In front of teeth and cavity, the head mesh closes the mouth with a curtain of triangles between
+the lips that stretches over the whole opening when the jaw opens. It is coloured as an open
+mouth seen from the front when every portrait's lips are closed.
 """
 from __future__ import annotations
 
@@ -12,6 +16,10 @@ import numpy as np
 TEETH = np.array([0.90, 0.88, 0.82])
 CAVITY = np.array([0.16, 0.05, 0.05])
 TONGUE = np.array([0.62, 0.30, 0.30])
+CURTAIN_STRETCH = 1.5  # area ratio, jaw open over closed, from which a triangle lies between the lips
+CURTAIN_CORNERS = 0.85  # of the mouth corners' distance from the middle: beyond, the corners' skin
+LIP_LINE = 0.2  # fraction of the opening's height, from the top, that stays dark (the closed lips' line)
+UPPER_TEETH_SHOWN = 0.25  # fraction of the opening's height, under the lip line, where upper teeth show
 SIDE_SHADE = 0.25  # brightness of the teeth at the mouth corners, relative to the front ones
 BACK_SHADE = 0.35  # brightness of the cavity and tongue at the back, relative to the front
 
@@ -38,4 +46,40 @@ def mouth_interior_colours(positions: np.ndarray, teeth: np.ndarray, cavity: np.
         lips = front > 0.85
         colour = np.where((floor & ~lips)[:, None], TONGUE, CAVITY)
         out[cavity] = colour * shade[:, None]
+    return out
+
+
+def lip_curtain(closed: np.ndarray, opened: np.ndarray, faces: np.ndarray, corner_x: float) -> np.ndarray:
+    """(F,) bool: the triangles that close the mesh between the lips: whose area grows more than
+    CURTAIN_STRETCH times when the jaw opens, between the mouth's corners. closed, opened: (V, 3)
+    the mesh with the jaw closed and open (x across, x = 0 the symmetry plane); faces: (F, 3);
+    corner_x: the mouth corners' distance from the symmetry plane.
+
+    Slivers while the mouth is closed, they are what covers the opening when it opens, in front
+    of the teeth and the cavity."""
+    def area(v: np.ndarray) -> np.ndarray:
+        a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+        return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+
+    centre_x = np.abs(closed[faces].mean(1)[:, 0])
+    return (area(opened) > CURTAIN_STRETCH * np.maximum(area(closed), 1e-12)) & (centre_x < CURTAIN_CORNERS * corner_x)
+
+
+def curtain_colours(opened: np.ndarray, facing: np.ndarray) -> np.ndarray:
+    """Colours (M, 3) for the lip curtain's Gaussians at their positions opened (M, 3) with the
+    jaw open: what an open mouth shows from the front, the lips' dark line at the top, the upper
+    teeth under it, then the dark cavity, the tongue at the bottom; the teeth shaded towards the
+    corners. facing: (M,) bool, the Gaussians that face forwards with the mouth closed, which
+    stay dark.
+
+    A closed-lipped portrait's colours there are the lip line's, stretched into streaks over the
+    opening; the head model's own are a flat membrane hiding the mouth. Closed, the curtain is a
+    sliver whose forward-facing part shows: dark, so closed lips do not show a white line."""
+    y0, y1 = opened[:, 1].min(), opened[:, 1].max()
+    down = np.clip((y1 - opened[:, 1]) / max(y1 - y0, 1e-6), 0.0, 1.0)  # 0 at the top, 1 at the bottom
+    x = np.abs(opened[:, 0])
+    side = np.clip(x / max(float(x.max()), 1e-6), 0.0, 1.0)
+    out = np.where((down > 2 / 3)[:, None], TONGUE * BACK_SHADE + (1 - BACK_SHADE) * CAVITY, CAVITY)
+    band = (down > LIP_LINE) & (down < LIP_LINE + UPPER_TEETH_SHOWN) & ~facing
+    out[band] = TEETH * (1.0 - (1.0 - SIDE_SHADE) * side[band, None] ** 1.5)
     return out

@@ -263,3 +263,53 @@ def test_bilinear_sampling_many_points():
     assert out.shape == (40000,)
     np.testing.assert_allclose(out[0::2], image[2, 3])
     np.testing.assert_allclose(out[1::2], 0.5 * (image[2, 3] + image[2, 4]))
+
+
+def _mouth_opening(avatar: GaussianAvatar, jaw: float) -> tuple[np.ndarray, np.ndarray]:
+    """(render (256, 256, 3) of the mouth from the front with the jaw opened by jaw radians, the
+    mean luminance of each pixel row across the opening's middle, from the upper lip down)."""
+    rig = Rig.of(avatar)
+    faces = np.asarray(rig.data.faces)[rig.data.lmk_faces]
+    top_id, bottom_id, left_id, right_id = 0, 17, 61, 291  # MediaPipe: outer lips' middle and corners
+    pose = np.zeros(15, np.float32)
+    pose[6] = jaw
+    lm = (rig.vertices(pose=pose).numpy()[faces] * rig.data.lmk_bary[:, :, None]).sum(1)
+    cam = orbit_camera(0, 0, 0.3, tuple(lm[[top_id, bottom_id]].mean(0)), 256, 256, 30.0)
+    rgb, _ = render(avatar, cam, pose=pose, background=(1.0, 1.0, 1.0))
+    cam_pts = lm @ cam.viewmat[:3, :3].T + cam.viewmat[:3, 3]
+    uv = cam_pts[:, :2] / cam_pts[:, 2:] * np.diag(cam.K)[:2] + cam.K[:2, 2]
+    top, bottom = uv[top_id, 1], uv[bottom_id, 1]
+    x0, x1 = sorted((uv[left_id, 0], uv[right_id, 0]))
+    assert bottom - top > 40  # the jaw did open
+    return rgb, rgb.mean(2)[int(top + 0.3 * (bottom - top)):int(top + 0.8 * (bottom - top)),
+                            int(x0 + 0.3 * (x1 - x0)):int(x1 - 0.3 * (x1 - x0))].mean(1)
+
+
+def test_open_mouth_from_closed_lips_shows_teeth_and_a_dark_cavity():
+    """A portrait with closed lips (a render of the bundled avatar): opened wide, the avatar's
+    mouth shows a dark cavity under a row of teeth, not the lip line's colours stretched over
+    the opening (a pale membrane before the lip curtain was coloured)."""
+    from savatar.core.build.build import lips_closed
+    from savatar.core.gaussians.binding import default_avatar
+
+    bundled = default_avatar(30000)
+    verts = Rig.of(bundled).vertices().numpy()
+    portrait, _ = render(bundled, orbit_camera(0, 0, 0.6, tuple(verts.mean(0)), 512, 512, 30.0),
+                         background=(1.0, 1.0, 1.0))
+    avatar, results = build_avatar([(np.clip(portrait, 0, 1) * 255).astype(np.uint8)], count=15000)
+    assert lips_closed(results[0].landmarks)
+    rgb, rows = _mouth_opening(avatar, 0.35)
+    save_png(OUT / "open_mouth_closed_source.png", rgb)
+    print(f"open mouth: rows' luminance from {rows.min():.2f} (row {rows.argmin()}) to {rows.max():.2f} (row {rows.argmax()})")
+    assert rows.max() > 0.6  # teeth
+    assert rows.min() < 0.25  # a dark cavity
+    assert rows.argmin() > rows.argmax()  # under the teeth
+
+
+def test_open_mouth_from_parted_lips_keeps_the_portraits_mouth(built):
+    """The astronaut smiles with her teeth showing: the lips are not closed, and the mouth keeps
+    the portrait's colours (the source view test measures how well)."""
+    from savatar.core.build.build import lips_closed
+
+    _, results = built
+    assert not lips_closed(results[0].landmarks)

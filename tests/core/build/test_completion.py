@@ -11,7 +11,7 @@ import torch
 
 from savatar.core.build.build import SETTLE_DISTANCE, fill_unseen
 from savatar.core.build.face_offsets import MAX_OFFSET, _landmark_points, landmark_offsets
-from savatar.core.build.mouth_interior import mouth_interior_colours
+from savatar.core.build.mouth_interior import curtain_colours, lip_curtain, mouth_interior_colours
 from savatar.core.drive.tracking import intrinsics_for, mediapipe_indices, project_tracking
 from savatar.core.head.head_model import HeadModel
 from savatar.core.head.open_head import load_open_head_data
@@ -92,6 +92,30 @@ def test_mouth_interior_dark_cavity_shaded_teeth(data):
     assert np.median(lum[~teeth]) < 0.25  # a dark cavity
     red = out[~teeth][:, 0] > 1.5 * out[~teeth][:, 1]
     assert red.mean() > 0.9  # tongue and cavity are reddish, never grey or white
+
+
+def test_lip_curtain_opens_into_teeth_over_a_dark_cavity(data):
+    """The triangles between the lips of the open head: slivers when closed, the opening when the
+    jaw opens; coloured as an open mouth seen from the front (bright teeth at the top, dark below,
+    dark wherever they face forwards when closed)."""
+    model = HeadModel(data)
+    pose = torch.zeros(1, 15)
+    pose[0, 6] = 0.35
+    with torch.no_grad():
+        closed, opened = model().vertices[0].double().numpy(), model(pose=pose).vertices[0].double().numpy()
+    faces = np.asarray(data.faces)
+    corners = closed[faces[data.lmk_faces[[61, 291]]]].mean(1)
+    curtain = lip_curtain(closed, opened, faces, float(np.abs(corners[:, 0]).mean()))
+    assert 50 < curtain.sum() < 0.05 * len(faces)
+    centres = opened[faces[curtain]].mean(1)
+    upper_lip, lower_lip = opened[faces[data.lmk_faces[[0, 17]]]].mean(1)[:, 1]
+    assert lower_lip < np.median(centres[:, 1]) < upper_lip  # it spans the opening, between the lips
+    assert np.abs(centres[:, 0]).max() < np.abs(corners[:, 0]).mean()
+
+    lum = curtain_colours(centres, np.zeros(len(centres), bool)).mean(1)
+    height = (centres[:, 1] - centres[:, 1].min()) / np.ptp(centres[:, 1])
+    assert lum[height > 0.7].max() > 0.7 and lum[height < 0.5].max() < 0.3  # teeth above, cavity below
+    assert curtain_colours(centres, np.ones(len(centres), bool)).mean(1).max() < 0.3
 
 
 def test_landmark_offsets_move_the_face_onto_the_landmarks(data):

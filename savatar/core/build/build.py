@@ -63,6 +63,7 @@ MOUTH_REGIONS = ("mouth_cavity", "upper_teeth", "lower_teeth")
 JAW_PROBE = 0.35  # radians of jaw opening at which the lip curtain is found and coloured
 MOUTH_CORNERS = (61, 291)  # MediaPipe Face Mesh landmarks
 FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the front
+LIP_LINE_OPACITY = 0.3  # of the lip curtain's Gaussians that face forwards with the mouth closed
 INNER_LIPS = (13, 14)  # MediaPipe Face Mesh: the inner lips' middle, upper and lower
 CLOSED_LIPS = 0.06  # inner lips' gap over the eye corners' distance below which lips are closed
 # or barely parted (measured: closed 0.00-0.002, parted without teeth 0.05, smiles with teeth 0.11-0.16)
@@ -523,16 +524,17 @@ def lips_closed(landmarks: np.ndarray) -> bool:
 
 
 def _colour_lip_curtain(avatar: GaussianAvatar, model: HeadModel, mouth: np.ndarray,
-                        default: np.ndarray) -> np.ndarray:
-    """The Gaussians (N,) bool on the lip curtain (mouth_interior.lip_curtain; none where the
-    head model's landmarks do not include the mouth corners), their colours written into
-    default (N, 3) (mouth_interior.curtain_colours). mouth: (N,) bool, the mouth's own regions,
-    which the curtain excludes."""
+                        default: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the Gaussians (N,) bool on the lip curtain (mouth_interior.lip_curtain; none where the
+    head model's landmarks do not include the mouth corners), those (N,) bool of them facing
+    forwards with the mouth closed); the curtain's colours written into default (N, 3)
+    (mouth_interior.curtain_colours). mouth: (N,) bool, the mouth's own regions, which the
+    curtain excludes."""
     data = model.data
     ids = np.asarray(data.lmk_mediapipe if data.lmk_mediapipe is not None else [], np.int64)
     corner_rows = [int(np.flatnonzero(ids == c)[0]) for c in MOUTH_CORNERS if (ids == c).any()]
     if len(corner_rows) < 2:
-        return np.zeros(len(default), bool)
+        return np.zeros(len(default), bool), np.zeros(len(default), bool)
     with torch.no_grad():
         neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
         jaw = torch.zeros(1, 15)
@@ -545,10 +547,10 @@ def _colour_lip_curtain(avatar: GaussianAvatar, model: HeadModel, mouth: np.ndar
     corners = rest[faces[data.lmk_faces[corner_rows]]].mean(1)
     on = avatar.face.numpy()
     curtain = lip_curtain(rest, opened.double().numpy(), faces, float(np.abs(corners[:, 0]).mean()))[on] & ~mouth
+    facing = curtain & (normals[on][:, 2] > FACING_Z)
     if curtain.any():
-        facing = normals[on][curtain, 2] > FACING_Z
-        default[curtain] = curtain_colours(opened_means[curtain], facing)
-    return curtain
+        default[curtain] = curtain_colours(opened_means[curtain], facing[curtain])
+    return curtain, facing
 
 
 def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
@@ -619,8 +621,13 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     # instead of the lip line's colours stretched over the opening. A portrait with parted lips
     # saw its own mouth there: its colours stay.
     if all(lips_closed(src.landmarks) for src in good):
-        curtain = _colour_lip_curtain(avatar, model, mouth, default)
-        acc_w[curtain] = 0.0
+        curtain, facing = _colour_lip_curtain(avatar, model, mouth, default)
+        # What faces forwards with the mouth closed is what the portrait saw of the lips' line:
+        # it keeps the portrait's colours (drawn over, the avatar at rest read as less the person).
+        acc_w[curtain & ~facing] = 0.0
+        # Thin: stacked in the closed lips' line they still show it, stretched over an open mouth
+        # the teeth and cavity behind show through.
+        avatar.opacity_logit[torch.as_tensor(facing)] = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
         mouth |= curtain
     hair = hair_colour(good)
     trusted = acc_w > TRUSTED_WEIGHT

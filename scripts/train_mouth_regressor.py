@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,26 +56,17 @@ MAPPINGS = [LearnedJaw(c, p, s) for c in (0.25, 0.3) for p in (0.5, 0.7) for s i
 def load_clips(dirs: list[Path], landmarker) -> dict[str, dict]:
     """{clip: {"feat": (T, N_FEATURES) per hop, "t": (T,) hop times (s), "mouth": (F,), "fps",
     "audio": (N,) at SR}}."""
-    from bench.bench_lipsync_real import _extract_audio, real_mouth
-    from savatar.core.drive.lipsync import read_audio
+    from fit_lipsync import clip_data  # this script's folder is on sys.path when it runs
+
     from savatar.core.drive.mouth_regressor import hop_features
     from savatar.core.drive.speech_features import AudioAnalyzer
 
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for d in dirs:
-            for path in sorted(d.glob("*.mp4")):
-                wav = Path(tmp) / f"{path.stem}.wav"
-                if not _extract_audio(path, wav):
-                    continue
-                mouth, _, fps = real_mouth(path, landmarker)
-                x, sr = read_audio(wav)
-                assert sr == SR
-                an = AudioAnalyzer(SR)
-                frames = an.push(np.concatenate([x, np.zeros(an.win, np.float32)]))
-                out[path.stem] = {"feat": np.stack([hop_features(f) for f in frames]),
-                                  "t": np.array([f.time_s for f in frames]), "mouth": np.asarray(mouth, np.float64),
-                                  "fps": float(fps), "audio": x}
+    out = clip_data(dirs, landmarker)
+    for clip in out.values():
+        an = AudioAnalyzer(SR)
+        frames = an.push(np.concatenate([clip["audio"], np.zeros(an.win, np.float32)]))
+        clip.update(feat=np.stack([hop_features(f) for f in frames]), t=np.array([f.time_s for f in frames]),
+                    mouth=np.asarray(clip["mouth"], np.float64), fps=float(clip["fps"]))
     return out
 
 

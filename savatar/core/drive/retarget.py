@@ -64,6 +64,13 @@ PRIOR_SCALE = {"eyeWide_L": 10.0, "eyeWide_R": 10.0, "eyeSquint_L": 10.0, "eyeSq
 SYMMETRIC = (("browDown_L", "browDown_R"),)
 
 
+def _line_angle(corners: np.ndarray) -> float:
+    """Image angle (radians, y down) of the line from the right eye's centre to the left's, each
+    the mean of its two corners: corners (4, 2) in EYE_CORNERS' order."""
+    d = corners[2:].mean(0) - corners[:2].mean(0)
+    return math.atan2(d[1], d[0])
+
+
 def _wrap(a: float) -> float:
     """An angle (radians) in [-pi, pi)."""
     return (a + math.pi) % (2 * math.pi) - math.pi
@@ -272,18 +279,13 @@ class Retargeter:
         return np.array([where[c] for c in EYE_CORNERS])
 
     def _eye_line(self, points: np.ndarray) -> float:
-        """Image angle (radians, y down) of the line from the right eye's centre to the left's,
-        each the mean of its two corners, in points (L, 2+) of the model's landmark order."""
-        p = np.asarray(points, np.float64)[self._corners, :2]
-        d = p[2:].mean(0) - p[:2].mean(0)
-        return math.atan2(d[1], d[0])
+        """The eye line's angle (_line_angle) in points (L, 2+) of the model's landmark order."""
+        return _line_angle(np.asarray(points, np.float64)[self._corners, :2])
 
     def _avatar_eye_line(self, expr: np.ndarray, pose: np.ndarray, translation: np.ndarray) -> float:
         """The avatar's eye line (radians) driven by expr (E,), pose (15,), translation (3,)."""
         x = self._avatar.evaluate(rodrigues(pose[0:3]), translation, pose[6:9], pose[9:11], np.asarray(expr, np.float64))
-        p = self.fitter._project(x)[0]
-        d = p[2:].mean(0) - p[:2].mean(0)
-        return math.atan2(d[1], d[0])
+        return _line_angle(self.fitter._project(x)[0])
 
     def _eye_line_gap(self, fit: FitResult) -> float:
         """The driver's eye line (fit.landmarks) less the avatar's under fit's drive, radians."""

@@ -523,20 +523,19 @@ def lips_closed(landmarks: np.ndarray) -> bool:
     return bool(gap < CLOSED_LIPS * np.linalg.norm(pts[EYE_CORNERS[0]] - pts[EYE_CORNERS[1]]))
 
 
-def _colour_lip_curtain(avatar: GaussianAvatar, model: HeadModel, mouth: np.ndarray,
+def _colour_lip_curtain(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor, mouth: np.ndarray,
                         default: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the Gaussians (N,) bool on the lip curtain (mouth_interior.lip_curtain; none where the
     head model's landmarks do not include the mouth corners), those (N,) bool of them facing
     forwards with the mouth closed); the curtain's colours written into default (N, 3)
-    (mouth_interior.curtain_colours). mouth: (N,) bool, the mouth's own regions, which the
-    curtain excludes."""
+    (mouth_interior.curtain_colours). neutral: (V, 3) the avatar's mesh at rest; mouth: (N,)
+    bool, the mouth's own regions, which the curtain excludes."""
     data = model.data
     ids = np.asarray(data.lmk_mediapipe if data.lmk_mediapipe is not None else [], np.int64)
     corner_rows = [int(np.flatnonzero(ids == c)[0]) for c in MOUTH_CORNERS if (ids == c).any()]
     if len(corner_rows) < 2:
         return np.zeros(len(default), bool), np.zeros(len(default), bool)
     with torch.no_grad():
-        neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
         jaw = torch.zeros(1, 15)
         jaw[0, 6] = JAW_PROBE
         opened = model(shape=avatar.shape[None], pose=jaw, static_offset=avatar.static_offset).vertices[0]
@@ -621,7 +620,7 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     # instead of the lip line's colours stretched over the opening. A portrait with parted lips
     # saw its own mouth there: its colours stay.
     if all(lips_closed(src.landmarks) for src in good):
-        curtain, facing = _colour_lip_curtain(avatar, model, mouth, default)
+        curtain, facing = _colour_lip_curtain(avatar, model, neutral, mouth, default)
         # What faces forwards with the mouth closed is what the portrait saw of the lips' line:
         # it keeps the portrait's colours (drawn over, the avatar at rest read as less the person).
         acc_w[curtain & ~facing] = 0.0

@@ -24,6 +24,14 @@ SIDE_SHADE = 0.25  # brightness of the teeth at the mouth corners, relative to t
 BACK_SHADE = 0.35  # brightness of the cavity and tongue at the back, relative to the front
 
 
+def _shaded_teeth(x: np.ndarray) -> np.ndarray:
+    """Teeth colours (M, 3) at positions across the mouth x (M,) (x = 0 the symmetry plane): front
+    teeth bright, falling off towards the corners like the light into a real mouth."""
+    x = np.abs(x)
+    side = np.clip(x / max(float(x.max()), 1e-6), 0.0, 1.0)
+    return TEETH * (1.0 - (1.0 - SIDE_SHADE) * side ** 1.5)[:, None]
+
+
 def mouth_interior_colours(positions: np.ndarray, teeth: np.ndarray, cavity: np.ndarray) -> np.ndarray:
     """Colours (N, 3) for the mouth's Gaussians (rows elsewhere are zero).
 
@@ -31,10 +39,7 @@ def mouth_interior_colours(positions: np.ndarray, teeth: np.ndarray, cavity: np.
     teeth, cavity: (N,) bool, the Gaussians of the teeth and of the cavity behind the lips."""
     out = np.zeros((len(positions), 3))
     if teeth.any():
-        x = np.abs(positions[teeth, 0])
-        # Front teeth bright, falling off towards the corners like the light into a real mouth.
-        side = np.clip(x / max(float(x.max()), 1e-6), 0.0, 1.0)
-        out[teeth] = TEETH * (1.0 - (1.0 - SIDE_SHADE) * side ** 1.5)[:, None]
+        out[teeth] = _shaded_teeth(positions[teeth, 0])
     if cavity.any():
         p = positions[cavity]
         z0, z1 = p[:, 2].min(), p[:, 2].max()
@@ -77,9 +82,7 @@ def curtain_colours(opened: np.ndarray, facing: np.ndarray) -> np.ndarray:
     sliver whose forward-facing part shows: dark, so closed lips do not show a white line."""
     y0, y1 = opened[:, 1].min(), opened[:, 1].max()
     down = np.clip((y1 - opened[:, 1]) / max(y1 - y0, 1e-6), 0.0, 1.0)  # 0 at the top, 1 at the bottom
-    x = np.abs(opened[:, 0])
-    side = np.clip(x / max(float(x.max()), 1e-6), 0.0, 1.0)
     out = np.where((down > 2 / 3)[:, None], TONGUE * BACK_SHADE + (1 - BACK_SHADE) * CAVITY, CAVITY)
     band = (down > LIP_LINE) & (down < LIP_LINE + UPPER_TEETH_SHOWN) & ~facing
-    out[band] = TEETH * (1.0 - (1.0 - SIDE_SHADE) * side[band, None] ** 1.5)
+    out[band] = _shaded_teeth(opened[:, 0])[band]
     return out

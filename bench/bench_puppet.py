@@ -101,6 +101,8 @@ def puppet_clip(path: Path, draw, raw: bool = False) -> dict[str, float]:
            "fit_residual_median_px": residual, "correlation_mean": s["correlation_mean"]}
     for signal, r in s["correlation"].items():
         out[f"corr_{signal}"] = float(r)
+    for signal, a in s["amplitude"].items():
+        out[f"amplitude_{signal}"] = float(a)
     out["corr_min"] = float(np.nanmin(list(s["correlation"].values())))
     return out
 

@@ -730,13 +730,14 @@ class FieldMaker:
         return list(idx) if side > 0 else [int(self.mirror[i]) for i in idx]
 
     def field(self, idx, disp, sigma=0.010, anchors=(), lip: str | None = None, side: int = 1) -> np.ndarray:
-        """Handles at landmarks idx move by disp ((3,) or (H, 3)); anchors stay put. disp is
-        given for the left side; side -1 mirrors it. lip 'upper'/'lower' keeps the field on
+        """Handles at landmarks idx move by disp ((3,) or (H, 3)); anchors stay put. idx, disp
+        and anchors are given for the left side; side -1 mirrors all three, so a right-side
+        component is the mirror image of its left twin. lip 'upper'/'lower' keeps the field on
         that side of the mouth slit."""
         idx = self.side(idx, side)
         disp = np.broadcast_to(np.asarray(disp, dtype=np.float64), (len(idx), 3)).copy()
         disp[:, 0] *= side
-        anchors = [a for a in list(anchors) + self.anchor_idx if a not in idx]
+        anchors = [a for a in self.side(list(anchors), side) + self.anchor_idx if a not in idx]
         handles = np.concatenate([self.p[idx], self.p[anchors]])
         disps = np.concatenate([disp, np.zeros((len(anchors), 3))])
         f = handle_field(self.v, handles, disps, sigma)
@@ -780,8 +781,8 @@ def expression_basis(verts: np.ndarray, region: np.ndarray, info: dict, weights:
         blink = lid_targets(fm, up, lo, eye)
         blink[:, 0] *= s  # field() mirrors x again for the right side
         lower_lid = LEFT_EYE_LOWER
-        out[f"eyeBlink_{tag}"] = fm.field(LEFT_EYE_UPPER[1:-1], blink, 0.0045, anchors=fm.side(lower_lid, s) + fm.side(LEFT_BROW, s), side=s)
-        out[f"eyeSquint_{tag}"] = (fm.field(LEFT_EYE_LOWER[1:-1], [0, 0.0022, 0.0004], 0.005, anchors=fm.side(LEFT_BROW, s), side=s)
+        out[f"eyeBlink_{tag}"] = fm.field(LEFT_EYE_UPPER[1:-1], blink, 0.0045, anchors=lower_lid + LEFT_BROW, side=s)
+        out[f"eyeSquint_{tag}"] = (fm.field(LEFT_EYE_LOWER[1:-1], [0, 0.0022, 0.0004], 0.005, anchors=LEFT_BROW, side=s)
                                    + fm.field(under_eye, [0, 0.0015, 0.0008], 0.008, anchors=LEFT_EYE_UPPER, side=s))
         out[f"eyeWide_{tag}"] = fm.field(LEFT_EYE_UPPER[1:-1], [0, 0.0025, 0.0006], 0.005, anchors=lower_lid, side=s)
         out[f"browOuterUp_{tag}"] = fm.field(outer_brow, [0, 0.006, 0.0], 0.012, anchors=LEFT_EYE_LOWER, side=s)

@@ -40,17 +40,17 @@ GAIN_RANGE = (0.5, 4.0)  # components needing more are left alone: it would ampl
 
 # Measured by scripts/calibrate_tracking.py on the default avatar: name -> (gain, max_drive).
 OPEN_HEAD_RESPONSE: dict[str, tuple[float, float]] = {
-    'eyeBlink_L': (1.451, 0.5), 'eyeBlink_R': (1.451, 0.5), 'eyeSquint_L': (1.111, 2.0),
-    'eyeSquint_R': (1.111, 2.0), 'eyeWide_L': (1.8, 2.5), 'eyeWide_R': (1.8, 2.5),
-    'browInnerUp': (2.167, 2.5), 'browOuterUp_L': (2.05, 2.5), 'browOuterUp_R': (2.05, 2.5),
-    'browDown_L': (1.448, 1.5), 'browDown_R': (1.448, 1.5), 'mouthSmile_L': (1.526, 1.5),
-    'mouthSmile_R': (1.526, 1.5), 'mouthFrown_L': (1.756, 2.0), 'mouthFrown_R': (1.756, 2.0),
+    'eyeBlink_L': (1.451, 0.5), 'eyeBlink_R': (1.451, 0.5), 'eyeSquint_L': (1.208, 2.0),
+    'eyeSquint_R': (1.208, 2.0), 'eyeWide_L': (2.083, 2.5), 'eyeWide_R': (2.083, 2.5),
+    'browInnerUp': (2.167, 2.5), 'browOuterUp_L': (2.571, 2.5), 'browOuterUp_R': (2.571, 2.5),
+    'browDown_L': (1.729, 2.5), 'browDown_R': (1.729, 2.5), 'mouthSmile_L': (1.518, 1.5),
+    'mouthSmile_R': (1.518, 1.5), 'mouthFrown_L': (1.756, 2.0), 'mouthFrown_R': (1.756, 2.0),
     'mouthStretch_L': (1.871, 2.5), 'mouthStretch_R': (1.871, 2.5), 'mouthPucker': (3.403, 2.0),
-    'mouthFunnel': (2.379, 2.5), 'mouthUpperUp_L': (1.134, 2.5), 'mouthUpperUp_R': (1.134, 2.5),
-    'mouthLowerDown_L': (2.411, 2.5), 'mouthLowerDown_R': (2.411, 2.5), 'mouthRollUpper': (1.148, 2.5),
+    'mouthFunnel': (2.379, 2.5), 'mouthUpperUp_L': (1.142, 2.5), 'mouthUpperUp_R': (1.142, 2.5),
+    'mouthLowerDown_L': (2.407, 2.5), 'mouthLowerDown_R': (2.407, 2.5), 'mouthRollUpper': (1.148, 2.5),
     'mouthLeft': (1.435, 2.0), 'mouthRight': (1.553, 2.5), 'mouthDimple_L': (0.974, 2.5),
-    'mouthDimple_R': (0.974, 2.5), 'cheekPuff': (3.16, 2.5), 'cheekSquint_L': (1.167, 2.5),
-    'cheekSquint_R': (1.167, 2.5), 'jawForward': (1.627, 2.5), 'jaw': (1.418, 0.3)}
+    'mouthDimple_R': (0.974, 2.5), 'cheekPuff': (3.16, 2.5), 'cheekSquint_L': (3.226, 2.5),
+    'cheekSquint_R': (3.226, 2.5), 'jawForward': (1.627, 2.5), 'jaw': (1.418, 0.3)}
 
 # The default avatar's eyes render narrower than the head model's (MediaPipe's lid gap about 9 px
 # where the model's is 14.6 px at 0.42 m): the rest face is driven with some eyeWide, so a rest
@@ -66,7 +66,7 @@ OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.5, "eyeWide_R": 1.5}
 # on the render over the rest render's.
 OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (
     (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-    (1.002, 1.0, 0.893, 0.809, 0.76, 0.693, 0.616, 0.555, 0.428, 0.37))
+    (1.033, 1.0, 0.948, 0.851, 0.808, 0.74, 0.623, 0.51, 0.426, 0.33))
 
 
 @dataclass
@@ -136,21 +136,55 @@ def default_calibration(data: HeadModelData, seen: bool = False) -> ExpressionCa
 LIDS = ((159, 145), (386, 374))
 
 
+def _pick(points: np.ndarray, wanted: Sequence[int], index: Sequence[int] | None) -> np.ndarray | None:
+    """(len(wanted), 2) the points (L, 2+) with MediaPipe indices wanted; index (L,) the MediaPipe
+    index of each point (None: points are in MediaPipe's order). None when one is missing."""
+    p = np.asarray(points, np.float64)[:, :2]
+    if index is None:
+        return p[list(wanted)] if max(wanted) < len(p) else None
+    where = {int(m): i for i, m in enumerate(index)}
+    if any(i not in where or where[i] >= len(p) for i in wanted):
+        return None
+    return p[[where[i] for i in wanted]]
+
+
 def lid_gaps(points: np.ndarray, index: Sequence[int] | None = None) -> np.ndarray | None:
     """(2,) the lid gap of each eye (LIDS order), in the units of points (L, 2+); index (L,) the
     MediaPipe index of each point (None: points are in MediaPipe's order). None when the points
     lack a lid."""
-    p = np.asarray(points, np.float64)[:, :2]
-    where = None if index is None else {int(m): i for i, m in enumerate(index)}
-    out = np.zeros(2)
-    for j, (up, low) in enumerate(LIDS):
-        if where is not None and (up not in where or low not in where):
-            return None
-        a, b = (up, low) if where is None else (where[up], where[low])
-        if max(a, b) >= len(p):
-            return None
-        out[j] = np.linalg.norm(p[a] - p[b])
-    return out
+    p = _pick(points, [i for lid in LIDS for i in lid], index)
+    return None if p is None else np.linalg.norm(p[0::2] - p[1::2], axis=1)
+
+
+# MediaPipe Face Mesh: each brow's upper line and its eye's corners (subject's right, then left).
+BROWS = ((70, 63, 105, 66, 107), (300, 293, 334, 296, 336))
+BROW_EYES = ((33, 133), (263, 362))
+
+
+def brow_height(points: np.ndarray, index: Sequence[int] | None = None) -> float | None:
+    """How high the brows sit: the mean over both brows of the distance from the brow's upper
+    line (its mean) to its eye's centre (the corners' mean), over the distance between the eye
+    centres. points (L, 2+), index (L,) as in lid_gaps; None when the points lack one."""
+    p = _pick(points, [i for brow in BROWS for i in brow] + [i for eye in BROW_EYES for i in eye], index)
+    if p is None:
+        return None
+    lines = p[:10].reshape(2, 5, 2).mean(1)
+    centres = p[10:].reshape(2, 2, 2).mean(1)
+    iod = float(np.linalg.norm(centres[1] - centres[0]))
+    if iod < 1e-9:
+        return None
+    return float(np.linalg.norm(lines - centres, axis=1).mean() / iod)
+
+
+# MediaPipe Face Mesh: the inner lips' middle points, upper and lower.
+INNER_LIPS = (13, 14)
+
+
+def lip_gap(points: np.ndarray, index: Sequence[int] | None = None) -> float | None:
+    """The inner lips' gap in the units of points (L, 2+); index as in lid_gaps; None when the
+    points lack the inner lips."""
+    p = _pick(points, INNER_LIPS, index)
+    return None if p is None else float(np.linalg.norm(p[0] - p[1]))
 
 
 MIN_STEP = 0.01  # LidCurve: the least change of the rendered gap ratio a lid level must show

@@ -19,7 +19,15 @@ is open, and the lid drive whose renders read the same fraction drives the avata
 eyeWide past its rest drive). A real blink moves the lids about three times as far as the
 avatar's lids travel on renders: read as landmark motion it saturates the blink a third of the
 way in, so half-closed, closed and looking down all rendered alike. What the avatar's other
-components close of an eye (lowered brows, cheek squints) comes off its blink.
+components close (lowered brows, cheek squints) or open (raised brows) of an eye comes off or
+onto its blink.
+
+The brows and the jaw are read apart too, after the fit: the brows are driven at the one level
+(raised or lowered) at which the fit's model, read in the seen basis, holds them as high above
+the eyes as the driver's are, and the jaw at the opening at which its inner lips part as far as
+the driver's, the rest of the face as fitted. Fitting all landmarks at once, the fit paid for a
+grin's cheeks with lowered brows and for a talking mouth's parted lips with lip components whose
+renders stay near shut.
 
 The head roll MediaPipe reads is the tilt of the line through the eye corners: after the fit the
 avatar's head is turned about the camera's axis until its eye line leans as the driver's does,
@@ -34,8 +42,8 @@ from typing import Sequence
 import numpy as np
 
 from savatar.core.drive.motion import Motion
-from savatar.core.drive.calibration import (ExpressionCalibration, default_calibration, lid_closing, lid_gaps,
-                                           seen_offset)
+from savatar.core.drive.calibration import (BROW_EYES, BROWS, INNER_LIPS, ExpressionCalibration, brow_height,
+                                           default_calibration, lid_closing, lid_gaps, lip_gap, seen_offset)
 from savatar.core.drive.tracking import (FLIP, FaceFitter, FitResult, LandmarkModel, TrackerParams, mediapipe_indices,
                                          rodrigues, rotation_vector)
 from savatar.core.head.head_model import HeadModelData
@@ -45,7 +53,7 @@ MAX_READING = 2.5
 EYE_CORNERS = (33, 133, 263, 362)  # MediaPipe: right eye outer, inner; left eye outer, inner
 # The most the eye line turns the avatar's head on top of the fit's roll (radians): enough for
 # what expression components take of a real tilt, not enough for a misplaced eye to throw it.
-MAX_ROLL_FIX = math.radians(6.0)
+MAX_ROLL_FIX = math.radians(7.0)
 
 # Components whose landmark motion another component explains as well (eyeWide and eyeSquint
 # against eyeBlink on a lid, one eye's lids close the other's) get a stronger prior, so a
@@ -58,10 +66,14 @@ MAX_ROLL_FIX = math.radians(6.0)
 # frown_turn mouth width 0.57 -> 0.65.
 PRIOR_SCALE = {"eyeWide_L": 10.0, "eyeWide_R": 10.0, "eyeSquint_L": 10.0, "eyeSquint_R": 10.0,
                "mouthRollUpper": 10.0, "mouthRollLower": 10.0, "jawForward": 10.0, "cheekPuff": 10.0}
-# Pairs driven with their mean: people lower both brows together, but on a turned head the fit
-# reads one side's brow as lowered (frown_turn: browDown_R 0.95 with browDown_L 0 in a plain
-# frown), and the open head's browDown_R closes its eye twice as far as browDown_L does the left.
+# Pairs driven with their mean where the brows are not read apart (a model without the brow
+# landmarks): people lower both brows together, but on a turned head the fit reads one side's
+# brow as lowered (frown_turn: browDown_R 0.95 with browDown_L 0 in a plain frown).
 SYMMETRIC = (("browDown_L", "browDown_R"),)
+# The brows are driven as one level (Retargeter._brow_drive): raised, all three of these at the
+# level; lowered, both of those.
+BROWS_UP = ("browInnerUp", "browOuterUp_L", "browOuterUp_R")
+BROWS_DOWN = ("browDown_L", "browDown_R")
 
 
 def _line_angle(corners: np.ndarray) -> float:
@@ -175,6 +187,9 @@ class Retargeter:
         self.last_residuals: list[float] = []
         self._index = mediapipe_indices(data)
         self._eyes = self._eye_components()
+        self._brows = self._brow_components()
+        self._lips = set(INNER_LIPS) <= {int(m) for m in self._index}
+        self._mediapipe_order = bool(np.array_equal(self._index, np.arange(len(self._index))))
         names = list(data.expr_names)
         self._pairs = [(names.index(a), names.index(b)) for a, b in SYMMETRIC if a in names and b in names]
         self._corners = self._eye_corners()
@@ -206,6 +221,87 @@ class Retargeter:
             out.append(tuple(picked))
         return out
 
+    def _brow_components(self) -> tuple[list[int], list[int]] | None:
+        """(BROWS_UP, BROWS_DOWN) component indices; None when the brows are not read apart
+        (a component or a brow landmark missing)."""
+        names = list(self.data.expr_names)
+        if any(n not in names for n in BROWS_UP + BROWS_DOWN):
+            return None
+        if not {i for side in BROWS + BROW_EYES for i in side} <= {int(m) for m in self._index}:
+            return None
+        return [names.index(n) for n in BROWS_UP], [names.index(n) for n in BROWS_DOWN]
+
+    def _level_for(self, fit: FitResult, drives: Sequence[tuple[np.ndarray, float]], levels: Sequence[float],
+                   measure) -> float | None:
+        """The level (within levels, ascending) at which measure(landmarks) of the fit's model
+        (the driver's neutral face, read in the seen basis: what MediaPipe would see on the
+        avatar's renders) equals measure(fit.landmarks): drives (expr (E,) as the fit reads
+        it, jaw radians) one per level, the rest of the pose as fitted; the reading is linear
+        between levels. None when the model's reading does not grow with the level (the head
+        model's own inner lips, without the seen basis, do not part with its jaw)."""
+        r = rodrigues(fit.pose[0:3])
+        readings = []
+        for e, jaw in drives:
+            x = self._probe.evaluate(r, fit.translation, np.array([jaw, *fit.pose[7:9]]), fit.pose[9:11], e)
+            readings.append(measure(self.fitter._project(x)[0], self._probe_index))
+        if np.any(np.diff(readings) <= 1e-9):
+            return None
+        return float(np.interp(measure(self._in_mediapipe_order(fit.landmarks), None), readings, levels))
+
+    def _in_mediapipe_order(self, points: np.ndarray) -> np.ndarray:
+        """points (L, 2+) in the model's landmark order -> (M, 2) in MediaPipe's (NaN where the
+        model has no landmark), for the measures that take MediaPipe's indices."""
+        if self._mediapipe_order:
+            return points
+        out = np.full((int(self._index.max()) + 1, 2), np.nan)
+        out[self._index] = np.asarray(points)[:, :2]
+        return out
+
+    def _as_read(self, fit: FitResult, expr: np.ndarray) -> np.ndarray:
+        """The calibrated drive expr (E,) back in the fit's units (what the fit's model takes),
+        limits applied, the lids as the fit read them (they move the eye corners)."""
+        cal = self.calibration
+        out = (np.asarray(expr, np.float64) - (cal.rest if cal.rest is not None else 0.0)) / cal.gains
+        if self._eyes is not None:
+            lids = [i for eye in self._eyes for i in eye]
+            out[lids] = fit.expr[lids]
+        return out
+
+    def _brow_drive(self, fit: FitResult, expr: np.ndarray, face: np.ndarray) -> np.ndarray:
+        """expr (E,) with the brows' drive replaced by the one level (raised or lowered) at
+        which the avatar's brows sit as high above the eyes (calibration.brow_height) as the
+        driver's do, the rest of the face as fitted (_level_for). The fit explains all landmarks
+        at once and paid for a grin's cheeks with lowered brows (grin_gaze: browDown followed the
+        smile, the driver's brows did not move); read apart, the brows do what the driver's do."""
+        up, down = self._brows
+        top = self.calibration.max_drive
+        levels = (-float(min(top[down])), 0.0, float(min(top[up])))
+
+        def with_brows(e: np.ndarray, level: float) -> np.ndarray:
+            e = np.array(e, np.float64, copy=True)
+            e[up] = max(level, 0.0)
+            e[down] = max(-level, 0.0)
+            return e
+
+        level = self._level_for(fit, [(with_brows(face, v), fit.pose[6]) for v in levels], levels, brow_height)
+        if level is None:
+            return expr
+        return with_brows(expr, level).astype(np.asarray(expr).dtype, copy=False)
+
+    def _jaw_drive(self, fit: FitResult, jaw: float, face: np.ndarray) -> float:
+        """The jaw opening (radians, up to the calibration's max_jaw) at which the avatar's inner
+        lips part as far as the driver's (calibration.lip_gap), the rest of the face as fitted
+        (_level_for). The fit explained a talking mouth's parted lips with lip components whose
+        renders stay near shut (talk_speech: lips a fifth of the eye distance apart on a spread
+        mouth with little jaw); read apart, the mouth opens as far as the driver's. jaw: the
+        calibrated reading, kept where the lips are not read; face (E,): the drive as the fit reads
+        it (_as_read)."""
+        if not self._lips:
+            return jaw
+        levels = np.linspace(0.0, self.calibration.max_jaw, 4)
+        level = self._level_for(fit, [(face, v) for v in levels], levels, lip_gap)
+        return jaw if level is None else level
+
     def _lid_drive(self, fit: FitResult, expr: np.ndarray) -> np.ndarray:
         """expr (E,) with each eye's blink, eyeWide and eyeSquint drive replaced by the lid drive
         read from the eye's opening (fit.landmarks against the neutral face at fit's pose)."""
@@ -223,19 +319,19 @@ class Retargeter:
             out[blink] = max(level, 0.0)
             out[wide] = rest[wide] - min(level, 0.0)
             out[squint] = 0.0  # the lid drive is the whole of the lids' closing
-        # Lowered brows, cheek squints and the like close the avatar's lids too (the head model's
-        # browDown_R at 1 lowers the right upper lid 2.6 mm): on top of a closed lid drive they
-        # push the brow over the closed eye, and MediaPipe then finds the eye in the brow, tilted
-        # (frown_turn's frowning, closed-eyed stretches read 5-8 degrees of roll the person did
-        # not make). The driver's lid gap already shows whatever his brows and cheeks close, so
-        # what the avatar's other components close of each eye comes off that eye's blink: the
-        # lids close as far as the driver's and the brows still show the frown.
+        # Lowered brows, cheek squints and the like close the avatar's lids too (browDown at 1
+        # lowers the upper lid 1.2 mm), raised brows open them (1.7 mm at 1): on top of a closed
+        # lid drive lowered brows pushed the brow over the closed eye, where MediaPipe then found
+        # the eye, tilted (frown_turn's frowning, closed-eyed stretches read 5-8 degrees of roll
+        # the person did not make), and raised brows opened eyes the driver kept as they were.
+        # The driver's lid gap already shows whatever his brows and cheeks do to it, so what
+        # the avatar's other components close or open of each eye comes off or onto its blink.
         if self.calibration.closing is not None:
             lid = [i for eye in self._eyes for i in eye]
             for (blink, _, _), c in zip(self._eyes, self.calibration.closing):
-                others = np.where(c > 0, c, 0.0)
+                others = np.array(c, np.float64, copy=True)
                 others[lid] = 0.0
-                if c[blink] > 0 and out[blink] > 0:
+                if c[blink] > 0:
                     out[blink] = max(0.0, out[blink] - float(out @ others) / c[blink])
         return out
 
@@ -250,6 +346,15 @@ class Retargeter:
         for name, scale in PRIOR_SCALE.items():
             if name in self.data.expr_names:
                 fitter.prior[11 + self.data.expr_names.index(name)] *= scale
+        # The fit's model on the landmarks the brow and jaw drives measure only (_level_for
+        # evaluates it seven times a frame).
+        index = mediapipe_indices(self.data)
+        rows = np.flatnonzero(np.isin(index, [i for group in BROWS + BROW_EYES + (INNER_LIPS,) for i in group]))
+        probe = replace(self.data, lmk_faces=self.data.lmk_faces[rows], lmk_bary=self.data.lmk_bary[rows])
+        take = lambda a: None if a is None else np.asarray(a)[rows]  # noqa: E731
+        self._probe = LandmarkModel(probe, self.shape, self.static_offset, take(offset), take(expr_offset),
+                                    take(jaw_offset))
+        self._probe_index = index[rows]
         return fitter
 
     def set_neutral(self, frames: Sequence[np.ndarray]) -> Neutral:
@@ -315,6 +420,11 @@ class Retargeter:
         expr, jaw = self.calibration.apply(raw, float(fit.pose[6]))
         for a, b in self._pairs:
             expr[a] = expr[b] = (expr[a] + expr[b]) / 2
+        if fit.landmarks is not None:
+            face = self._as_read(fit, expr)
+            if self._brows is not None:
+                expr = self._brow_drive(fit, expr, face)
+            jaw = self._jaw_drive(fit, jaw, face)
         if lids:
             expr = self._lid_drive(fit, expr).astype(expr.dtype, copy=False)
         pose = fit.pose.copy()

@@ -74,3 +74,17 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 3 or a.std() < 1e-9 or b.std() < 1e-9:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
+
+
+def amplitude(real: np.ndarray, render: np.ndarray) -> float:
+    """How far the render's signal moves for the real one's motion: the least-squares slope of
+    render on real over a clip (1: a grin as wide as the person's; 0.3: the avatar shows a third
+    of it). Correlation says whether the avatar follows, this says how much. NaN where the
+    correlation is."""
+    a, b = np.asarray(real, np.float64), np.asarray(render, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if len(a) < 3 or a.std() < 1e-9 or b.std() < 1e-9:
+        return float("nan")
+    a = a - a.mean()
+    return float(a @ (b - b.mean()) / (a @ a))

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from savatar.core.reenact.face_signals import SIGNALS, correlation, face_signals, landmark_distance
+from savatar.core.reenact.face_signals import SIGNALS, amplitude, correlation, face_signals, landmark_distance
 from savatar.core.refine.frame_sources import face_box, resample
 from savatar.core.refine.image_metrics import psnr, ssim
 
@@ -95,7 +95,7 @@ def _mean(values) -> float:
 def summarize(scores: list[FrameScores]) -> dict:
     """Clip summary: frame counts (frames without a face listed), the mean of every score over
     the frames that have it, and each signal's correlation between the real and rendered faces
-    over the frames where both have one."""
+    over the frames where both have one, and its amplitude (face_signals.amplitude)."""
     faced = [s for s in scores if s.face]
     both = [s for s in faced if s.render_face]
     summary: dict = {"frames": len(scores), "frames_with_face": len(faced),
@@ -105,8 +105,9 @@ def summarize(scores: list[FrameScores]) -> dict:
     if any(s.psnr_mask is not None for s in faced):
         for key in SELF_SCORES:
             summary[key] = _mean(getattr(s, key) for s in faced)
-    summary["correlation"] = {k: correlation([s.signals_real[k] for s in both], [s.signals_render[k] for s in both])
-                              for k in SIGNALS}
+    pairs = {k: ([s.signals_real[k] for s in both], [s.signals_render[k] for s in both]) for k in SIGNALS}
+    summary["correlation"] = {k: correlation(*pairs[k]) for k in SIGNALS}
+    summary["amplitude"] = {k: amplitude(*pairs[k]) for k in SIGNALS}
     finite = [r for r in summary["correlation"].values() if math.isfinite(r)]
     summary["correlation_mean"] = float(np.mean(finite)) if finite else float("nan")
     return summary

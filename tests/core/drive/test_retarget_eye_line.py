@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from savatar.core.drive.calibration import ExpressionCalibration
-from savatar.core.drive.retarget import EYE_CORNERS, Retargeter
+from savatar.core.drive.retarget import EYE_CORNERS, MAX_ROLL_FIX, Retargeter
 from savatar.core.drive.tracking import FaceFitter, LandmarkModel, intrinsics_for, rodrigues, rotation_vector
 from savatar.core.head.open_head import load_open_head_data
 
@@ -88,6 +88,7 @@ def test_a_misplaced_eye_line_turns_the_avatar_no_more_than_the_limit(data):
         return _eye_line_deg(project(x)[0]) - _eye_line_deg(rest)
     seen = _eye_line_deg(pts) - _eye_line_deg(rest)
     fitted = lean(rotation_vector(rodrigues(fit.head_rotation) @ rt.neutral.root.T))
-    assert seen < fitted - 6.0  # the eye line leans further than the fit's head does
-    # The avatar is turned towards it by MAX_ROLL_FIX (6 degrees) and no further.
-    assert lean(fit.pose[0:3]) - fitted == pytest.approx(-6.0, abs=0.1)
+    limit = math.degrees(MAX_ROLL_FIX)
+    assert seen < fitted - limit  # the eye line leans further than the fit's head does
+    # The avatar is turned towards it by MAX_ROLL_FIX and no further.
+    assert lean(fit.pose[0:3]) - fitted == pytest.approx(-limit, abs=0.1)

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from savatar.core.reenact.face_signals import (LOWER_LIP, SIGNALS, correlation, face_signals, inter_ocular,
-                                               landmark_distance)
+from savatar.core.reenact.face_signals import (LOWER_LIP, SIGNALS, amplitude, correlation, face_signals,
+                                               inter_ocular, landmark_distance)
 from savatar.core.reenact.head_mask import CHIN, CHIN_MARGIN, FOREHEAD, head_mask
 
 
@@ -69,6 +69,18 @@ def test_landmark_distance_and_correlation(landmarks):
     assert correlation(np.sin(t), 3 * np.sin(t) + 1) == pytest.approx(1.0)
     assert correlation(np.sin(t), -np.sin(t)) == pytest.approx(-1.0)
     assert math.isnan(correlation(np.ones(50), np.sin(t)))  # a signal that never moves says nothing
+
+
+def test_amplitude_says_how_much_of_the_motion_the_render_shows():
+    """A render that follows at a third of the size correlates perfectly: only the amplitude says so."""
+    t = np.linspace(0, 6, 50)
+    real = 0.6 + 0.1 * np.sin(t)
+    faint = 0.5 + 0.1 / 3 * np.sin(t) + 0.002 * np.cos(7 * t)
+    assert correlation(real, faint) > 0.99
+    assert amplitude(real, faint) == pytest.approx(1 / 3, abs=0.01)
+    assert amplitude(real, 2 * real) == pytest.approx(2.0)
+    assert amplitude(real, 1 - real) == pytest.approx(-1.0)
+    assert math.isnan(amplitude(np.ones(50), np.sin(t)))
 
 
 def test_head_mask_keeps_the_head_and_cuts_below_the_chin(landmarks):

@@ -28,12 +28,14 @@ import torch
 from scipy.spatial import cKDTree
 
 from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_for, project_tracking
-from savatar.core.gaussians.binding import deform, face_frames, init_avatar
+from savatar.core.gaussians.binding import deform, face_frames, init_avatar, rebind
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.build.face_offsets import landmark_offsets
 from savatar.core.build.hair_colour import EYE_CORNERS, hair_colour
 from savatar.core.build.hair_volume import hair_offsets
-from savatar.core.build.mouth_interior import curtain_colours, lip_curtain, mouth_interior_colours
+from savatar.core.build.mouth_interior import (CAVITY, curtain_colours, lip_curtain, mouth_interior_colours,
+                                               stretched_faces)
+from savatar.core.build.parted_mouth import JAW_JOINT, behind_lips, facing_discs, jaw_share, teeth_anchors
 from savatar.core.head.head_model import HeadModel, HeadModelData
 from savatar.core.io.pixels import to_uint8
 from savatar.core.refine.frame_sources import HeadMasker, prepare_view
@@ -64,6 +66,7 @@ JAW_PROBE = 0.35  # radians of jaw opening at which the lip curtain is found and
 MOUTH_CORNERS = (61, 291)  # MediaPipe Face Mesh landmarks
 FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the front
 LIP_LINE_OPACITY = 0.3  # of the lip curtain's Gaussians that face forwards with the mouth closed
+HIDDEN_LOGIT = -12.0  # opacity logit of Gaussians that must not show (opacity 6e-6)
 INNER_LIPS = (13, 14)  # MediaPipe Face Mesh: the inner lips' middle, upper and lower
 CLOSED_LIPS = 0.06  # inner lips' gap over the eye corners' distance below which lips are closed
 # or barely parted (measured: closed 0.00-0.002, parted without teeth 0.05, smiles with teeth 0.11-0.16)
@@ -371,10 +374,11 @@ def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return out.reshape(rows * cols, *image.shape[2:])[:n]
 
 
-def lift_colours(avatar: GaussianAvatar, model: HeadModel, src: SourceResult) -> tuple[np.ndarray, np.ndarray]:
-    """One source's colour (N, 3) for every Gaussian and its weight (N,) in [0, 1]:
-    visible (depth test against the posed mesh) x (cos of the viewing angle)^2 x person mask.
-    Weight 0 where the source does not see the Gaussian."""
+def lift_colours(avatar: GaussianAvatar, model: HeadModel,
+                 src: SourceResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One source's colour (N, 3) for every Gaussian, its weight (N,) in [0, 1]: visible x (cos of
+    the viewing angle)^2 x person mask, and visible (N,) bool: in the image and in front
+    (depth test against the posed mesh). Weight 0 where the source does not see the Gaussian."""
     f = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
     with torch.no_grad():
         verts = model(shape=avatar.shape[None], expr=f(src.expr), pose=f(src.pose),
@@ -400,7 +404,7 @@ def lift_colours(avatar: GaussianAvatar, model: HeadModel, src: SourceResult) ->
     mask = cv2.erode(src.mask, np.ones((k, k), np.uint8))
     weight = visible * angle * np.clip(_bilinear(mask, uvz[:, :2]), 0.0, 1.0)
     colour = _bilinear(src.image, uvz[:, :2]).astype(np.float64)
-    return colour, weight
+    return colour, weight, visible
 
 
 def _feathered(nb: np.ndarray, trust: np.ndarray, passes: int = FEATHER_PASSES) -> np.ndarray:
@@ -514,27 +518,29 @@ def _propagate(positions: np.ndarray, out: np.ndarray, known: np.ndarray, skin: 
         out[skin[smooth_idx]] = out[nb[smooth_idx]].mean(1)
 
 
-def lips_closed(landmarks: np.ndarray) -> bool:
-    """Whether a face's lips are closed or barely parted (no teeth to see): the inner lips' gap
-    below CLOSED_LIPS of the distance between the eyes' outer corners. landmarks: (478, 2+)
+def lips_gap(landmarks: np.ndarray) -> float:
+    """The inner lips' gap over the distance between the eyes' outer corners. landmarks: (478, 2+)
     MediaPipe Face Mesh, pixels."""
     pts = np.asarray(landmarks, np.float64)[:, :2]
     gap = np.linalg.norm(pts[INNER_LIPS[0]] - pts[INNER_LIPS[1]])
-    return bool(gap < CLOSED_LIPS * np.linalg.norm(pts[EYE_CORNERS[0]] - pts[EYE_CORNERS[1]]))
+    return float(gap / max(np.linalg.norm(pts[EYE_CORNERS[0]] - pts[EYE_CORNERS[1]]), 1e-9))
 
 
-def _colour_lip_curtain(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor, mouth: np.ndarray,
-                        default: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def lips_closed(landmarks: np.ndarray) -> bool:
+    """Whether a face's lips are closed or barely parted (no teeth to see): lips_gap below
+    CLOSED_LIPS. landmarks: (478, 2+) MediaPipe Face Mesh, pixels."""
+    return lips_gap(landmarks) < CLOSED_LIPS
+
+
+def _lip_curtain(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor,
+                 mouth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(the Gaussians (N,) bool on the lip curtain (mouth_interior.lip_curtain; none where the
     head model's landmarks do not include the mouth corners), those (N,) bool of them facing
-    forwards with the mouth closed); the curtain's colours written into default (N, 3)
-    (mouth_interior.curtain_colours). neutral: (V, 3) the avatar's mesh at rest; mouth: (N,)
+    forwards with the mouth closed, all Gaussians' positions (N, 3) with the jaw opened by
+    JAW_PROBE, the Gaussians (N,) bool on triangles that stretch as it opens
+    (mouth_interior.stretched_faces)). neutral: (V, 3) the avatar's mesh at rest; mouth: (N,)
     bool, the mouth's own regions, which the curtain excludes."""
     data = model.data
-    ids = np.asarray(data.lmk_mediapipe if data.lmk_mediapipe is not None else [], np.int64)
-    corner_rows = [int(np.flatnonzero(ids == c)[0]) for c in MOUTH_CORNERS if (ids == c).any()]
-    if len(corner_rows) < 2:
-        return np.zeros(len(default), bool), np.zeros(len(default), bool)
     with torch.no_grad():
         jaw = torch.zeros(1, 15)
         jaw[0, 6] = JAW_PROBE
@@ -543,13 +549,53 @@ def _colour_lip_curtain(avatar: GaussianAvatar, model: HeadModel, neutral: torch
         normals = face_frames(neutral, model.faces)[0][:, :, 1].double().numpy()
     faces = model.faces.numpy()
     rest = neutral.double().numpy()
-    corners = rest[faces[data.lmk_faces[corner_rows]]].mean(1)
     on = avatar.face.numpy()
+    stretched = stretched_faces(rest, opened.double().numpy(), faces)[on]
+    ids = np.asarray(data.lmk_mediapipe if data.lmk_mediapipe is not None else [], np.int64)
+    corner_rows = [int(np.flatnonzero(ids == c)[0]) for c in MOUTH_CORNERS if (ids == c).any()]
+    if len(corner_rows) < 2:
+        none = np.zeros(len(mouth), bool)
+        return none, none, opened_means, stretched
+    corners = rest[faces[data.lmk_faces[corner_rows]]].mean(1)
     curtain = lip_curtain(rest, opened.double().numpy(), faces, float(np.abs(corners[:, 0]).mean()))[on] & ~mouth
-    facing = curtain & (normals[on][:, 2] > FACING_Z)
-    if curtain.any():
-        default[curtain] = curtain_colours(opened_means[curtain], facing[curtain])
-    return curtain, facing
+    return curtain, curtain & (normals[on][:, 2] > FACING_Z), opened_means, stretched
+
+
+def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
+               pinned: np.ndarray, face_region: np.ndarray, names: list[str]) -> None:
+    """Bind the Gaussians pinned (N,) bool (the lip curtain's, seen in a portrait's opening) to the
+    teeth (parted_mouth), in place, each where it is in the pose of the source that saw it best
+    (views: (S, N), the larger the better the view, sources in the same order). face_region: (F,)
+    each face's region index into names."""
+    faces = model.faces.numpy()
+    upper = np.flatnonzero(face_region == names.index("upper_teeth")) if "upper_teeth" in names else []
+    lower = np.flatnonzero(face_region == names.index("lower_teeth")) if "lower_teeth" in names else []
+    if not len(upper) or not len(lower):
+        return
+    jaw_weight = np.asarray(model.data.lbs_weights, np.float64)[:, JAW_JOINT]
+    owner = np.argmax(views, 0)
+    for i, src in enumerate(sources):
+        idx = np.flatnonzero(pinned & (owner == i))
+        if not len(idx):
+            continue
+        f = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
+        with torch.no_grad():
+            verts = model(shape=avatar.shape[None], expr=f(src.expr), pose=f(src.pose), translation=f(src.translation),
+                          static_offset=avatar.static_offset).vertices[0]
+            g = deform(avatar, verts, model.faces)
+        means = g.means.double().numpy()[idx]
+        v = verts.double().numpy()
+        corners = faces[avatar.face.numpy()[idx]]
+        share = jaw_share(means, v[corners], jaw_weight[corners])
+        centres = v[faces].mean(1)
+        target = teeth_anchors(means, share, upper, centres[upper], lower, centres[lower])
+        # The source's camera is at the tracking world's origin: each Gaussian moves along its line
+        # of sight to its tooth's depth.
+        sight = g.means[idx].double() / torch.linalg.vector_norm(g.means[idx].double(), dim=1, keepdim=True)
+        depth = (torch.as_tensor(centres[target]) * sight).sum(1)
+        quats, scales = facing_discs(g.means[idx], g.quats[idx], g.scales[idx], torch.zeros(3))
+        moved, scales = behind_lips(g.means[idx], scales, depth)
+        rebind(avatar, idx, target, verts, model.faces, moved, quats, scales)
 
 
 def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
@@ -598,12 +644,17 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     default = (avatar.sh[:, 0].double().numpy() * 0.28209479177387814 + 0.5).clip(0, 1)
     acc_c = np.zeros((count, 3))
     acc_w = np.zeros(count)
+    views = []
     # A plain sum of weighted colours: the same for any order of the sources.
     for i, src in enumerate(good):
         step(0.6 + 0.3 * i / len(good), "colour")
-        c, w = lift_colours(avatar, model, src)
+        c, w, v = lift_colours(avatar, model, src)
         acc_c += w[:, None] * c
         acc_w += w
+        # The best view of a Gaussian: a visible one, the least grazing of them; between views
+        # alike (grazing ones weigh 0), the widest open mouth, so the order of the sources does not
+        # matter.
+        views.append(v + w + 1e-6 * lips_gap(src.landmarks))
     step(0.9, "fill")
     seen = acc_w > MIN_SEEN_WEIGHT
     colour = np.where(seen[:, None], acc_c / np.maximum(acc_w, 1e-12)[:, None], default)
@@ -614,13 +665,13 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     with torch.no_grad():
         neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
         positions = deform(avatar, neutral, model.faces).means.double().numpy()
+    curtain, facing, opened, stretched = _lip_curtain(avatar, model, neutral, mouth)
     default[mouth] = mouth_interior_colours(positions, in_regions("upper_teeth", "lower_teeth"),
-                                            in_regions("mouth_cavity"))[mouth]
-    # With every portrait's lips closed, the lip curtain shows the inside of an open mouth
-    # instead of the lip line's colours stretched over the opening. A portrait with parted lips
-    # saw its own mouth there: its colours stay.
+                                            in_regions("mouth_cavity"), stretched)[mouth]
     if all(lips_closed(src.landmarks) for src in good):
-        curtain, facing = _colour_lip_curtain(avatar, model, neutral, mouth, default)
+        # With every portrait's lips closed, the lip curtain shows the inside of an open mouth
+        # instead of the lip line's colours stretched over the opening.
+        default[curtain] = curtain_colours(opened[curtain], facing[curtain])
         # What faces forwards with the mouth closed is what the portrait saw of the lips' line:
         # it keeps the portrait's colours (drawn over, the avatar at rest read as less the person).
         acc_w[curtain & ~facing] = 0.0
@@ -628,6 +679,25 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         # the teeth and cavity behind show through.
         avatar.opacity_logit[torch.as_tensor(facing)] = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
         mouth |= curtain
+    else:
+        # A portrait with parted lips saw its own mouth on the curtain: the Gaussians it saw there
+        # keep their colours and move to the teeth, where a wider mouth shows them at their own
+        # size (parted_mouth); the rest of the curtain, hidden behind the lips, is the dark cavity
+        # between them.
+        view = np.stack(views)
+        pinned = curtain & (view >= 1.0).any(0)
+        _pin_teeth(avatar, model, good, view, pinned, labels, names)
+        hollow = curtain & ~pinned
+        default[hollow] = CAVITY
+        acc_w[hollow] = 0.0
+        mouth |= hollow
+        # The cavity's lining in front of the teeth (the inside of the lips) stretches across the
+        # opening in front of the teeth when the jaw opens: dark streaks over the portrait's teeth.
+        # A real mouth's lining lies against the teeth, never in front of them: it is hidden.
+        teeth = [i for n in ("upper_teeth", "lower_teeth") for i in data.vertex_regions.get(n, [])]
+        if teeth:
+            lining = in_regions("mouth_cavity") & stretched & (positions[:, 2] > float(neutral[teeth, 2].min()))
+            avatar.opacity_logit[torch.as_tensor(lining)] = HIDDEN_LOGIT
     hair = hair_colour(good)
     trusted = acc_w > TRUSTED_WEIGHT
     filled = fill_unseen(positions, colour, trusted, mouth, default, group=in_regions("scalp").astype(np.int64),

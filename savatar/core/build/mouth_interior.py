@@ -32,11 +32,15 @@ def _shaded_teeth(x: np.ndarray) -> np.ndarray:
     return TEETH * (1.0 - (1.0 - SIDE_SHADE) * side ** 1.5)[:, None]
 
 
-def mouth_interior_colours(positions: np.ndarray, teeth: np.ndarray, cavity: np.ndarray) -> np.ndarray:
+def mouth_interior_colours(positions: np.ndarray, teeth: np.ndarray, cavity: np.ndarray,
+                           stretched: np.ndarray | None = None) -> np.ndarray:
     """Colours (N, 3) for the mouth's Gaussians (rows elsewhere are zero).
 
     positions: (N, 3) on the neutral head (x across, y up, z forwards, x = 0 the symmetry plane);
-    teeth, cavity: (N,) bool, the Gaussians of the teeth and of the cavity behind the lips."""
+    teeth, cavity: (N,) bool, the Gaussians of the teeth and of the cavity behind the lips;
+    stretched: (N,) bool, optional, those on triangles that stretch when the jaw opens
+    (stretched_faces), which stay dark: the tongue's colour drawn out over them was a row of
+    pink spikes rising from the floor of an opened mouth."""
     out = np.zeros((len(positions), 3))
     if teeth.any():
         out[teeth] = _shaded_teeth(positions[teeth, 0])
@@ -49,9 +53,21 @@ def mouth_interior_colours(positions: np.ndarray, teeth: np.ndarray, cavity: np.
         y0, y1 = p[:, 1].min(), p[:, 1].max()
         floor = (p[:, 1] - y0) < (y1 - y0) / 3
         lips = front > 0.85
+        if stretched is not None:
+            floor &= ~stretched[cavity]
         colour = np.where((floor & ~lips)[:, None], TONGUE, CAVITY)
         out[cavity] = colour * shade[:, None]
     return out
+
+
+def stretched_faces(closed: np.ndarray, opened: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F,) bool: the triangles whose area grows more than CURTAIN_STRETCH times from the mesh
+    closed (V, 3) to the mesh opened (V, 3) (the jaw closed and open); faces: (F, 3)."""
+    def area(v: np.ndarray) -> np.ndarray:
+        a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
+        return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+
+    return area(opened) > CURTAIN_STRETCH * np.maximum(area(closed), 1e-12)
 
 
 def lip_curtain(closed: np.ndarray, opened: np.ndarray, faces: np.ndarray, corner_x: float) -> np.ndarray:
@@ -62,12 +78,8 @@ def lip_curtain(closed: np.ndarray, opened: np.ndarray, faces: np.ndarray, corne
 
     Slivers while the mouth is closed, they are what covers the opening when it opens, in front
     of the teeth and the cavity."""
-    def area(v: np.ndarray) -> np.ndarray:
-        a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
-        return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
-
     centre_x = np.abs(closed[faces].mean(1)[:, 0])
-    return (area(opened) > CURTAIN_STRETCH * np.maximum(area(closed), 1e-12)) & (centre_x < CURTAIN_CORNERS * corner_x)
+    return stretched_faces(closed, opened, faces) & (centre_x < CURTAIN_CORNERS * corner_x)
 
 
 def curtain_colours(opened: np.ndarray, facing: np.ndarray) -> np.ndarray:

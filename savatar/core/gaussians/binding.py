@@ -178,6 +178,35 @@ def deform(avatar: GaussianAvatar, verts: torch.Tensor,
                           opacities=torch.sigmoid(avatar.opacity_logit), sh=avatar.sh)
 
 
+def rebind(avatar: GaussianAvatar, idx: np.ndarray, target: np.ndarray, verts: torch.Tensor,
+           faces: torch.Tensor | np.ndarray, means: torch.Tensor | None = None,
+           quats: torch.Tensor | None = None, scales: torch.Tensor | None = None) -> None:
+    """Bind the Gaussians idx (M,) to the faces target (M,) instead, in place, such that with the
+    mesh posed as verts (V, 3) (faces (F, 3)) they stay where they are, as large and turned the
+    same (deform's inverse on the new faces); in other poses they follow their new faces.
+    means (M, 3), quats (M, 4) wxyz, scales (M, 3): world positions, rotations and scales in
+    that pose to give them instead of the ones they have."""
+    idx = torch.as_tensor(np.asarray(idx, np.int64))
+    target = torch.as_tensor(np.asarray(target, np.int64))
+    with torch.no_grad():
+        R, centre, k = face_frames(verts.double(), faces)
+        k = k.clamp_min(_EPS)
+        old, new = avatar.face[idx].long(), target
+        if means is None:
+            means = torch.einsum("nij,nj->ni", R[old] * k[old, None, None], avatar.mean[idx].double()) + centre[old]
+        if quats is None:
+            quats = quat_multiply(matrix_to_quat(R[old]), avatar.rot[idx].double())
+        if scales is None:
+            scales = k[old, None] * torch.exp(avatar.log_scale[idx].double())
+        # Local position R^T (p - c) / k, scale relative to the new face's, rotation q(R_new)^-1 q.
+        mean = torch.einsum("nji,nj->ni", R[new], means.double() - centre[new]) / k[new, None]
+        inv = matrix_to_quat(R[new]) * torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=torch.float64)
+        avatar.face[idx] = new.to(avatar.face.dtype)
+        avatar.mean[idx] = mean.to(avatar.mean.dtype)
+        avatar.log_scale[idx] = torch.log(scales.double() / k[new, None]).to(avatar.log_scale.dtype)
+        avatar.rot[idx] = quat_multiply(inv, quats.double()).to(avatar.rot.dtype)
+
+
 def _hamilton_rows(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Hamilton product a * b of quaternions given as component tensors (w, x, y, z), each (N,)."""
     aw, ax, ay, az = a

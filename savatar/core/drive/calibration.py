@@ -187,6 +187,29 @@ def lip_gap(points: np.ndarray, index: Sequence[int] | None = None) -> float | N
     return None if p is None else float(np.linalg.norm(p[0] - p[1]))
 
 
+def mouth_opening(points: np.ndarray, index: Sequence[int] | None = None) -> float | None:
+    """The inner lips' gap over the distance between the eye centres (each the mean of its
+    corners, BROW_EYES); points (L, 2+), index as in lid_gaps; None when one is missing."""
+    p = _pick(points, [*INNER_LIPS, *(i for eye in BROW_EYES for i in eye)], index)
+    if p is None:
+        return None
+    iod = float(np.linalg.norm(p[2:4].mean(0) - p[4:6].mean(0)))
+    return None if iod < 1e-9 else float(np.linalg.norm(p[0] - p[1])) / iod
+
+
+# The default avatar's mouth opening as MediaPipe reads it on frontal renders (inner lips over
+# inter-ocular distance) at these jaw angles (radians), expression neutral: shut below 0.04 rad,
+# opening fast from 0.06 to 0.16, saturated from 0.4 (scripts/fit_lipsync.py measures it).
+AVATAR_OPENING = ((0.0, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4),
+                  (0.0, 0.011, 0.025, 0.055, 0.092, 0.118, 0.219, 0.303, 0.379, 0.466, 0.516, 0.571, 0.579))
+
+
+def jaw_for_opening(opening: float) -> float:
+    """Jaw angle (radians) at which the default avatar shows this mouth opening (AVATAR_OPENING)."""
+    jaw, seen = AVATAR_OPENING
+    return float(np.interp(opening, seen, jaw))
+
+
 MIN_STEP = 0.01  # LidCurve: the least change of the rendered gap ratio a lid level must show
 
 

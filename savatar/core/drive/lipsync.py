@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from savatar.core.drive.calibration import AVATAR_OPENING, jaw_for_opening
 from savatar.core.drive.motion import Motion
 from savatar.core.drive.mouth_regressor import MouthRegressor, hop_features
 from savatar.core.drive.speech_features import SILENCE_DB, AudioAnalyzer, AudioFrame
@@ -108,18 +109,6 @@ class LearnedJaw(NamedTuple):
 # tests: a share over 0.7 loses /a/ > 2 x /i/ in noise, a lower centre leaves a sustained /a/
 # under 0.25 rad (centre 0.25, per_z 0.5 scored 0.331 but fails that test).
 LEARNED = LearnedJaw(centre=0.25, per_z=0.7, share=0.7)
-
-# The default avatar's mouth opening as MediaPipe reads it on frontal renders (inner lips over
-# inter-ocular distance) at these jaw angles (radians), expression neutral: shut below 0.04 rad,
-# opening fast from 0.06 to 0.16, saturated from 0.4 (scripts/fit_lipsync.py measures it).
-AVATAR_OPENING = ((0.0, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4),
-                  (0.0, 0.011, 0.025, 0.055, 0.092, 0.118, 0.219, 0.303, 0.379, 0.466, 0.516, 0.571, 0.579))
-
-
-def jaw_for_opening(opening: float) -> float:
-    """Jaw angle (radians) at which the default avatar shows this mouth opening (AVATAR_OPENING)."""
-    jaw, seen = AVATAR_OPENING
-    return float(np.interp(opening, seen, jaw))
 
 # Vowel prototypes as speaker-normalised log formants (z1, z2): the corners of the vowel space of
 # Peterson & Barney / Hillenbrand averages read against SpeakerNorm's prior.

@@ -43,7 +43,8 @@ import numpy as np
 
 from savatar.core.drive.motion import Motion
 from savatar.core.drive.calibration import (BROW_EYES, BROWS, INNER_LIPS, ExpressionCalibration, brow_height,
-                                           default_calibration, lid_closing, lid_gaps, lip_gap, seen_offset)
+                                           default_calibration, jaw_for_opening, lid_closing, lid_gaps, lip_gap,
+                                           mouth_opening, seen_offset)
 from savatar.core.drive.tracking import (FLIP, FaceFitter, FitResult, LandmarkModel, TrackerParams, mediapipe_indices,
                                          rodrigues, rotation_vector)
 from savatar.core.head.head_model import HeadModelData
@@ -290,17 +291,32 @@ class Retargeter:
 
     def _jaw_drive(self, fit: FitResult, jaw: float, face: np.ndarray) -> float:
         """The jaw opening (radians, up to the calibration's max_jaw) at which the avatar's inner
-        lips part as far as the driver's (calibration.lip_gap), the rest of the face as fitted
-        (_level_for). The fit explained a talking mouth's parted lips with lip components whose
-        renders stay near shut (talk_speech: lips a fifth of the eye distance apart on a spread
-        mouth with little jaw); read apart, the mouth opens as far as the driver's. jaw: the
-        calibrated reading, kept where the lips are not read; face (E,): the drive as the fit reads
-        it (_as_read)."""
+        lips part as far as the driver's, the rest of the face as fitted. The fit explained a
+        talking mouth's parted lips with lip components whose renders stay near shut
+        (talk_speech: lips a fifth of the eye distance apart on a spread mouth with little
+        jaw); read apart, the mouth opens as far as the driver's. With the seen basis, the
+        driver's opening over his neutral's (calibration.mouth_opening) less what the fitted
+        lip components open goes through the open head's measured jaw -> opening response
+        (calibration.AVATAR_OPENING: shut below 0.04 rad, then steep): the seen basis is
+        linear in the jaw, and read linearly, small openings stayed shut. Without the seen
+        basis (other head models), the level whose inner-lip gap matches (_level_for).
+        jaw: the calibrated reading, kept where the lips are not read; face (E,): the drive as
+        the fit reads it (_as_read)."""
         if not self._lips:
             return jaw
-        levels = np.linspace(0.0, self.calibration.max_jaw, 4)
-        level = self._level_for(fit, [(face, v) for v in levels], levels, lip_gap)
-        return jaw if level is None else level
+        if self.seen is None:
+            levels = np.linspace(0.0, self.calibration.max_jaw, 4)
+            level = self._level_for(fit, [(face, v) for v in levels], levels, lip_gap)
+            return jaw if level is None else level
+        r = rodrigues(fit.pose[0:3])
+        shut = np.array([0.0, *fit.pose[7:9]])
+
+        def model_opening(e: np.ndarray) -> float:
+            x = self._probe.evaluate(r, fit.translation, shut, fit.pose[9:11], e)
+            return mouth_opening(self.fitter._project(x)[0], self._probe_index)
+
+        needed = mouth_opening(self._in_mediapipe_order(fit.landmarks)) - model_opening(face)
+        return float(min(jaw_for_opening(max(needed, 0.0)), self.calibration.max_jaw))
 
     def _lid_drive(self, fit: FitResult, expr: np.ndarray) -> np.ndarray:
         """expr (E,) with each eye's blink, eyeWide and eyeSquint drive replaced by the lid drive

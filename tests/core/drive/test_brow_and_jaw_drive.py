@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from savatar.core.drive.calibration import (BROW_EYES, BROWS, INNER_LIPS, brow_height, default_calibration, lip_gap,
-                                           seen_offset)
+from savatar.core.drive.calibration import (AVATAR_OPENING, BROW_EYES, BROWS, INNER_LIPS, brow_height,
+                                           default_calibration, lip_gap, mouth_opening, seen_offset)
 from savatar.core.drive.retarget import BROWS_DOWN, BROWS_UP, Retargeter
 from savatar.core.drive.tracking import FaceFitter, LandmarkModel, intrinsics_for, rodrigues
 from savatar.core.head.open_head import load_open_head_data
@@ -43,6 +43,10 @@ def test_lip_gap_is_the_inner_lips_distance():
     order = np.arange(478)[::-1]  # points listed in another order, with their MediaPipe indices
     assert lip_gap(pts[order], index=order) == pytest.approx(5.0)
     assert lip_gap(pts[:10]) is None
+    for eye, x in zip(BROW_EYES, (100.0, 150.0)):  # eye centres 50 px apart: the opening is 5 / 50
+        pts[eye[0]], pts[eye[1]] = (x - 10, 200.0), (x + 10, 200.0)
+    assert mouth_opening(pts) == pytest.approx(0.1)
+    assert mouth_opening(3.0 * pts) == pytest.approx(0.1)
 
 
 def _heavy_browed_person(data, seen: tuple[np.ndarray, np.ndarray] | None = None) -> LandmarkModel:
@@ -84,22 +88,29 @@ def test_brows_follow_the_drivers_whatever_the_mouth_does(data, rotation_deg):
 
 
 def test_jaw_opens_the_avatars_lips_as_far_as_the_drivers(data):
-    """The jaw read apart from the fit, in the seen basis (the head model's own inner lips do
-    not part with its jaw: the lip curtain holds them; on renders MediaPipe sees them part).
-    The driver is the seen basis' face (with a face of his own): his lips part by a known jaw
-    opening, alone and under a grin and lowered brows, and the avatar's jaw opens by as much."""
+    """The jaw read apart from the fit. The driver is the seen basis' face (what MediaPipe sees
+    on the avatar's renders, with a face of his own): his lips part by known jaw openings, alone
+    and under a grin with lowered brows, and the avatar's jaw is the one at which its renders
+    show his mouth opening (its measured response, calibration.AVATAR_OPENING), however the
+    rest of the face moves; lips parted by the lip components alone leave the jaw shut."""
     seen = seen_offset(data)
     assert seen is not None
     person = _heavy_browed_person(data, seen)
     cal = default_calibration(data, seen=True)
     rt = Retargeter(data, K, calibration=cal)
-    rt.set_neutral([_points(data, person, {}, (0.0, 10.0, 0.0))])
+    turn = (0.0, 10.0, 0.0)
+    rest = _points(data, person, {}, turn)
+    rt.set_neutral([rest])
     grin = {"mouthSmile_L": 1.2, "mouthSmile_R": 1.2, "browDown_L": 0.5, "browDown_R": 0.5}
-    for jaw in (0.0, 0.08, 0.2):
+    jaws = []
+    for jaw in (0.0, 0.05, 0.1, 0.2):
+        pts = _points(data, person, {}, turn, jaw)
+        shown = float(np.interp(mouth_opening(pts) - mouth_opening(rest), AVATAR_OPENING[1], AVATAR_OPENING[0]))
         for face in ({}, grin):
-            fit = rt.fit(_points(data, person, face, (0.0, 10.0, 0.0), jaw), iterations=30)
-            assert fit.pose[6] == pytest.approx(jaw, abs=0.02), (jaw, face)
-    # Lips parted by the lip components alone: those part the avatar's too, the jaw stays shut.
+            fit = rt.fit(_points(data, person, face, turn, jaw), iterations=30)
+            assert fit.pose[6] == pytest.approx(shown, abs=0.015), (jaw, face)
+        jaws.append(fit.pose[6])
+    assert jaws[0] < 0.01 and np.all(np.diff(jaws) > 0.01)
     parted = {"mouthUpperUp_L": 1.0, "mouthUpperUp_R": 1.0, "mouthLowerDown_L": 1.0, "mouthLowerDown_R": 1.0}
-    fit = rt.fit(_points(data, person, parted, (0.0, 10.0, 0.0)), iterations=30)
+    fit = rt.fit(_points(data, person, parted, turn), iterations=30)
     assert fit.pose[6] < 0.02

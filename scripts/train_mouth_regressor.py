@@ -231,12 +231,11 @@ def lipsync_scores(clip: dict, model, learned) -> tuple[float, float]:
     """(lag 0, best within +-1 frame) correlation of the real mouth with the default avatar's
     as LipSync drives it (jaw through the avatar's measured response, read MOUTH_LEAD_S ahead)."""
     from savatar.core.drive import lipsync
-    from savatar.core.drive.calibration import AVATAR_OPENING
 
     ls = lipsync.LipSync([], SR, mouth_model=model, learned=learned)
     frames = ls.push(np.concatenate([clip["audio"], np.zeros(400, np.float32)]))
     t = np.array([f.time_s for f in frames])
-    seen = np.interp([f.jaw for f in frames], *AVATAR_OPENING)
+    seen = np.interp([f.jaw for f in frames], *lipsync.LEARNED_OPENING)
     tf = np.arange(len(clip["mouth"])) / clip["fps"] + lipsync.MOUTH_LEAD_S
     return lag_scores(clip["mouth"], np.interp(tf, t, seen))
 

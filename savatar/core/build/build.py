@@ -561,6 +561,27 @@ def _lip_curtain(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor
     return curtain, curtain & (normals[on][:, 2] > FACING_Z), opened_means, stretched
 
 
+def open_mouth_inside(avatar: GaussianAvatar, data: HeadModelData) -> None:
+    """In place, on an avatar with closed lips and no portrait behind it (the bundled default
+    avatar): the lip curtain shows an open mouth seen from the front where it only shows when
+    the jaw opens, and its forward-facing part keeps its lip colours, thinned, as build_avatar
+    does for closed-lipped portraits. The head model's own lip colours there stretched over an
+    opened mouth as a red membrane hiding teeth and cavity (a puppeteered grin read as a smear)."""
+    model = HeadModel(data)
+    labels, names = _face_labels(data)
+    mouth = np.isin(labels[avatar.face.numpy()], [names.index(n) for n in MOUTH_REGIONS if n in names])
+    with torch.no_grad():
+        neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
+    curtain, facing, opened, _ = _lip_curtain(avatar, model, neutral, mouth)
+    if not curtain.any():
+        return
+    colour = np.zeros((len(curtain), 3))
+    colour[curtain] = curtain_colours(opened[curtain], facing[curtain])
+    inside = torch.as_tensor(curtain & ~facing)
+    avatar.sh[inside, 0] = rgb_to_sh0(torch.as_tensor(colour[inside.numpy()], dtype=torch.float32))
+    avatar.opacity_logit[torch.as_tensor(facing)] = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
+
+
 def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
                pinned: np.ndarray, face_region: np.ndarray, names: list[str]) -> None:
     """Bind the Gaussians pinned (N,) bool (the lip curtain's, seen in a portrait's opening) to the

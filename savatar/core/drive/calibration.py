@@ -40,17 +40,18 @@ GAIN_RANGE = (0.5, 4.0)  # components needing more are left alone: it would ampl
 
 # Measured by scripts/calibrate_tracking.py on the default avatar: name -> (gain, max_drive).
 OPEN_HEAD_RESPONSE: dict[str, tuple[float, float]] = {
-    'eyeBlink_L': (1.451, 0.5), 'eyeBlink_R': (1.451, 0.5), 'eyeSquint_L': (1.208, 2.0),
-    'eyeSquint_R': (1.208, 2.0), 'eyeWide_L': (2.083, 2.5), 'eyeWide_R': (2.083, 2.5),
-    'browInnerUp': (2.167, 2.5), 'browOuterUp_L': (2.571, 2.5), 'browOuterUp_R': (2.571, 2.5),
-    'browDown_L': (1.729, 2.5), 'browDown_R': (1.729, 2.5), 'mouthSmile_L': (1.518, 1.5),
-    'mouthSmile_R': (1.518, 1.5), 'mouthFrown_L': (1.756, 2.0), 'mouthFrown_R': (1.756, 2.0),
-    'mouthStretch_L': (1.871, 2.5), 'mouthStretch_R': (1.871, 2.5), 'mouthPucker': (3.403, 2.0),
-    'mouthFunnel': (2.379, 2.5), 'mouthUpperUp_L': (1.142, 2.5), 'mouthUpperUp_R': (1.142, 2.5),
-    'mouthLowerDown_L': (2.407, 2.5), 'mouthLowerDown_R': (2.407, 2.5), 'mouthRollUpper': (1.148, 2.5),
-    'mouthLeft': (1.435, 2.0), 'mouthRight': (1.553, 2.5), 'mouthDimple_L': (0.974, 2.5),
-    'mouthDimple_R': (0.974, 2.5), 'cheekPuff': (3.16, 2.5), 'cheekSquint_L': (3.226, 2.5),
-    'cheekSquint_R': (3.226, 2.5), 'jawForward': (1.627, 2.5), 'jaw': (1.418, 0.3)}
+    'eyeBlink_L': (1.517, 0.5), 'eyeBlink_R': (1.517, 0.5), 'eyeSquint_L': (1.24, 2.0),
+    'eyeSquint_R': (1.24, 2.0), 'eyeWide_L': (2.04, 2.5), 'eyeWide_R': (2.04, 2.5),
+    'browInnerUp': (2.088, 2.5), 'browOuterUp_L': (2.475, 2.5), 'browOuterUp_R': (2.475, 2.5),
+    'browDown_L': (1.674, 2.5), 'browDown_R': (1.674, 2.5), 'mouthSmile_L': (1.461, 1.5),
+    'mouthSmile_R': (1.461, 1.5), 'mouthFrown_L': (1.71, 2.0), 'mouthFrown_R': (1.71, 2.0),
+    'mouthStretch_L': (1.709, 2.5), 'mouthStretch_R': (1.709, 2.5), 'mouthPucker': (3.788, 2.5),
+    'mouthFunnel': (2.258, 2.5), 'mouthUpperUp_L': (1.193, 2.5), 'mouthUpperUp_R': (1.193, 2.5),
+    'mouthLowerDown_L': (1.748, 2.5), 'mouthLowerDown_R': (1.748, 2.5), 'mouthRollUpper': (1.086, 2.5),
+    'mouthRollLower': (2.03, 0.5), 'mouthLeft': (1.523, 2.5), 'mouthRight': (1.383, 2.0),
+    'mouthDimple_L': (1.052, 2.5), 'mouthDimple_R': (1.052, 2.5), 'cheekPuff': (3.002, 2.5),
+    'cheekSquint_L': (3.457, 2.5), 'cheekSquint_R': (3.457, 2.5), 'jawForward': (1.496, 2.5),
+    'jaw': (1.282, 0.3)}
 
 # The default avatar's eyes render narrower than the head model's (MediaPipe's lid gap about 9 px
 # where the model's is 14.6 px at 0.42 m): the rest face is driven with some eyeWide, so a rest
@@ -66,7 +67,7 @@ OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.5, "eyeWide_R": 1.5}
 # on the render over the rest render's.
 OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (
     (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-    (1.033, 1.0, 0.948, 0.851, 0.808, 0.74, 0.623, 0.51, 0.426, 0.33))
+    (1.028, 1.0, 0.918, 0.822, 0.794, 0.733, 0.628, 0.526, 0.407, 0.282))
 
 
 @dataclass
@@ -198,10 +199,12 @@ def mouth_opening(points: np.ndarray, index: Sequence[int] | None = None) -> flo
 
 
 # The default avatar's mouth opening as MediaPipe reads it on frontal renders (inner lips over
-# inter-ocular distance) at these jaw angles (radians), expression neutral: shut below 0.04 rad,
-# opening fast from 0.06 to 0.16, saturated from 0.4 (scripts/fit_lipsync.py measures it).
-AVATAR_OPENING = ((0.0, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4),
-                  (0.0, 0.011, 0.025, 0.055, 0.092, 0.118, 0.219, 0.303, 0.379, 0.466, 0.516, 0.571, 0.579))
+# inter-ocular distance) at these jaw angles (radians), expression neutral: opening from the
+# first few hundredths of a radian, saturated from 0.35 (scripts/fit_lipsync.py measures it).
+# With the lip curtain's own lip colours, stretched over the opening as a red membrane, renders
+# read shut below 0.04 rad and barely open below 0.1 (0.055 at 0.08 rad, against 0.144 at 0.09 now).
+AVATAR_OPENING = ((0.0, 0.03, 0.06, 0.09, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35),
+                  (0.012, 0.073, 0.1, 0.144, 0.204, 0.272, 0.344, 0.39, 0.414, 0.507))
 
 
 def jaw_for_opening(opening: float) -> float:

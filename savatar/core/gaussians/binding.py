@@ -310,7 +310,13 @@ def init_avatar(data: HeadModelData, count: int, seed: int = 0,
 
 @lru_cache(maxsize=2)
 def default_avatar(count: int = 30000) -> GaussianAvatar:
-    """init_avatar on the bundled open head model (cached: callers must not modify it in place)."""
+    """init_avatar on the bundled open head model, its mouth's inside drawn as build_avatar draws
+    a closed-lipped portrait's (build.open_mouth_inside) (cached: callers must not modify it in
+    place)."""
+    from savatar.core.build.build import open_mouth_inside  # the build imports this module
     from savatar.core.head.open_head import load_open_head_data
 
-    return init_avatar(load_open_head_data(), count, bake_light=True)
+    data = load_open_head_data()
+    avatar = init_avatar(data, count, bake_light=True)
+    open_mouth_inside(avatar, data)
+    return avatar

@@ -8,7 +8,7 @@ from bench import entry, time_ms
 
 @entry("gl_splat")
 def gl_splat() -> dict[str, float]:
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
     from savatar.core.gaussians.rig import Rig
     from savatar.core.render.camera import orbit_camera
     from savatar.gl.splat_renderer import SplatRenderer

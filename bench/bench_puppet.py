@@ -70,7 +70,7 @@ def _save_moments(path: Path, frames: list, scores: list) -> list[str]:
 
 
 def puppet_clip(path: Path, draw, raw: bool = False) -> dict[str, float]:
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
     from savatar.core.gaussians.rig import Rig
     from savatar.core.reenact.reenact import reenact, track_clip
     from savatar.core.reenact.scores import summarize

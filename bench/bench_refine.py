@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bench import entry
-from savatar.core.gaussians.binding import default_avatar
+from savatar.core.build.default_avatar import default_avatar
 from savatar.core.gaussians.rig import Rig
 from savatar.core.refine.frame_sources import frames_from_motion
 from savatar.core.refine.refine import Refiner, RefineConfig

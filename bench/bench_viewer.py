@@ -83,7 +83,7 @@ def _cuda_missing(name: str) -> bool:
 @entry("viewer_loop")
 def viewer_loop() -> dict[str, float]:
     """The bundled default avatar (30K Gaussians) on a 512x512 stage, gl stage backend."""
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
 
     return _loop(default_avatar(), (512, 512), "gl")
 
@@ -92,7 +92,7 @@ def viewer_loop() -> dict[str, float]:
 def viewer_loop_cpu() -> dict[str, float]:
     """The same with the cpu stage backend (the CPU rasterizer, a quarter of the resolution
     while animated, the image to the window as a texture)."""
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
 
     return _loop(default_avatar(), (512, 512), "cpu")
 
@@ -102,7 +102,7 @@ def viewer_loop_gsplat() -> dict[str, float]:
     """The same with the gsplat stage backend (deform and rasterize on the GPU); needs CUDA."""
     if _cuda_missing("viewer_loop_gsplat"):
         return {}
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
 
     return _loop(default_avatar(), (512, 512), "gsplat")
 
@@ -141,7 +141,7 @@ def _while_refining(stage_backend: str, refine_backend: str) -> dict[str, float]
     torch.set_num_threads(1)
     with x_display():
         os.environ.setdefault("SAVATAR_CONFIG_DIR", tempfile.mkdtemp())
-        from savatar.core.gaussians.binding import default_avatar
+        from savatar.core.build.default_avatar import default_avatar
         from savatar.core.gaussians.rig import Rig
         from savatar.core.refine.frame_sources import frames_from_motion
         from savatar.core.refine.refine import RefineConfig

@@ -38,7 +38,7 @@ def main() -> None:
                                                 measure_lid_curve, measure_response, measure_seen_offset, symmetric)
     from savatar.core.drive.face_landmarks import FaceLandmarker
     from savatar.core.drive.tracking import TRACKING_VIEWMAT, LandmarkModel, intrinsics_for, project_tracking
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
     from savatar.core.gaussians.rig import Rig
     from savatar.core.io.pixels import to_uint8
     from savatar.core.render.camera import Camera

@@ -64,7 +64,7 @@ def main() -> int:
     from bench.display import x_display
     from savatar.commands.common import tracking_bar
     from savatar.core.drive.retarget import Retargeter
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
     from savatar.core.gaussians.rig import Rig
     from savatar.core.io.pixels import to_uint8
     from savatar.core.reenact.face_signals import face_signals

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
     from savatar.viewer.app import App
 
     torch.set_num_threads(1)  # as savatar-viewer runs

@@ -18,7 +18,7 @@ from savatar.core.render.camera import Camera
 def load_avatar_arg(path: str | None) -> GaussianAvatar:
     """The avatar at path, or the bundled default one; file problems become UserError."""
     if path is None:
-        from savatar.core.gaussians.binding import default_avatar
+        from savatar.core.build.default_avatar import default_avatar
         return default_avatar()
     from savatar.core.io.avatar_file import AvatarFormatError, load_avatar
     if not Path(path).is_file():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.gaussians.binding import default_avatar, deform
+from savatar.core.build.default_avatar import default_avatar
+from savatar.core.gaussians.binding import deform
 from savatar.core.gaussians.gaussians import WorldGaussians
 from savatar.core.head.open_head import open_head_model
 from savatar.core.render.camera import orbit_camera

@@ -12,7 +12,7 @@ def running_app(config_dir, size: tuple[int, int], **kwargs) -> Iterator:
     down and restore SAVATAR_CONFIG_DIR after. For module fixtures: `yield from running_app(...)`."""
     old_config = os.environ.get("SAVATAR_CONFIG_DIR")
     os.environ["SAVATAR_CONFIG_DIR"] = str(config_dir)
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
     from savatar.viewer.app import App
 
     a = App(default_avatar(), None, size, **kwargs)

@@ -92,7 +92,7 @@ def still_stage(app):
 def test_cpu_stage_matches_savatar_render_cpu(still_stage, tmp_path):
     """The same pose and camera through the viewer's texture path and through the CLI."""
     from savatar.commands.render import head_centre
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
     from savatar.core.gaussians.rig import Rig
 
     app = still_stage
@@ -245,7 +245,7 @@ def test_asking_for_gsplat_without_cuda_never_imports_gsplat(tmp_path):
         pytest.skip("checks a machine without CUDA")
     code = (
         "import os, sys\n"
-        "from savatar.core.gaussians.binding import default_avatar\n"
+        "from savatar.core.build.default_avatar import default_avatar\n"
         "from savatar.viewer.app import App\n"
         "app = App(default_avatar(2000), None, (96, 96), stage_backend='gsplat')\n"
         "app.log.echo = False\n"

@@ -5,7 +5,6 @@ the initial layout of a new avatar on a head model's template.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -306,17 +305,3 @@ def init_avatar(data: HeadModelData, count: int, seed: int = 0,
         static_offset=torch.zeros(len(verts), 3),
         default_expr=torch.zeros(data.exprdirs.shape[2]),
     )
-
-
-@lru_cache(maxsize=2)
-def default_avatar(count: int = 30000) -> GaussianAvatar:
-    """init_avatar on the bundled open head model, its mouth's inside drawn as build_avatar draws
-    a closed-lipped portrait's (build.open_mouth_inside) (cached: callers must not modify it in
-    place)."""
-    from savatar.core.build.build import open_mouth_inside  # the build imports this module
-    from savatar.core.head.open_head import load_open_head_data
-
-    data = load_open_head_data()
-    avatar = init_avatar(data, count, bake_light=True)
-    open_mouth_inside(avatar, data)
-    return avatar

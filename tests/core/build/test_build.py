@@ -290,7 +290,7 @@ def test_open_mouth_from_closed_lips_shows_teeth_and_a_dark_cavity():
     mouth shows a dark cavity under a row of teeth, not the lip line's colours stretched over
     the opening (a pale membrane before the lip curtain was coloured)."""
     from savatar.core.build.build import lips_closed
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
 
     bundled = default_avatar(30000)
     verts = Rig.of(bundled).vertices().numpy()

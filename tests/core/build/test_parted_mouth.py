@@ -48,7 +48,7 @@ def parted():
     """(portrait (512, 512, 3) uint8, its MediaPipe landmarks (478, 3), avatar built from it, its
     SourceResult): the bundled avatar seen from the front with its jaw a little open, the opening
     between its inner lips painted as a smile shows it, the upper teeth over a dark mouth."""
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
 
     bundled = default_avatar(30000)
     pose = np.zeros(15, np.float32)
@@ -141,7 +141,7 @@ def test_jaw_share_interpolates_the_corners_weights():
 
 
 def test_rebind_keeps_the_gaussians_in_the_pose_and_follows_the_new_faces():
-    from savatar.core.gaussians.binding import default_avatar
+    from savatar.core.build.default_avatar import default_avatar
 
     data = load_open_head_data()
     model = HeadModel(data)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from savatar.core.drive.tracking import TRACKING_VIEWMAT, intrinsics_for
-from savatar.core.gaussians.binding import default_avatar
+from savatar.core.build.default_avatar import default_avatar
 from savatar.core.gaussians.rig import Rig
 from savatar.core.io.pixels import to_uint8
 from savatar.core.io.video_file import VideoWriter

@@ -18,7 +18,7 @@ import pytest
 
 from savatar.core.drive.face_landmarks import FaceLandmarker
 from savatar.core.drive.tracking import FaceTracker, TrackerParams
-from savatar.core.gaussians.binding import default_avatar
+from savatar.core.build.default_avatar import default_avatar
 from savatar.core.gaussians.rig import Rig
 from savatar.core.render.camera import orbit_camera
 from savatar.gl.splat_renderer import SplatRenderer

@@ -19,7 +19,7 @@ from savatar.core.drive.face_landmarks import FaceLandmarker
 from savatar.core.drive.retarget import Retargeter, measure_neutral
 from savatar.core.drive.tracking import (TRACKING_VIEWMAT, FaceFitter, LandmarkModel, intrinsics_for, rodrigues,
                                          rotation_vector)
-from savatar.core.gaussians.binding import default_avatar
+from savatar.core.build.default_avatar import default_avatar
 from savatar.core.gaussians.rig import Rig
 from savatar.core.reenact.face_signals import correlation
 from savatar.core.render.camera import Camera

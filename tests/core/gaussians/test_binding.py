@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.gaussians.binding import (default_avatar, deform, face_frames, init_avatar, matrix_to_quat,
-                                            quat_multiply, quat_to_matrix)
+from savatar.core.gaussians.binding import (deform, face_frames, init_avatar, matrix_to_quat, quat_multiply,
+                                            quat_to_matrix)
 from savatar.core.gaussians.gaussians import GaussianAvatar
 from savatar.core.head.head_model import HeadModel, HeadModelData, axis_angle_to_matrix
 from savatar.core.head.mesh_ops import face_areas
@@ -224,8 +224,3 @@ def test_init_mean_lies_inside_triangle(open_head: HeadModelData) -> None:
     e = torch.stack([tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]], -1)
     uv = torch.linalg.lstsq(e, (w.means - tri[:, 0])[..., None]).solution[..., 0]
     assert (uv >= -1e-4).all() and (uv.sum(-1) <= 1 + 1e-4).all()
-
-
-def test_default_avatar_cached() -> None:
-    a = default_avatar(2000)
-    assert a is default_avatar(2000) and len(a) == 2000 and a.head_model == "open-head"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.gaussians.binding import default_avatar
+from savatar.core.build.default_avatar import default_avatar
 from savatar.core.gaussians.facing import INNER_REGIONS, skippable_faces, visible_gaussians
 from savatar.core.gaussians.rig import Rig
 from savatar.core.render.api import render

@@ -19,7 +19,7 @@ import torch
 from skimage import data as skdata
 
 from savatar.core.drive.tracking import TRACKING_VIEWMAT, intrinsics_for
-from savatar.core.gaussians.binding import default_avatar
+from savatar.core.build.default_avatar import default_avatar
 from savatar.core.gaussians.rig import Rig
 from savatar.core.io.avatar_file import AvatarFormatError, load_avatar, save_avatar
 from savatar.core.io.pixels import to_uint8

@@ -296,10 +296,10 @@ class Retargeter:
         (talk_speech: lips a fifth of the eye distance apart on a spread mouth with little
         jaw); read apart, the mouth opens as far as the driver's. With the seen basis, the
         driver's opening over his neutral's (calibration.mouth_opening) less what the fitted
-        lip components open goes through the open head's measured jaw -> opening response
-        (calibration.AVATAR_OPENING: shut below 0.04 rad, then steep): the seen basis is
-        linear in the jaw, and read linearly, small openings stayed shut. Without the seen
-        basis (other head models), the level whose inner-lip gap matches (_level_for).
+        lip components open goes through the default avatar's measured jaw -> opening response
+        (calibration.AVATAR_OPENING): the seen basis is linear in the jaw, the renders' response
+        is not, and read linearly, small openings stayed shut. Without the seen basis (other
+        head models), the level whose inner-lip gap matches (_level_for).
         jaw: the calibrated reading, kept where the lips are not read; face (E,): the drive as
         the fit reads it (_as_read)."""
         if not self._lips:
@@ -362,8 +362,8 @@ class Retargeter:
         for name, scale in PRIOR_SCALE.items():
             if name in self.data.expr_names:
                 fitter.prior[11 + self.data.expr_names.index(name)] *= scale
-        # The fit's model on the landmarks the brow and jaw drives measure only (_level_for
-        # evaluates it seven times a frame).
+        # The fit's model on the landmarks the brow and jaw drives measure only: they evaluate
+        # it four or five times a frame.
         index = mediapipe_indices(self.data)
         rows = np.flatnonzero(np.isin(index, [i for group in BROWS + BROW_EYES + (INNER_LIPS,) for i in group]))
         probe = replace(self.data, lmk_faces=self.data.lmk_faces[rows], lmk_bary=self.data.lmk_bary[rows])

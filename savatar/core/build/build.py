@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from savatar.core.drive.calibration import INNER_LIPS
 from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_for, project_tracking
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar, rebind
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
@@ -67,7 +68,6 @@ MOUTH_CORNERS = (61, 291)  # MediaPipe Face Mesh landmarks
 FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the front
 LIP_LINE_OPACITY = 0.3  # of the lip curtain's Gaussians that face forwards with the mouth closed
 HIDDEN_LOGIT = -12.0  # opacity logit of Gaussians that must not show (opacity 6e-6)
-INNER_LIPS = (13, 14)  # MediaPipe Face Mesh: the inner lips' middle, upper and lower
 CLOSED_LIPS = 0.06  # inner lips' gap over the eye corners' distance below which lips are closed
 # or barely parted (measured: closed 0.00-0.002, parted without teeth 0.05, smiles with teeth 0.11-0.16)
 # Facial features get more Gaussians than plain skin: they carry most of the likeness.

@@ -67,6 +67,7 @@ JAW_PROBE = 0.35  # radians of jaw opening at which the lip curtain is found and
 MOUTH_CORNERS = (61, 291)  # MediaPipe Face Mesh landmarks
 FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the front
 LIP_LINE_OPACITY = 0.3  # of the lip curtain's Gaussians that face forwards with the mouth closed
+LIP_LINE_LOGIT = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
 HIDDEN_LOGIT = -12.0  # opacity logit of Gaussians that must not show (opacity 6e-6)
 CLOSED_LIPS = 0.06  # inner lips' gap over the eye corners' distance below which lips are closed
 # or barely parted (measured: closed 0.00-0.002, parted without teeth 0.05, smiles with teeth 0.11-0.16)
@@ -579,7 +580,7 @@ def open_mouth_inside(avatar: GaussianAvatar, data: HeadModelData) -> None:
     colour[curtain] = curtain_colours(opened[curtain], facing[curtain])
     inside = torch.as_tensor(curtain & ~facing)
     avatar.sh[inside, 0] = rgb_to_sh0(torch.as_tensor(colour[inside.numpy()], dtype=torch.float32))
-    avatar.opacity_logit[torch.as_tensor(facing)] = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
+    avatar.opacity_logit[torch.as_tensor(facing)] = LIP_LINE_LOGIT
 
 
 def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
@@ -698,7 +699,7 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         acc_w[curtain & ~facing] = 0.0
         # Thin: stacked in the closed lips' line they still show it, stretched over an open mouth
         # the teeth and cavity behind show through.
-        avatar.opacity_logit[torch.as_tensor(facing)] = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
+        avatar.opacity_logit[torch.as_tensor(facing)] = LIP_LINE_LOGIT
         mouth |= curtain
     else:
         # A portrait with parted lips saw its own mouth on the curtain: the Gaussians it saw there

@@ -169,8 +169,9 @@ def brow_height(points: np.ndarray, index: Sequence[int] | None = None) -> float
     p = _pick(points, [i for brow in BROWS for i in brow] + [i for eye in BROW_EYES for i in eye], index)
     if p is None:
         return None
-    lines = p[:10].reshape(2, 5, 2).mean(1)
-    centres = p[10:].reshape(2, 2, 2).mean(1)
+    split = sum(len(brow) for brow in BROWS)
+    lines = np.stack([part.mean(0) for part in np.split(p[:split], len(BROWS))])
+    centres = p[split:].reshape(len(BROW_EYES), -1, 2).mean(1)
     iod = float(np.linalg.norm(centres[1] - centres[0]))
     if iod < 1e-9:
         return None

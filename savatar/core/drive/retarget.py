@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -233,7 +233,7 @@ class Retargeter:
         return [names.index(n) for n in BROWS_UP], [names.index(n) for n in BROWS_DOWN]
 
     def _level_for(self, fit: FitResult, drives: Sequence[tuple[np.ndarray, float]], levels: Sequence[float],
-                   measure) -> float | None:
+                   measure: Callable[[np.ndarray, Sequence[int] | None], float | None]) -> float | None:
         """The level (within levels, ascending) at which measure(landmarks) of the fit's model
         (the driver's neutral face, read in the seen basis: what MediaPipe would see on the
         avatar's renders) equals measure(fit.landmarks): drives (expr (E,) as the fit reads

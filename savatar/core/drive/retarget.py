@@ -75,6 +75,12 @@ SYMMETRIC = (("browDown_L", "browDown_R"),)
 # level; lowered, both of those.
 BROWS_UP = ("browInnerUp", "browOuterUp_L", "browOuterUp_R")
 BROWS_DOWN = ("browDown_L", "browDown_R")
+# The driver's lid gap over his neutral's at which the irises MediaPipe places stop being
+# guesses, and at which they are trusted: a closing lid hides the iris and drags its landmarks
+# down, which the fit read as the eyes rolling down 0.5 rad in every blink (grin_gaze), and the
+# avatar's eyeballs turned behind its closing lids read as eyes half open. In between, the gaze
+# moves from the last trusted one to the fitted one.
+GAZE_TRUST = (0.35, 0.7)
 
 
 def _line_angle(corners: np.ndarray) -> float:
@@ -201,6 +207,7 @@ class Retargeter:
             corners = replace(data, lmk_faces=data.lmk_faces[self._corners], lmk_bary=data.lmk_bary[self._corners])
             self._avatar = LandmarkModel(corners, shape, static_offset)
         self._roll_ref: float | None = None
+        self._gaze: np.ndarray | None = None  # the last gaze (6,) the drive trusted (_hold_gaze)
         if neutral is not None:
             self._use(neutral)
 
@@ -276,6 +283,13 @@ class Retargeter:
         smile, the driver's brows did not move); read apart, the brows do what the driver's do."""
         up, down = self._brows
         top = self.calibration.max_drive
+        if self._eyes is not None:
+            # Read with the lids open: the seen basis' blink carries the brow and eye-corner
+            # landmarks along (+0.03 of the eye distance at 1), but the lid drive's renders read
+            # the same brow height shut as open (within 0.008), so with the fitted blink in,
+            # every real blink lowered the avatar's brows (grin_gaze: browDown 1).
+            face = np.array(face, copy=True)
+            face[[i for eye in self._eyes for i in eye]] = 0.0
         levels = (-float(min(top[down])), 0.0, float(min(top[up])))
 
         def with_brows(e: np.ndarray, level: float) -> np.ndarray:
@@ -318,19 +332,33 @@ class Retargeter:
         needed = mouth_opening(self._in_mediapipe_order(fit.landmarks)) - model_opening(face)
         return float(min(jaw_for_opening(max(needed, 0.0)), self.calibration.max_jaw))
 
-    def _lid_drive(self, fit: FitResult, expr: np.ndarray) -> np.ndarray:
-        """expr (E,) with each eye's blink, eyeWide and eyeSquint drive replaced by the lid drive
-        read from the eye's opening (fit.landmarks against the neutral face at fit's pose)."""
+    def _eye_opening(self, fit: FitResult) -> float:
+        """How open the driver's eyes are: the mean over both eyes of the lid gap in
+        fit.landmarks over the gap his neutral face would have at fit's pose (1 at rest, 0 shut).
+        Both eyes at once: MediaPipe's lids on a real face differ between the eyes by more than
+        people wink, most of all on a turned head, and lids closing unevenly on the avatar's
+        renders tilt the eye line MediaPipe reads (the head roll)."""
         seen = lid_gaps(fit.landmarks, self._index)
         x = self.fitter.model.evaluate(rodrigues(fit.pose[0:3]), fit.translation, fit.pose[6:9], fit.pose[9:11],
                                        np.zeros(len(fit.expr)))
         neutral = lid_gaps(self.fitter._project(x)[0], self._index)
+        return float(np.mean(seen / np.maximum(neutral, 1e-9)))
+
+    def _hold_gaze(self, pose: np.ndarray, opening: float) -> None:
+        """Blend pose's gaze (9:15, in place) from the last trusted gaze to the fitted one as the
+        eyes' opening goes through GAZE_TRUST, and remember the result."""
+        low, high = GAZE_TRUST
+        trust = float(np.clip((opening - low) / (high - low), 0.0, 1.0))
+        if self._gaze is not None:
+            pose[9:15] = self._gaze + trust * (pose[9:15] - self._gaze)
+        self._gaze = pose[9:15].copy()
+
+    def _lid_drive(self, expr: np.ndarray, opening: float) -> np.ndarray:
+        """expr (E,) with each eye's blink, eyeWide and eyeSquint drive replaced by the lid drive
+        read from the eyes' opening (_eye_opening)."""
         rest = self.calibration.rest if self.calibration.rest is not None else np.zeros(len(expr))
         out = np.array(expr, copy=True)
-        # Both eyes from their mean opening: MediaPipe's lids on a real face differ between the
-        # eyes by more than people wink, most of all on a turned head, and lids closing unevenly
-        # on the avatar's renders tilt the eye line MediaPipe reads (the head roll).
-        level = self.calibration.lids.level(float(np.mean(seen / np.maximum(neutral, 1e-9))))
+        level = self.calibration.lids.level(opening)
         for blink, wide, squint in self._eyes:
             out[blink] = max(level, 0.0)
             out[wide] = rest[wide] - min(level, 0.0)
@@ -389,6 +417,7 @@ class Retargeter:
                 gaps.append(self._eye_line_gap(fit))
             self.fitter.reset()
             self._roll_ref = float(np.median(gaps))
+        self._gaze = None
         return neutral
 
     def _eye_corners(self) -> np.ndarray | None:
@@ -420,6 +449,7 @@ class Retargeter:
     def reset(self) -> None:
         """Forget the warm start (a lost face): the next fit starts from solvePnP."""
         self.fitter.reset()
+        self._gaze = None
 
     def fit(self, points: np.ndarray, iterations: int | None = None) -> FitResult:
         fit = self.fitter.fit(points, iterations)
@@ -441,10 +471,12 @@ class Retargeter:
             if self._brows is not None:
                 expr = self._brow_drive(fit, expr, face)
             jaw = self._jaw_drive(fit, jaw, face)
-        if lids:
-            expr = self._lid_drive(fit, expr).astype(expr.dtype, copy=False)
         pose = fit.pose.copy()
         pose[6] = jaw
+        if lids:
+            opening = self._eye_opening(fit)
+            expr = self._lid_drive(expr, opening).astype(expr.dtype, copy=False)
+            self._hold_gaze(pose, opening)
         if self.neutral is None:
             return replace(fit, expr=expr, pose=pose)
         pose[0:3] = rotation_vector(rodrigues(fit.pose[0:3]) @ self.neutral.root.T)

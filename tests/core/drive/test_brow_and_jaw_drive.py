@@ -114,3 +114,30 @@ def test_jaw_opens_the_avatars_lips_as_far_as_the_drivers(data):
     parted = {"mouthUpperUp_L": 1.0, "mouthUpperUp_R": 1.0, "mouthLowerDown_L": 1.0, "mouthLowerDown_R": 1.0}
     fit = rt.fit(_points(data, person, parted, turn), iterations=30)
     assert fit.pose[6] < 0.02
+
+
+
+def test_a_blink_does_not_move_the_avatars_brows(data):
+    """The brows read with the avatar's lids open. The seen basis' blink carries MediaPipe's brow
+    and eye-corner landmarks along (brow height +0.03 of the eye distance at blink 1), but the
+    lid drive's renders read the same brow height shut as open (measured on the default avatar:
+    within 0.008 from lid drive 0 to 1, with the brows at rest or lowered). Read with the fitted
+    blink, every real blink lowered the avatar's brows (grin_gaze: browDown 1 in its blink).
+    A driver whose lids alone move (brows and eye corners where they were): the avatar's brows
+    stay where his are, at rest or lowered."""
+    person = _heavy_browed_person(data)
+    rt = Retargeter(data, K, calibration=default_calibration(data, seen=True))
+    turn = (0.0, 5.0, 0.0)
+    rt.set_neutral([_points(data, person, {}, turn)])
+    names = list(data.expr_names)
+    up, down = [names.index(n) for n in BROWS_UP], [names.index(n) for n in BROWS_DOWN]
+    still = [i for part in BROWS + BROW_EYES for i in part]
+    for brows in ({}, {"browDown_L": 0.6, "browDown_R": 0.6}):
+        open_eyes = _points(data, person, brows, turn)
+        want = rt.fit(open_eyes, iterations=30).expr
+        for blink in (0.5, 0.9):
+            pts = _points(data, person, {**brows, "eyeBlink_L": blink, "eyeBlink_R": blink}, turn)
+            pts[still] = open_eyes[still]
+            got = rt.fit(pts, iterations=30).expr
+            np.testing.assert_allclose(got[up + down], want[up + down], atol=0.1, err_msg=f"{brows} {blink}")
+        assert (want[down] > 0.3).all() if brows else (want[up + down] < 0.1).all()

@@ -76,11 +76,11 @@ def _big_eyed_person(data) -> LandmarkModel:
     return LandmarkModel(data, landmark_offset=offset)
 
 
-def _points(data, person: LandmarkModel, blink: float, rotation: np.ndarray) -> np.ndarray:
+def _points(data, person: LandmarkModel, blink: float, rotation: np.ndarray, gaze=(0.0, 0.0)) -> np.ndarray:
     e = np.zeros(len(data.expr_names))
     for side in ("L", "R"):
         e[data.expr_names.index(f"eyeBlink_{side}")] = blink
-    xw = person.evaluate(rodrigues(rotation), np.array([0.0, 0.0, -0.45]), np.zeros(3), np.zeros(2), e)
+    xw = person.evaluate(rodrigues(rotation), np.array([0.0, 0.0, -0.45]), np.zeros(3), np.array(gaze), e)
     return FaceFitter(data, K)._project(xw)[0]
 
 
@@ -138,3 +138,23 @@ def test_lowered_brows_do_not_close_the_avatars_eyes_past_the_drivers(data):
         closers = np.where(c > 0, c, 0.0)
         assert closers @ fit.expr + np.minimum(c[wide], 0) * fit.expr[wide] == pytest.approx(lid_only, rel=0.02)
         assert fit.expr[blink] < level - 0.1  # the brows' share came off the blink
+
+
+def test_a_closed_eyes_irises_do_not_turn_the_avatars_eyes(data):
+    """A closing lid hides the iris and MediaPipe drags its landmarks down with the lid: in a
+    blink the gaze holds the last one read with open eyes, and follows the irises again once
+    the eyes are open."""
+    person = _big_eyed_person(data)
+    cal = default_calibration(data)
+    cal.lids = CURVE
+    rt = Retargeter(data, K, calibration=cal, seen=False)
+    rest = _points(data, person, 0.0, np.zeros(3))
+    rt.set_neutral([rest])
+    look = rt.fit(_points(data, person, 0.0, np.zeros(3), gaze=(0.0, 0.3)), iterations=30).pose[9:15]
+    assert look[1] > 0.15 and look[4] > 0.15  # (the fit's gaze prior holds it short of 0.3)
+    shut = _points(data, person, 1.0, np.zeros(3), gaze=(0.5, -0.2))  # irises dragged down and aside
+    assert lid_gaps(shut).mean() / lid_gaps(rest).mean() < 0.35
+    fit = rt.fit(shut, iterations=30)
+    np.testing.assert_allclose(fit.pose[9:15], look, atol=1e-9)
+    back = rt.fit(_points(data, person, 0.0, np.zeros(3), gaze=(0.0, -0.3)), iterations=30).pose[9:15]
+    assert back[1] < -0.15 and back[4] < -0.15

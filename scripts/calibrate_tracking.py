@@ -8,10 +8,11 @@ savatar.core.drive.calibration.OPEN_HEAD_RESPONSE (measure_response says how). T
 per expression component up to that max_drive, the landmark motion MediaPipe sees against the
 head model's own and writes it as savatar/assets/open_head_seen.npz (measure_seen_offset: the
 basis the retargeting fit reads expressions in). Last, it measures how open the eyes read along
-the lid drive (measure_lid_curve) and prints OPEN_HEAD_LIDS. Deterministic up to MediaPipe's
-floats on this CPU.
+the lid drive (measure_lid_curve) and prints OPEN_HEAD_LIDS, and the head turn the fit reads
+when only the avatar's eyes turn (measure_gaze) and prints OPEN_HEAD_GAZE. Deterministic up to
+MediaPipe's floats on this CPU.
 
-    .venv/bin/python scripts/calibrate_tracking.py [--show DIR] [--only response|seen|lids]
+    .venv/bin/python scripts/calibrate_tracking.py [--show DIR] [--only response|seen|lids|gaze]
 """
 from __future__ import annotations
 
@@ -28,16 +29,19 @@ DISTANCE = 0.42
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--show", type=Path, help="also save each render here as PNG, to look at")
-    parser.add_argument("--only", choices=("response", "seen", "lids"),
-                        help="measure only the response table (printed), the seen basis (written) or the lid curve (printed)")
+    parser.add_argument("--only", choices=("response", "seen", "lids", "gaze"),
+                        help="measure only the response table (printed), the seen basis (written), the lid curve "
+                             "or the gaze's head turn (printed)")
     args = parser.parse_args()
 
     from PIL import Image
 
     from savatar.core.drive.calibration import (OPEN_HEAD_REST, OPEN_HEAD_RESPONSE, SEEN_ASSET, ExpressionCalibration,
-                                                measure_lid_curve, measure_response, measure_seen_offset, symmetric)
+                                                measure_gaze, measure_lid_curve, measure_response, measure_seen_offset,
+                                                symmetric)
     from savatar.core.drive.face_landmarks import FaceLandmarker
-    from savatar.core.drive.tracking import TRACKING_VIEWMAT, LandmarkModel, intrinsics_for, project_tracking
+    from savatar.core.drive.tracking import (TRACKING_VIEWMAT, FaceFitter, LandmarkModel, intrinsics_for,
+                                             mediapipe_indices, project_tracking)
     from savatar.core.build.default_avatar import default_avatar
     from savatar.core.gaussians.rig import Rig
     from savatar.core.io.pixels import to_uint8
@@ -94,6 +98,26 @@ def main() -> None:
             print("OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (")
             print(f"    {tuple(round(float(x), 2) for x in curve.levels)},")
             print(f"    {tuple(round(float(x), 3) for x in curve.ratio)})")
+        if args.only in (None, "gaze"):
+            rest_drive = np.array([OPEN_HEAD_REST.get(n, 0.0) for n in names], np.float32)
+            fitter = FaceFitter(rig.data, K, avatar.shape.numpy(), None, avatar.static_offset.numpy())
+            index = mediapipe_indices(rig.data)
+
+            def looking(yaw: float):
+                pose = np.zeros(15, np.float32)
+                pose[10] = pose[13] = yaw
+                image = to_uint8(splat.render(rig.world(rest_drive, pose, trans), camera, (1.0, 1.0, 1.0)).rgb)
+                pts = landmarker(image)
+                return None if pts is None else pts[index]
+
+            def read(pts: np.ndarray) -> float:
+                fitter.reset()
+                return float(fitter.fit(pts, 30).pose[1])
+
+            gaze = measure_gaze(looking, read)
+            print("OPEN_HEAD_GAZE: tuple[tuple[float, ...], tuple[float, ...]] = (")
+            print(f"    {tuple(round(float(x), 2) for x in gaze.levels)},")
+            print(f"    {tuple(round(float(x), 4) for x in gaze.head)})")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ The eyelids have their own curve (LidCurve, measure_lid_curve, OPEN_HEAD_LIDS): 
 avatar's eyes read on renders (MediaPipe's lid gap over the rest render's) along blink 0..1 and
 eyeWide past its rest drive. The retargeter reads a driver's eyes as the same fraction of open
 and drives the lids by this curve (savatar.core.drive.retarget).
+
+The eyes' turn has one too (GazeResponse, measure_gaze, OPEN_HEAD_GAZE): MediaPipe re-places the
+whole face with the irises, so the fit reads the avatar's head turned when only its eyes turn;
+the retargeter turns the head back by it.
 """
 from __future__ import annotations
 
@@ -69,6 +73,55 @@ OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (
     (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
     (1.028, 1.0, 0.918, 0.822, 0.794, 0.733, 0.628, 0.526, 0.407, 0.282))
 
+# Measured by scripts/calibrate_tracking.py on the default avatar (measure_gaze): GazeResponse's
+# (levels, head).
+OPEN_HEAD_GAZE: tuple[tuple[float, ...], tuple[float, ...]] = (
+    (-0.6, -0.4, -0.2, -0.1, 0.0, 0.1, 0.2, 0.4, 0.6),
+    (0.016, 0.0092, 0.0063, 0.0036, 0.0, -0.0054, -0.0089, -0.0105, -0.0092))
+
+
+@dataclass
+class GazeResponse:
+    """How the tracking fit reads the avatar's head when only its eyes turn (measure_gaze):
+    MediaPipe re-places the whole face with the irises, nose and cheeks following them, so
+    eyes turned by yaw a with the head still read as the head turned head(a) about the vertical
+    (radians). levels (K,) ascending gaze yaws, 0 among them; head (K,), 0 at 0.
+
+    A driver's fitted head turn carries the same re-placing of his face by his irises, and the
+    avatar's renders add it again for its own eyes: so the avatar's head is turned back by
+    head(its gaze). (The fit also reads the avatar's eyes turned about 0.6 of their yaw; driven
+    1.6 times further to match, the renders' lid gaps followed the irises and the eye opening
+    MediaPipe read on them fell from 0.85 to 0.83 on other people's clips in bench puppet.)"""
+
+    levels: np.ndarray
+    head: np.ndarray
+
+    def head_turn(self, yaw: float) -> float:
+        """The head turn (radians about the vertical) the fit reads for the avatar's eyes at yaw."""
+        return float(np.interp(yaw, self.levels, self.head))
+
+
+# Gaze yaws (radians) at which measure_gaze renders the avatar.
+GAZE_LEVELS = (-0.6, -0.4, -0.2, -0.1, 0.0, 0.1, 0.2, 0.4, 0.6)
+
+
+def measure_gaze(render: Callable[[float], "np.ndarray | None"], fit: Callable[[np.ndarray], float],
+                 levels: Sequence[float] = GAZE_LEVELS) -> GazeResponse:
+    """render(yaw) -> MediaPipe's landmarks on a frontal render of the avatar with both eyes
+    turned by yaw, head still (None without a face); fit(landmarks) -> the head yaw the tracking
+    fit reads from them. Levels without a face are left out."""
+    rest = render(0.0)
+    if rest is None:
+        raise ValueError("no face found on the render at rest")
+    head0 = fit(rest)
+    kept, head = [], []
+    for a in levels:
+        lm = render(a)
+        if lm is not None:
+            kept.append(float(a))
+            head.append(fit(lm) - head0)
+    return GazeResponse(np.array(kept), np.array(head))
+
 
 @dataclass
 class ExpressionCalibration:
@@ -83,6 +136,7 @@ class ExpressionCalibration:
     closing: np.ndarray | None = None  # (2, E) how much each component closes each eye's lids, metres
     max_closing: np.ndarray | None = None  # (2,) the most either eye may close (its blink's max_drive)
     lids: "LidCurve | None" = None  # lid drive read from the eye aperture (retarget), when measured
+    gaze: GazeResponse | None = None  # the head turn renders read for the avatar's gaze (retarget), when measured
 
     def apply(self, expr: np.ndarray, jaw: float) -> tuple[np.ndarray, float]:
         """(expr (E,), jaw radians) read by the tracker -> what drives the avatar."""
@@ -130,6 +184,8 @@ def default_calibration(data: HeadModelData, seen: bool = False) -> ExpressionCa
     cal.max_closing = np.array([max(c[i] * cal.max_drive[i] for i in blinks) for c in cal.closing])
     if OPEN_HEAD_LIDS[0]:
         cal.lids = LidCurve(np.array(OPEN_HEAD_LIDS[0]), np.array(OPEN_HEAD_LIDS[1]))
+    if OPEN_HEAD_GAZE[0]:
+        cal.gaze = GazeResponse(np.array(OPEN_HEAD_GAZE[0]), np.array(OPEN_HEAD_GAZE[1]))
     return cal
 
 

@@ -478,8 +478,9 @@ class Retargeter:
             expr = self._lid_drive(expr, opening).astype(expr.dtype, copy=False)
             self._hold_gaze(pose, opening)
         if self.neutral is None:
+            pose[0:3] = self._gaze_turn(fit.pose[0:3], float(pose[10]))
             return replace(fit, expr=expr, pose=pose)
-        pose[0:3] = rotation_vector(rodrigues(fit.pose[0:3]) @ self.neutral.root.T)
+        pose[0:3] = self._gaze_turn(rotation_vector(rodrigues(fit.pose[0:3]) @ self.neutral.root.T), float(pose[10]))
         if self._roll_ref is not None and fit.landmarks is not None:
             # The head roll MediaPipe reads is the eye line's tilt. The fit splits the driver's
             # eye-corner motion between the head's rotation and expression components, and what
@@ -490,6 +491,14 @@ class Retargeter:
             # axis until its eye line leans as the driver's does, less the neutral's lean.
             pose[0:3] = self._level_eye_line(fit, expr, pose)
         return replace(fit, expr=expr, pose=pose, head_rotation=fit.pose[0:3].copy())
+
+    def _gaze_turn(self, root: np.ndarray, yaw: float) -> np.ndarray:
+        """Root rotation (3,) turned back about the vertical by the head turn the fit reads on
+        the avatar's renders when its eyes look at gaze yaw (calibration.GazeResponse)."""
+        gaze = self.calibration.gaze
+        if gaze is None:
+            return root
+        return rotation_vector(rodrigues(np.array([0.0, -gaze.head_turn(yaw), 0.0])) @ rodrigues(root))
 
     def _level_eye_line(self, fit: FitResult, expr: np.ndarray, pose: np.ndarray) -> np.ndarray:
         """The root rotation (3,) of pose turned about the camera axis so that the avatar's eye

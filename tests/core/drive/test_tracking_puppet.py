@@ -196,3 +196,39 @@ def test_identity_offset_maps_to_rest_on_synthetic_landmarks():
     rt.reset()
     got = rt.fit(points(e, 0.2), iterations=30)
     assert np.all(np.abs(got.expr[brows] - 0.25) < 0.05)
+
+
+def test_eyes_turning_alone_do_not_turn_the_avatars_head():
+    """MediaPipe re-places the whole face with the irises: on renders of the avatar looking
+    aside with its head still, the fit reads the head turning with the eyes (up to 0.016 rad),
+    and the avatar's own renders would add that turn again. The drive turns the head back by
+    the response measured on the avatar (calibration.GazeResponse), so eyes alone leave the
+    driven head where it was."""
+    from savatar.core.drive.calibration import OPEN_HEAD_REST
+    from savatar.gl.splat_renderer import SplatRenderer
+
+    avatar = default_avatar()
+    rig = Rig.of(avatar)
+    names = list(rig.data.expr_names)
+    rest = np.array([OPEN_HEAD_REST.get(n, 0.0) for n in names], np.float32)
+    renderer = SplatRenderer()
+    marks = []
+    with FaceLandmarker(static_images=True) as landmarker:
+        for yaw in (0.0, -0.4, -0.2, 0.2, 0.4):
+            pose = np.zeros(15, np.float32)
+            pose[10] = pose[13] = yaw
+            rgb = renderer.render(rig.world(rest, pose, TRANSLATION), CAMERA, (1.0, 1.0, 1.0)).rgb
+            pts = landmarker((np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8))
+            assert pts is not None
+            marks.append(pts)
+    rt = Retargeter(rig.data, K, avatar.shape.numpy(), avatar.static_offset.numpy())
+    assert rt.calibration.gaze is not None
+    rt.set_neutral([marks[0]])
+    fitted, driven = [], []
+    for pts in marks:
+        rt.reset()
+        fit = rt.fit(pts, iterations=30)
+        fitted.append(fit.head_rotation[1])
+        driven.append(fit.pose[1])
+    assert np.ptp(fitted) > 0.012, np.round(fitted, 4)  # the fit reads the eyes as a head turn
+    assert np.ptp(driven) < 0.5 * np.ptp(fitted) and np.ptp(driven) < 0.008, np.round(driven, 4)

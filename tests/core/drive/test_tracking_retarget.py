@@ -199,3 +199,19 @@ def test_track_motion_on_a_real_face_reports_its_fit(data, tmp_path):
     assert motion.translation[-1, 0] > motion.translation[0, 0]  # she moved right
     with pytest.raises(ValueError, match="frame 40"):
         track_motion(path, data, neutral_frame=40)
+
+
+def test_measure_gaze_reads_the_head_turn_the_eyes_make():
+    """measure_gaze on made-up readings: the head turn is read from the rest's, levels without a
+    face are left out, and head_turn interpolates between levels."""
+    from savatar.core.drive.calibration import measure_gaze
+
+    def render(yaw):
+        return None if yaw > 0.5 else np.full((478, 2), yaw)
+
+    gaze = measure_gaze(render, lambda pts: 0.002 - 0.03 * float(pts[0, 0]), levels=(-0.4, 0.0, 0.4, 0.6))
+    np.testing.assert_allclose(gaze.levels, [-0.4, 0.0, 0.4])
+    np.testing.assert_allclose(gaze.head, [0.012, 0.0, -0.012], atol=1e-12)
+    assert gaze.head_turn(0.2) == pytest.approx(-0.006)
+    with pytest.raises(ValueError):
+        measure_gaze(lambda yaw: None, lambda pts: 0.0)

@@ -7,7 +7,8 @@ it sees with the head model's own, and prints each component's (gain, max_drive)
 savatar.core.drive.calibration.OPEN_HEAD_RESPONSE (measure_response says how). Then it measures,
 per expression component up to that max_drive, the landmark motion MediaPipe sees against the
 head model's own and writes it as savatar/assets/open_head_seen.npz (measure_seen_offset: the
-basis the retargeting fit reads expressions in). Last, it measures how open the eyes read along
+basis the retargeting fit reads expressions in), with where MediaPipe places the rest face's
+landmarks in depth, read from renders of the head turned (measure_seen_rest). Last, it measures how open the eyes read along
 the lid drive (measure_lid_curve) and prints OPEN_HEAD_LIDS, and the head turn the fit reads
 when only the avatar's eyes turn (measure_gaze) and prints OPEN_HEAD_GAZE. Deterministic up to
 MediaPipe's floats on this CPU.
@@ -84,8 +85,10 @@ def main() -> None:
             depth = project_tracking(rest, K)[:, 2]
             cal = ExpressionCalibration.from_table(names, table)
             offset, jaw = measure_seen_offset(render, model, names, depth, K, cal.max_drive, cal.max_jaw)
+            rest_offset = seen_rest_offset(rig, lmodel, splat, camera, landmarker, trans, K)
             out = Path(__file__).resolve().parents[1] / "savatar" / "assets" / SEEN_ASSET
-            np.savez_compressed(out, names=np.array(names), offset=offset.astype(np.float32), jaw=jaw.astype(np.float32))
+            np.savez_compressed(out, names=np.array(names), offset=offset.astype(np.float32), jaw=jaw.astype(np.float32),
+                                rest=rest_offset.astype(np.float32))
             print(f"wrote {out}")
         if args.only in (None, "lids"):
             def eyes(blink: float, wide: float):
@@ -118,6 +121,37 @@ def main() -> None:
             print("OPEN_HEAD_GAZE: tuple[tuple[float, ...], tuple[float, ...]] = (")
             print(f"    {tuple(round(float(x), 2) for x in gaze.levels)},")
             print(f"    {tuple(round(float(x), 4) for x in gaze.head)})")
+
+
+def seen_rest_offset(rig, lmodel, splat, camera, landmarker, trans: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """measure_seen_rest on renders of the avatar at rest turned by each of SEEN_REST_YAWS."""
+    from savatar.core.drive.calibration import SEEN_REST_YAWS, measure_seen_rest
+    from savatar.core.drive.tracking import FACE_OVAL, mediapipe_indices, project_tracking, rodrigues
+    from savatar.core.io.pixels import to_uint8
+
+    index = mediapipe_indices(rig.data)
+    seen, model, jacobian = [], [], []
+    for deg in SEEN_REST_YAWS:
+        root = np.array([0.0, np.radians(deg), 0.0])
+        pose = np.zeros(15, np.float32)
+        pose[0:3] = root
+        names = rig.data.expr_names
+        image = to_uint8(splat.render(rig.world(np.zeros(len(names), np.float32), pose, trans), camera,
+                                      (1.0, 1.0, 1.0)).rgb)
+        pts = landmarker(image)
+        if pts is None:
+            continue
+        r = rodrigues(root)
+        x = lmodel.evaluate(r, trans.astype(np.float64), np.zeros(3), np.zeros(2), np.zeros(len(names)))
+        at = project_tracking(x, K)[:, :2]
+        step = 1e-4  # metres: the projection is smooth at this scale
+        jac = np.stack([(project_tracking(x + step * r[:, k], K)[:, :2] - at) / step for k in range(3)], -1)
+        seen.append(pts[index, :2])
+        model.append(at)
+        jacobian.append(jac)
+    if len(seen) < 3:
+        raise SystemExit("calibrate_tracking: MediaPipe found too few of the turned renders to place the landmarks")
+    return measure_seen_rest(np.stack(seen), np.stack(model), np.stack(jacobian), np.isin(index, FACE_OVAL))
 
 
 if __name__ == "__main__":

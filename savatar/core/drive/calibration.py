@@ -17,8 +17,11 @@ open_head_seen.npz): per component and for the jaw, the motion of every landmark
 on the renders, as a change of the head model's landmark motion. The retargeting fit reads
 expressions in that basis (LandmarkModel's expr_offset and jaw_offset), so a reading is what the
 avatar must be driven with for its renders to show the landmark motion the driver's face showed
-(gains 1, the limits still apply). Both are measured on renders of the head model only, never on
-the clips that judge it; scripts/calibrate_tracking.py measures them again.
+(gains 1, the limits still apply). The same file holds the seen rest (measure_seen_rest,
+seen_rest): where MediaPipe places the rest face's landmarks, depth included, read from renders
+of the head turned; the fit's model carries it under the driver's neutral. All are measured on
+renders of the head model only, never on the clips that judge it; scripts/calibrate_tracking.py
+measures them again.
 
 The eyelids have their own curve (LidCurve, measure_lid_curve, OPEN_HEAD_LIDS): how open the
 avatar's eyes read on renders (MediaPipe's lid gap over the rest render's) along blink 0..1 and
@@ -495,15 +498,42 @@ def measure_seen_offset(render: Landmarks, model: Landmarks, names: Sequence[str
     return out, jaw
 
 
+# Head yaws (degrees) of the renders measure_seen_rest reads the landmarks' depth from.
+SEEN_REST_YAWS = (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0)
+
+
+def measure_seen_rest(seen: np.ndarray, model: np.ndarray, jacobian: np.ndarray,
+                      fixed: np.ndarray | None = None) -> np.ndarray:
+    """Where MediaPipe places the landmarks of the avatar at rest, as a model-space offset (L, 3)
+    (metres) of the head model's rest landmarks: the least-squares one over V views of the head
+    turned (SEEN_REST_YAWS). seen (V, L, 2) MediaPipe's pixels on the renders, model (V, L, 2)
+    the head model's own, jacobian (V, L, 2, 3) pixels per metre of model-space offset at each.
+    fixed (L,) bool: landmarks left at the model's (the face oval, a silhouette whose place on
+    the face changes with the view). A view's one turn cannot say a landmark's depth; several
+    can: on the default avatar MediaPipe places the mouth corners 7 mm in front of the mesh
+    points they are embedded at and the brows 3 mm behind, which the fit, turning the head,
+    read as mouth and brow expressions."""
+    res = np.asarray(seen, np.float64) - np.asarray(model, np.float64)
+    j = np.asarray(jacobian, np.float64)
+    a = np.einsum("vlik,vlij->lkj", j, j) + 1e-6 * np.eye(3)
+    b = np.einsum("vlik,vli->lk", j, res)
+    out = np.linalg.solve(a, b[..., None])[..., 0]
+    if fixed is not None:
+        out[np.asarray(fixed, bool)] = 0.0
+    return out
+
+
 @lru_cache(maxsize=1)
-def _seen_asset() -> tuple[tuple[str, ...], np.ndarray, np.ndarray] | None:
+def _seen_asset() -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """(names, expr offset, jaw offset, rest offset or None) of SEEN_ASSET, or None."""
     from importlib import resources
 
     path = resources.files("savatar.assets").joinpath(SEEN_ASSET)
     if not path.is_file():
         return None
     with path.open("rb") as fh, np.load(fh) as z:
-        return tuple(str(n) for n in z["names"]), z["offset"].astype(np.float64), z["jaw"].astype(np.float64)
+        rest = z["rest"].astype(np.float64) if "rest" in z else None
+        return tuple(str(n) for n in z["names"]), z["offset"].astype(np.float64), z["jaw"].astype(np.float64), rest
 
 
 def seen_offset(data: HeadModelData) -> tuple[np.ndarray, np.ndarray] | None:
@@ -516,6 +546,14 @@ def seen_offset(data: HeadModelData) -> tuple[np.ndarray, np.ndarray] | None:
     if asset is None or asset[0] != tuple(data.expr_names):
         return None
     return asset[1], asset[2]
+
+
+def seen_rest(data: HeadModelData) -> np.ndarray | None:
+    """The open head's measured rest offset (L, 3) (measure_seen_rest on the default avatar), or
+    None for other models or when it was not measured. Callers must not modify it."""
+    if seen_offset(data) is None:
+        return None
+    return _seen_asset()[3]
 
 
 def symmetric(table: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:

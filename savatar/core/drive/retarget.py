@@ -44,7 +44,7 @@ import numpy as np
 from savatar.core.drive.motion import Motion
 from savatar.core.drive.calibration import (BROW_EYES, BROWS, INNER_LIPS, ExpressionCalibration, brow_height,
                                            default_calibration, jaw_for_opening, lid_closing, lid_gaps, lip_gap,
-                                           mouth_opening, seen_offset)
+                                           mouth_opening, seen_offset, seen_rest)
 from savatar.core.drive.tracking import (FLIP, FaceFitter, FitResult, LandmarkModel, TrackerParams, mediapipe_indices,
                                          rodrigues, rotation_vector)
 from savatar.core.head.head_model import HeadModelData
@@ -128,11 +128,13 @@ def _frame_offset(fitter: FaceFitter, pts: np.ndarray) -> tuple[np.ndarray, np.n
 
 def measure_neutral(data: HeadModelData, K: np.ndarray, frames: Sequence[np.ndarray], shape: np.ndarray | None = None,
                     static_offset: np.ndarray | None = None,
-                    seen: tuple[np.ndarray, np.ndarray] | None = None) -> Neutral:
+                    seen: tuple[np.ndarray, np.ndarray] | None = None,
+                    rest: np.ndarray | None = None) -> Neutral:
     """The neutral of resting frames: landmarks (L, 2+) pixels each, camera K (3, 3). The
     median offset over frames (a blink among them does not count) and the mean rotation.
-    seen: the (expr_offset, jaw_offset) the fits with this neutral will use."""
-    fitter = FaceFitter(data, K, shape, TrackerParams(filter=False), static_offset, None,
+    seen: the (expr_offset, jaw_offset) the fits with this neutral will use; rest (L, 3) the
+    landmarks' offset they add under the neutral's (calibration.seen_rest)."""
+    fitter = FaceFitter(data, K, shape, TrackerParams(filter=False), static_offset, rest,
                         *(seen if seen is not None else (None, None)))
     offsets, rots = [], []
     for pts in frames:
@@ -188,6 +190,9 @@ class Retargeter:
         # MediaPipe sees on renders of the avatar, not the mesh's own, so a reading is what the
         # avatar must be driven with for its renders to show the same landmark motion.
         self.seen = seen_offset(data) if seen else None
+        # Where MediaPipe places the rest face's landmarks in depth (calibration.seen_rest): with
+        # the mesh's own depths, turning the head read as mouth and brow expressions.
+        self.seen_rest = seen_rest(data) if seen else None
         self.calibration = calibration if calibration is not None else default_calibration(data, self.seen is not None)
         self.neutral: Neutral | None = None
         self.fitter = self._fitter(None)
@@ -385,6 +390,8 @@ class Retargeter:
 
     def _fitter(self, offset: np.ndarray | None) -> FaceFitter:
         expr_offset, jaw_offset = self.seen if self.seen is not None else (None, None)
+        if self.seen_rest is not None:
+            offset = self.seen_rest if offset is None else self.seen_rest + offset
         fitter = FaceFitter(self.data, self.K, self.shape, self.params, self.static_offset, offset, expr_offset,
                             jaw_offset)
         for name, scale in PRIOR_SCALE.items():
@@ -403,7 +410,7 @@ class Retargeter:
 
     def set_neutral(self, frames: Sequence[np.ndarray]) -> Neutral:
         """Measure the driver's neutral on these resting frames' landmarks and fit with it from now on."""
-        neutral = measure_neutral(self.data, self.K, frames, self.shape, self.static_offset, self.seen)
+        neutral = measure_neutral(self.data, self.K, frames, self.shape, self.static_offset, self.seen, self.seen_rest)
         self._use(neutral)
         self._roll_ref = None
         if self._corners is not None:

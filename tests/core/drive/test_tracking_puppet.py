@@ -106,16 +106,15 @@ def _recovered(fits, names) -> dict[str, np.ndarray]:
             "roll": rot[:, 2], "yaw": rot[:, 1]}
 
 
-# Measured on this CPU (seen basis, 2026-12-07; lash line and calibration of that day). Brows:
-# turning the head 15 degrees reads as up to 1.0 of one side's browDown plus browInnerUp
-# (MediaPipe places the avatar's brows as if they were about 10 mm shallower than the head
-# model's, so under yaw the fit's rigid motion leaves 3-5 px on the brows that only brow
-# components explain); with the head still the same brow curve comes back at 0.87. Smile loses to
-# the same cross-talk at lower levels. Blinks, read from the eyes' opening, come back at 0.99 and
-# 0.97 (offset) since the lash line (0.88 to 0.45 before, read from the fit).
-# With the default avatar's mouth drawn open inside (2026-12-07, later), the offset clip's smile
-# comes back above 0.95 (0.879 before).
-_SHORT = {("plain", "smile"): 0.902, ("plain", "brow"): 0.570, ("offset", "brow"): 0.591}
+# Measured on this CPU (seen basis and seen rest, 2026-12-07). Brows: turning the head 15 degrees
+# still reads as some browDown (plain 0.795, offset 0.909). Before the seen rest (the rest face's
+# landmarks where MediaPipe places them in depth, calibration.seen_rest) it read as up to 1.0 of
+# one side's browDown plus browInnerUp, brows 0.570 and 0.591 and the plain clip's smile 0.902:
+# MediaPipe places the avatar's brows about 3 mm behind and its mouth corners 7 mm in front of
+# the mesh points they are embedded at, so under yaw the fit's rigid motion left pixels on them
+# that only expression components explained. Blinks, read from the eyes' opening, come back at
+# 0.97 and 0.98 (offset).
+_SHORT = {("plain", "brow"): 0.795, ("offset", "brow"): 0.909}
 
 
 def _cases():

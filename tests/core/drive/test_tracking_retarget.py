@@ -215,3 +215,32 @@ def test_measure_gaze_reads_the_head_turn_the_eyes_make():
     assert gaze.head_turn(0.2) == pytest.approx(-0.006)
     with pytest.raises(ValueError):
         measure_gaze(lambda yaw: None, lambda pts: 0.0)
+
+
+def test_measure_seen_rest_finds_the_depth_one_view_cannot():
+    """Landmarks placed off the model's points by a known 3D offset, seen from several head
+    turns: measure_seen_rest recovers the offset (depth included, which no single frontal view
+    shows), and leaves the fixed landmarks at the model's."""
+    from savatar.core.drive.calibration import SEEN_REST_YAWS, measure_seen_rest
+    from savatar.core.drive.tracking import project_tracking
+
+    rng = np.random.default_rng(4)
+    points = rng.normal(scale=0.04, size=(30, 3))
+    true = rng.normal(scale=0.004, size=(30, 3))
+    k = intrinsics_for(512, 512)
+    t = np.array([0.0, 0.0, -0.42])
+    seen, model, jac = [], [], []
+    for deg in SEEN_REST_YAWS:
+        r = rodrigues(np.array([0.0, np.radians(deg), 0.0]))
+        x = points @ r.T + t
+        at = project_tracking(x, k)[:, :2]
+        seen.append(project_tracking((points + true) @ r.T + t, k)[:, :2])
+        model.append(at)
+        jac.append(np.stack([(project_tracking(x + 1e-5 * r[:, a], k)[:, :2] - at) / 1e-5 for a in range(3)], -1))
+    fixed = np.zeros(30, bool)
+    fixed[:3] = True
+    got = measure_seen_rest(np.stack(seen), np.stack(model), np.stack(jac), fixed)
+    np.testing.assert_allclose(got[3:], true[3:], atol=3e-4)
+    assert np.all(got[:3] == 0.0)
+    frontal = measure_seen_rest(np.stack(seen)[3:4], np.stack(model)[3:4], np.stack(jac)[3:4])
+    assert np.abs(frontal[3:, 2] - true[3:, 2]).max() > 1e-3  # one view cannot say the depth

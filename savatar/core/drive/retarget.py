@@ -75,6 +75,12 @@ SYMMETRIC = (("browDown_L", "browDown_R"),)
 # level; lowered, both of those.
 BROWS_UP = ("browInnerUp", "browOuterUp_L", "browOuterUp_R")
 BROWS_DOWN = ("browDown_L", "browDown_R")
+# How much of what the lip components open shows on top of an open jaw in the default avatar's
+# renders: they do not add up. Measured (MediaPipe's inner-lip gap, four lip mixes at jaw 0.05,
+# 0.1 and 0.15 rad): 0.1-1.2, median 0.57, 0.35 at speech-sized jaws. Taking off all of it, the
+# avatar's mouth opened 0.6-0.8 as far as the driver's (bench puppet amplitude); with half,
+# 0.9-1.2, and the other people's mouth opening followed at 0.97 where it followed at 0.93.
+LIP_SHARE = 0.5
 # The driver's lid gap over his neutral's at which the irises MediaPipe places stop being
 # guesses, and at which they are trusted: a closing lid hides the iris and drags its landmarks
 # down, which the fit read as the eyes rolling down 0.5 rad in every blink (grin_gaze), and the
@@ -314,8 +320,9 @@ class Retargeter:
         talking mouth's parted lips with lip components whose renders stay near shut
         (talk_speech: lips a fifth of the eye distance apart on a spread mouth with little
         jaw); read apart, the mouth opens as far as the driver's. With the seen basis, the
-        driver's opening over his neutral's (calibration.mouth_opening) less what the fitted
-        lip components open goes through the default avatar's measured jaw -> opening response
+        driver's opening over his neutral's (calibration.mouth_opening) less the share of what
+        the fitted lip components open that shows on an open jaw (LIP_SHARE) goes through the
+        default avatar's measured jaw -> opening response
         (calibration.AVATAR_OPENING): the seen basis is linear in the jaw, the renders' response
         is not, and read linearly, small openings stayed shut. Without the seen basis (other
         head models), the level whose inner-lip gap matches (_level_for).
@@ -334,7 +341,7 @@ class Retargeter:
             x = self._probe.evaluate(r, fit.translation, shut, fit.pose[9:11], e)
             return mouth_opening(self.fitter._project(x)[0], self._probe_index)
 
-        needed = mouth_opening(self._in_mediapipe_order(fit.landmarks)) - model_opening(face)
+        needed = mouth_opening(self._in_mediapipe_order(fit.landmarks)) - LIP_SHARE * model_opening(face)
         return float(min(jaw_for_opening(max(needed, 0.0)), self.calibration.max_jaw))
 
     def _eye_opening(self, fit: FitResult) -> float:

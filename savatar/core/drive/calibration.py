@@ -202,10 +202,17 @@ def _pick(points: np.ndarray, wanted: Sequence[int], index: Sequence[int] | None
     p = np.asarray(points, np.float64)[:, :2]
     if index is None:
         return p[list(wanted)] if max(wanted) < len(p) else None
-    where = {int(m): i for i, m in enumerate(index)}
+    where = _positions(np.asarray(index, np.int64).tobytes())
     if any(i not in where or where[i] >= len(p) for i in wanted):
         return None
     return p[[where[i] for i in wanted]]
+
+
+@lru_cache(maxsize=16)
+def _positions(index: bytes) -> dict[int, int]:
+    """MediaPipe index -> position in an index array (its int64 bytes): the retargeter measures
+    the same few embeddings many times a frame."""
+    return {int(m): i for i, m in enumerate(np.frombuffer(index, np.int64))}
 
 
 def lid_gaps(points: np.ndarray, index: Sequence[int] | None = None) -> np.ndarray | None:

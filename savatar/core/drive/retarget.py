@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from savatar.core.drive.motion import Motion
-from savatar.core.drive.calibration import (BROW_EYES, BROWS, INNER_LIPS, ExpressionCalibration, brow_height,
+from savatar.core.drive.calibration import (BROW_EYES, BROWS, INNER_LIPS, LIDS, ExpressionCalibration, brow_height,
                                            default_calibration, jaw_for_opening, lid_closing, lid_gaps, lip_gap,
                                            mouth_opening, seen_offset, seen_rest)
 from savatar.core.drive.tracking import (FLIP, FaceFitter, FitResult, LandmarkModel, TrackerParams, mediapipe_indices,
@@ -81,6 +81,11 @@ BROWS_DOWN = ("browDown_L", "browDown_R")
 # avatar's mouth opened 0.6-0.8 as far as the driver's (bench puppet amplitude); with half,
 # 0.9-1.2, and the other people's mouth opening followed at 0.97 where it followed at 0.93.
 LIP_SHARE = 0.5
+# When the jaw drive opens the jaw this much (radians) past the fit's, the fit carries on with the
+# jaw held there (Retargeter._fit_with_jaw), for this many iterations (each about 1 ms).
+# bench puppet: grin_gaze's mouth width 0.84 -> 0.96, talk_speech's 0.84 -> 0.89.
+JAW_REFIT_MIN = 0.01
+JAW_REFIT_ITERATIONS = 1
 # The driver's lid gap over his neutral's at which the irises MediaPipe places stop being
 # guesses, and at which they are trusted: a closing lid hides the iris and drags its landmarks
 # down, which the fit read as the eyes rolling down 0.5 rad in every blink (grin_gaze), and the
@@ -341,7 +346,11 @@ class Retargeter:
             x = self._probe.evaluate(r, fit.translation, shut, fit.pose[9:11], e)
             return mouth_opening(self.fitter._project(x)[0], self._probe_index)
 
-        needed = mouth_opening(self._in_mediapipe_order(fit.landmarks)) - LIP_SHARE * model_opening(face)
+        # The model's face at rest is the driver's neutral: the gap over it is the driver's
+        # opening over his neutral's; the lip components then take off their share.
+        rest = model_opening(np.zeros(len(face)))
+        lips = model_opening(face) - rest
+        needed = mouth_opening(self._in_mediapipe_order(fit.landmarks)) - rest - LIP_SHARE * lips
         return float(min(jaw_for_opening(max(needed, 0.0)), self.calibration.max_jaw))
 
     def _eye_opening(self, fit: FitResult) -> float:
@@ -351,9 +360,9 @@ class Retargeter:
         people wink, most of all on a turned head, and lids closing unevenly on the avatar's
         renders tilt the eye line MediaPipe reads (the head roll)."""
         seen = lid_gaps(fit.landmarks, self._index)
-        x = self.fitter.model.evaluate(rodrigues(fit.pose[0:3]), fit.translation, fit.pose[6:9], fit.pose[9:11],
-                                       np.zeros(len(fit.expr)))
-        neutral = lid_gaps(self.fitter._project(x)[0], self._index)
+        x = self._probe.evaluate(rodrigues(fit.pose[0:3]), fit.translation, fit.pose[6:9], fit.pose[9:11],
+                                 np.zeros(len(fit.expr)))
+        neutral = lid_gaps(self.fitter._project(x)[0], self._probe_index)
         return float(np.mean(seen / np.maximum(neutral, 1e-9)))
 
     def _hold_gaze(self, pose: np.ndarray, opening: float) -> None:
@@ -404,10 +413,10 @@ class Retargeter:
         for name, scale in PRIOR_SCALE.items():
             if name in self.data.expr_names:
                 fitter.prior[11 + self.data.expr_names.index(name)] *= scale
-        # The fit's model on the landmarks the brow and jaw drives measure only: they evaluate
-        # it four or five times a frame.
+        # The fit's model on the landmarks the brow, jaw and lid drives measure only: they
+        # evaluate it five or six times a frame.
         index = mediapipe_indices(self.data)
-        rows = np.flatnonzero(np.isin(index, [i for group in BROWS + BROW_EYES + (INNER_LIPS,) for i in group]))
+        rows = np.flatnonzero(np.isin(index, [i for group in BROWS + BROW_EYES + LIDS + (INNER_LIPS,) for i in group]))
         probe = replace(self.data, lmk_faces=self.data.lmk_faces[rows], lmk_bary=self.data.lmk_bary[rows])
         take = lambda a: None if a is None else np.asarray(a)[rows]  # noqa: E731
         self._probe = LandmarkModel(probe, self.shape, self.static_offset, take(offset), take(expr_offset),
@@ -468,18 +477,43 @@ class Retargeter:
     def fit(self, points: np.ndarray, iterations: int | None = None) -> FitResult:
         fit = self.fitter.fit(points, iterations)
         self.last_residuals.append(fit.residual_px)
+        if self.seen is not None and fit.landmarks is not None:
+            expr, jaw = self._calibrated(fit)
+            jaw = self._jaw_drive(fit, jaw, self._as_read(fit, expr))
+            if jaw > fit.pose[6] + JAW_REFIT_MIN:
+                fit = self._fit_with_jaw(points, jaw)
         return self.apply(fit)
 
-    def apply(self, fit: FitResult) -> FitResult:
-        """A raw fit (with this retargeter's neutral) -> the avatar's drive."""
-        lids = self._eyes is not None and fit.landmarks is not None
+    def _fit_with_jaw(self, points: np.ndarray, jaw: float) -> FitResult:
+        """The fit carried on (JAW_REFIT_ITERATIONS) from where it stopped with its jaw held at
+        the jaw drive's opening: the expression it read with its own, smaller jaw did not pay
+        for what the opening jaw does to the rest of the mouth (renders of an opening jaw draw
+        the corners in, and a grin read at the fit's jaw rendered narrow)."""
+        f = self.fitter
+        low, high = f.lower[6], f.upper[6]
+        f.x[6] = f.lower[6] = f.upper[6] = jaw
+        try:
+            return f.fit(points, JAW_REFIT_ITERATIONS)
+        finally:
+            f.lower[6], f.upper[6] = low, high
+
+    def _calibrated(self, fit: FitResult) -> tuple[np.ndarray, float]:
+        """The fit's expression (E,) and jaw through the calibration, the lids left at 0 where
+        they are read apart, the symmetric pairs averaged."""
         raw = fit.expr
-        if lids:  # read apart: their fitted readings must not count against the lids' closing limit
+        if self._eyes is not None and fit.landmarks is not None:
+            # Read apart: their fitted readings must not count against the lids' closing limit.
             raw = raw.copy()
             raw[[i for eye in self._eyes for i in eye]] = 0.0
         expr, jaw = self.calibration.apply(raw, float(fit.pose[6]))
         for a, b in self._pairs:
             expr[a] = expr[b] = (expr[a] + expr[b]) / 2
+        return expr, jaw
+
+    def apply(self, fit: FitResult) -> FitResult:
+        """A raw fit (with this retargeter's neutral) -> the avatar's drive."""
+        lids = self._eyes is not None and fit.landmarks is not None
+        expr, jaw = self._calibrated(fit)
         if fit.landmarks is not None:
             face = self._as_read(fit, expr)
             if self._brows is not None:

@@ -148,3 +148,28 @@ def test_a_blink_does_not_move_the_avatars_brows(data):
             got = rt.fit(pts, iterations=30).expr
             np.testing.assert_allclose(got[up + down], want[up + down], atol=0.1, err_msg=f"{brows} {blink}")
         assert (want[down] > 0.3).all() if brows else (want[up + down] < 0.1).all()
+
+
+def test_the_fit_carries_on_with_the_jaw_the_drive_opens(data):
+    """Where the jaw drive opens the jaw past the fit's, the fit carries on with its jaw held
+    there, so the expression it reads pays for what that opening does to the mouth's corners;
+    its bounds are left as they were."""
+    seen = seen_offset(data)
+    person = _heavy_browed_person(data, seen)
+    rt = Retargeter(data, K, calibration=default_calibration(data, seen=True))
+    rt.set_neutral([_points(data, person, {}, (0.0, 5.0, 0.0))])
+    # Lips parted by the lip components, which the fit reads with its jaw shut; the jaw drive
+    # opens the jaw for the share of their opening an open jaw's renders do not show.
+    parted = {"mouthUpperUp_L": 1.0, "mouthUpperUp_R": 1.0, "mouthLowerDown_L": 1.0, "mouthLowerDown_R": 1.0}
+    pts = _points(data, person, parted, (0.0, 5.0, 0.0))
+    low, high = rt.fitter.lower.copy(), rt.fitter.upper.copy()
+    held = rt._fit_with_jaw(pts, 0.2)
+    assert held.pose[6] == pytest.approx(0.2)
+    np.testing.assert_array_equal(rt.fitter.lower, low)
+    np.testing.assert_array_equal(rt.fitter.upper, high)
+    calls = []
+    carry_on = rt._fit_with_jaw
+    rt._fit_with_jaw = lambda p, jaw: calls.append(jaw) or carry_on(p, jaw)
+    rt.reset()
+    fit = rt.fit(pts, iterations=30)
+    assert len(calls) == 1 and calls[0] > 0.03 and fit.pose[6] > 0.03

@@ -79,7 +79,7 @@ BROWS_DOWN = ("browDown_L", "browDown_R")
 # renders: they do not add up. Measured (MediaPipe's inner-lip gap, four lip mixes at jaw 0.05,
 # 0.1 and 0.15 rad): 0.1-1.2, median 0.57, 0.35 at speech-sized jaws. Taking off all of it, the
 # avatar's mouth opened 0.6-0.8 as far as the driver's (bench puppet amplitude); with half,
-# 0.9-1.2, and the other people's mouth opening followed at 0.97 where it followed at 0.93.
+# 0.8-1.15, and the other people's mouth opening followed at 0.96 where it followed at 0.93.
 LIP_SHARE = 0.5
 # When the jaw drive opens the jaw this much (radians) past the fit's, the fit carries on with the
 # jaw held there (Retargeter._fit_with_jaw), for this many iterations (each about 1 ms).

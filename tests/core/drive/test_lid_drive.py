@@ -84,15 +84,22 @@ def _points(data, person: LandmarkModel, blink: float, rotation: np.ndarray, gaz
     return FaceFitter(data, K)._project(xw)[0]
 
 
-@pytest.mark.parametrize("rotation_deg", [(0.0, 0.0, 0.0), (8.0, 20.0, -10.0)])
-def test_retargeter_closes_the_avatars_eyes_by_the_fraction_the_driver_closes_his(data, rotation_deg):
+def _lid_retargeter(data, rotation: np.ndarray):
+    """(person, calibration, retargeter, rest points): the big-eyed person's retargeter with the
+    made-up lid curve, his neutral measured on his rest face at head rotation (3,)."""
     person = _big_eyed_person(data)
     cal = default_calibration(data)
     cal.lids = CURVE
     rt = Retargeter(data, K, calibration=cal, seen=False)
-    rotation = np.radians(rotation_deg)
     rest = _points(data, person, 0.0, rotation)
     rt.set_neutral([rest])
+    return person, cal, rt, rest
+
+
+@pytest.mark.parametrize("rotation_deg", [(0.0, 0.0, 0.0), (8.0, 20.0, -10.0)])
+def test_retargeter_closes_the_avatars_eyes_by_the_fraction_the_driver_closes_his(data, rotation_deg):
+    rotation = np.radians(rotation_deg)
+    person, cal, rt, rest = _lid_retargeter(data, rotation)
     names = data.expr_names
     blinks = [names.index("eyeBlink_L"), names.index("eyeBlink_R")]
     wides = [names.index("eyeWide_L"), names.index("eyeWide_R")]
@@ -116,12 +123,7 @@ def test_lowered_brows_do_not_close_the_avatars_eyes_past_the_drivers(data):
     """A driver frowning with his eyes half shut: the avatar's brows come down, and the lids
     close as far as the driver's lid gap says, not that plus what the lowered brows close (on
     renders the brow then slid over the closed eye, where MediaPipe found the eye, tilted)."""
-    person = _big_eyed_person(data)
-    cal = default_calibration(data)
-    cal.lids = CURVE
-    rt = Retargeter(data, K, calibration=cal, seen=False)
-    rest = _points(data, person, 0.0, np.zeros(3))
-    rt.set_neutral([rest])
+    person, cal, rt, rest = _lid_retargeter(data, np.zeros(3))
     names = data.expr_names
     e = np.zeros(len(names))
     for side in ("L", "R"):
@@ -144,12 +146,7 @@ def test_a_closed_eyes_irises_do_not_turn_the_avatars_eyes(data):
     """A closing lid hides the iris and MediaPipe drags its landmarks down with the lid: in a
     blink the gaze holds the last one read with open eyes, and follows the irises again once
     the eyes are open."""
-    person = _big_eyed_person(data)
-    cal = default_calibration(data)
-    cal.lids = CURVE
-    rt = Retargeter(data, K, calibration=cal, seen=False)
-    rest = _points(data, person, 0.0, np.zeros(3))
-    rt.set_neutral([rest])
+    person, cal, rt, rest = _lid_retargeter(data, np.zeros(3))
     look = rt.fit(_points(data, person, 0.0, np.zeros(3), gaze=(0.0, 0.3)), iterations=30).pose[9:15]
     assert look[1] > 0.15 and look[4] > 0.15  # (the fit's gaze prior holds it short of 0.3)
     shut = _points(data, person, 1.0, np.zeros(3), gaze=(0.5, -0.2))  # irises dragged down and aside

@@ -477,12 +477,13 @@ class Retargeter:
     def fit(self, points: np.ndarray, iterations: int | None = None) -> FitResult:
         fit = self.fitter.fit(points, iterations)
         self.last_residuals.append(fit.residual_px)
-        if self.seen is not None and fit.landmarks is not None:
-            expr, jaw = self._calibrated(fit)
-            jaw = self._jaw_drive(fit, jaw, self._as_read(fit, expr))
-            if jaw > fit.pose[6] + JAW_REFIT_MIN:
-                fit = self._fit_with_jaw(points, jaw)
-        return self.apply(fit)
+        if self.seen is None or fit.landmarks is None:
+            return self.apply(fit)
+        expr, jaw = self._calibrated(fit)
+        jaw = self._jaw_drive(fit, jaw, self._as_read(fit, expr))
+        if jaw > fit.pose[6] + JAW_REFIT_MIN:
+            return self.apply(self._fit_with_jaw(points, jaw))
+        return self.apply(fit, jaw_drive=jaw)
 
     def _fit_with_jaw(self, points: np.ndarray, jaw: float) -> FitResult:
         """The fit carried on (JAW_REFIT_ITERATIONS) from where it stopped with its jaw held at
@@ -510,15 +511,16 @@ class Retargeter:
             expr[a] = expr[b] = (expr[a] + expr[b]) / 2
         return expr, jaw
 
-    def apply(self, fit: FitResult) -> FitResult:
-        """A raw fit (with this retargeter's neutral) -> the avatar's drive."""
+    def apply(self, fit: FitResult, jaw_drive: float | None = None) -> FitResult:
+        """A raw fit (with this retargeter's neutral) -> the avatar's drive. jaw_drive: the jaw
+        drive already read for this fit (fit reads it first, to decide whether to carry on)."""
         lids = self._eyes is not None and fit.landmarks is not None
         expr, jaw = self._calibrated(fit)
         if fit.landmarks is not None:
             face = self._as_read(fit, expr)
             if self._brows is not None:
                 expr = self._brow_drive(fit, expr, face)
-            jaw = self._jaw_drive(fit, jaw, face)
+            jaw = self._jaw_drive(fit, jaw, face) if jaw_drive is None else jaw_drive
         pose = fit.pose.copy()
         pose[6] = jaw
         if lids:

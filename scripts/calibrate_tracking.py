@@ -8,10 +8,10 @@ savatar.core.drive.calibration.OPEN_HEAD_RESPONSE (measure_response says how). T
 per expression component up to that max_drive, the landmark motion MediaPipe sees against the
 head model's own and writes it as savatar/assets/open_head_seen.npz (measure_seen_offset: the
 basis the retargeting fit reads expressions in), with where MediaPipe places the rest face's
-landmarks in depth, read from renders of the head turned (measure_seen_rest). Last, it measures how open the eyes read along
-the lid drive (measure_lid_curve) and prints OPEN_HEAD_LIDS, and the head turn the fit reads
-when only the avatar's eyes turn (measure_gaze) and prints OPEN_HEAD_GAZE. Deterministic up to
-MediaPipe's floats on this CPU.
+landmarks in depth, read from renders of the head turned (measure_seen_rest). Last, it measures
+how open the eyes read along the lid drive (measure_lid_curve) and prints OPEN_HEAD_LIDS, and the
+head turn the fit reads when only the avatar's eyes turn (measure_gaze) and prints
+OPEN_HEAD_GAZE. Deterministic up to MediaPipe's floats on this CPU.
 
     .venv/bin/python scripts/calibrate_tracking.py [--show DIR] [--only response|seen|lids|gaze]
 """
@@ -130,19 +130,18 @@ def seen_rest_offset(rig, lmodel, splat, camera, landmarker, trans: np.ndarray, 
     from savatar.core.io.pixels import to_uint8
 
     index = mediapipe_indices(rig.data)
+    rest = np.zeros(len(rig.data.expr_names))
     seen, model, jacobian = [], [], []
     for deg in SEEN_REST_YAWS:
         root = np.array([0.0, np.radians(deg), 0.0])
         pose = np.zeros(15, np.float32)
         pose[0:3] = root
-        names = rig.data.expr_names
-        image = to_uint8(splat.render(rig.world(np.zeros(len(names), np.float32), pose, trans), camera,
-                                      (1.0, 1.0, 1.0)).rgb)
+        image = to_uint8(splat.render(rig.world(rest.astype(np.float32), pose, trans), camera, (1.0, 1.0, 1.0)).rgb)
         pts = landmarker(image)
         if pts is None:
             continue
         r = rodrigues(root)
-        x = lmodel.evaluate(r, trans.astype(np.float64), np.zeros(3), np.zeros(2), np.zeros(len(names)))
+        x = lmodel.evaluate(r, trans.astype(np.float64), np.zeros(3), np.zeros(2), rest)
         at = project_tracking(x, K)[:, :2]
         step = 1e-4  # metres: the projection is smooth at this scale
         jac = np.stack([(project_tracking(x + step * r[:, k], K)[:, :2] - at) / step for k in range(3)], -1)

@@ -31,6 +31,7 @@ from savatar.core.drive.calibration import INNER_LIPS
 from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_for, project_tracking
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar, rebind
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
+from savatar.core.build.colour_fit import fit_colours
 from savatar.core.build.face_offsets import landmark_offsets
 from savatar.core.build.hair_colour import EYE_CORNERS, hair_colour
 from savatar.core.build.hair_volume import hair_offsets
@@ -39,7 +40,7 @@ from savatar.core.build.mouth_interior import (CAVITY, curtain_colours, lip_curt
 from savatar.core.build.parted_mouth import JAW_JOINT, behind_lips, facing_discs, jaw_share, teeth_anchors
 from savatar.core.head.head_model import HeadModel, HeadModelData
 from savatar.core.io.pixels import to_uint8
-from savatar.core.refine.frame_sources import HeadMasker, prepare_view
+from savatar.core.refine.frame_sources import HeadMasker, View, prepare_view
 
 MAX_SIDE = 1024  # larger images are downscaled: landmarks and colours gain nothing above this
 MIN_FACE_PX = 80  # landmark box side below which colours would be a blur of a few pixels
@@ -57,6 +58,7 @@ MIN_SEEN_WEIGHT = 0.02
 # segmentation's edge) the lifted colour fades into the colour filled from the trusted ones,
 # so the border of what a portrait saw is a soft blend, not a jagged seam of smeared pixels.
 TRUSTED_WEIGHT = 0.06
+SHARPEN_WEIGHT = 0.25  # from this weight (cos of the view ~0.6) a colour follows the sharpening fully
 FEATHER_NEIGHBOURS = 16  # _feathered: neighbours averaged per pass (about 2-3 mm on a 60K avatar)
 FEATHER_PASSES = 3
 # Metres from the nearest seen Gaussian over which filled colour settles to its group's median:
@@ -65,6 +67,9 @@ SETTLE_DISTANCE = 0.05
 MOUTH_REGIONS = ("mouth_cavity", "upper_teeth", "lower_teeth")
 JAW_PROBE = 0.35  # radians of jaw opening at which the lip curtain is found and coloured
 MOUTH_CORNERS = (61, 291)  # MediaPipe Face Mesh landmarks
+# The inner lip contour, MediaPipe Face Mesh landmarks in order around the opening.
+INNER_LIP_RING = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+OPENING_MARGIN = 0.06  # of the mouth's width: the opening is grown by this against landmark error
 FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the front
 LIP_LINE_OPACITY = 0.3  # of the lip curtain's Gaussians that face forwards with the mouth closed
 LIP_LINE_LOGIT = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
@@ -376,10 +381,11 @@ def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 
 def lift_colours(avatar: GaussianAvatar, model: HeadModel,
-                 src: SourceResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 src: SourceResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One source's colour (N, 3) for every Gaussian, its weight (N,) in [0, 1]: visible x (cos of
-    the viewing angle)^2 x person mask, and visible (N,) bool: in the image and in front
-    (depth test against the posed mesh). Weight 0 where the source does not see the Gaussian."""
+    the viewing angle)^2 x person mask, visible (N,) bool: in the image and in front (depth test
+    against the posed mesh), and in_opening (N,) bool: visible inside the source's parted lips.
+    Weight 0 where the source does not see the Gaussian."""
     f = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
     with torch.no_grad():
         verts = model(shape=avatar.shape[None], expr=f(src.expr), pose=f(src.pose),
@@ -405,7 +411,21 @@ def lift_colours(avatar: GaussianAvatar, model: HeadModel,
     mask = cv2.erode(src.mask, np.ones((k, k), np.uint8))
     weight = visible * angle * np.clip(_bilinear(mask, uvz[:, :2]), 0.0, 1.0)
     colour = _bilinear(src.image, uvz[:, :2]).astype(np.float64)
-    return colour, weight, visible
+    return colour, weight, visible, visible & (_bilinear(mouth_opening(src), uvz[:, :2]) > 0.5)
+
+
+def mouth_opening(src: SourceResult) -> np.ndarray:
+    """(H, W) float32, 1 inside the source's parted lips (the inner lip contour, grown by a
+    margin for the landmarks' error), 0 elsewhere and everywhere when the lips are closed."""
+    h, w = src.image.shape[:2]
+    out = np.zeros((h, w), np.float32)
+    if lips_closed(src.landmarks):
+        return out
+    ring = np.round(np.asarray(src.landmarks, np.float64)[list(INNER_LIP_RING), :2]).astype(np.int32)
+    cv2.fillPoly(out, [ring], 1.0)
+    width = np.linalg.norm(np.subtract(*np.asarray(src.landmarks, np.float64)[list(MOUTH_CORNERS), :2]))
+    k = max(3, int(round(OPENING_MARGIN * width)) | 1)
+    return cv2.dilate(out, np.ones((k, k), np.uint8))
 
 
 def _feathered(nb: np.ndarray, trust: np.ndarray, passes: int = FEATHER_PASSES) -> np.ndarray:
@@ -623,12 +643,13 @@ def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[Sourc
 def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
                  progress: Callable[[float, str], None] | None = None,
                  cancel: threading.Event | None = None, data: HeadModelData | None = None,
-                 seed: int = 0) -> tuple[GaussianAvatar, list[SourceResult]]:
+                 seed: int = 0, sharpen: bool = True) -> tuple[GaussianAvatar, list[SourceResult]]:
     """Portraits (file paths or (H, W, 3) RGB arrays, any number, any order) -> (avatar of
     `count` Gaussians on the open head model, one SourceResult per input in input order).
 
     progress(fraction in [0, 1], stage name) is called between stages; setting cancel stops at
-    the next check with BuildCancelled. Raises BuildError when no input is usable.
+    the next check with BuildCancelled. Raises BuildError when no input is usable. sharpen: fit
+    the colours to the sources afterwards (colour_fit; most of the build's time).
     """
     from savatar.core.drive.face_landmarks import FaceLandmarker
 
@@ -666,20 +687,6 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     default = (avatar.sh[:, 0].double().numpy() * 0.28209479177387814 + 0.5).clip(0, 1)
     acc_c = np.zeros((count, 3))
     acc_w = np.zeros(count)
-    views = []
-    # A plain sum of weighted colours: the same for any order of the sources.
-    for i, src in enumerate(good):
-        step(0.6 + 0.3 * i / len(good), "colour")
-        c, w, v = lift_colours(avatar, model, src)
-        acc_c += w[:, None] * c
-        acc_w += w
-        # The best view of a Gaussian: a visible one, the least grazing of them; between views
-        # alike (grazing ones weigh 0), the widest open mouth, so the order of the sources does not
-        # matter.
-        views.append(v + w + 1e-6 * lips_gap(src.landmarks))
-    step(0.9, "fill")
-    seen = acc_w > MIN_SEEN_WEIGHT
-    colour = np.where(seen[:, None], acc_c / np.maximum(acc_w, 1e-12)[:, None], default)
     labels, names = _face_labels(data)
     region = labels[avatar.face.numpy()]
     in_regions = lambda *ns: np.isin(region, [names.index(n) for n in ns if n in names])  # noqa: E731
@@ -688,6 +695,24 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
         positions = deform(avatar, neutral, model.faces).means.double().numpy()
     curtain, facing, opened, stretched = _lip_curtain(avatar, model, neutral, mouth)
+    views = []
+    # A plain sum of weighted colours: the same for any order of the sources.
+    for i, src in enumerate(good):
+        step(0.6 + 0.05 * i / len(good), "colour")
+        c, w, v, in_opening = lift_colours(avatar, model, src)
+        # Lips, chin or cheek seen inside a portrait's parted lips: the head mesh opens less than
+        # the person did there (a wide smile's corners), and its teeth would be painted onto the
+        # skin around the mouth. The mouth's own Gaussians (inside, curtain) take those pixels.
+        w = np.where(in_opening & ~(mouth | curtain), 0.0, w)
+        acc_c += w[:, None] * c
+        acc_w += w
+        # The best view of a Gaussian: a visible one, the least grazing of them; between views
+        # alike (grazing ones weigh 0), the widest open mouth, so the order of the sources does not
+        # matter.
+        views.append(v + w + 1e-6 * lips_gap(src.landmarks))
+    step(0.65, "fill")
+    seen = acc_w > MIN_SEEN_WEIGHT
+    colour = np.where(seen[:, None], acc_c / np.maximum(acc_w, 1e-12)[:, None], default)
     default[mouth] = mouth_interior_colours(positions, in_regions("upper_teeth", "lower_teeth"),
                                             in_regions("mouth_cavity"), stretched)[mouth]
     if all(lips_closed(src.landmarks) for src in good):
@@ -736,9 +761,18 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     avatar.default_expr = torch.zeros(data.exprdirs.shape[2])
     avatar.metadata["thumbnails"] = np.stack(thumbs)
     avatar.metadata["build"] = {"seen_fraction": float(seen.mean()), "sources": len(good)}
-    step(0.95, "sources")
+    step(0.7, "sources")
     # What `savatar refine --sources` needs, kept in the avatar file (savatar.core.io.avatar_file).
     avatar.metadata["sources"] = stored_sources(good, data, shape, static_offset=offset)
+    if sharpen:
+        sharp = np.clip((acc_w - MIN_SEEN_WEIGHT) / (SHARPEN_WEIGHT - MIN_SEEN_WEIGHT), 0.0, 1.0)
+        # The mouth's inside and the lip curtain hold colours placed (teeth, cavity) or moved
+        # (parted_mouth) where the mesh is not where the portrait's pixels were: fitted to the
+        # source view, they paint teeth on the cheeks of a turned head.
+        sharp[mouth | curtain] = 0.0
+        sharp = _feathered(nb, sharp)
+        fit_colours(avatar, model, [View.from_record(r) for r in avatar.metadata["sources"]], sharp,
+                    check=lambda done: step(0.72 + 0.26 * done, "sharpen"))
     step(1.0, "done")
     return avatar, results
 

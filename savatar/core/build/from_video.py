@@ -166,8 +166,9 @@ def build_from_video(path: str | Path, k: int = DEFAULT_SOURCES, count: int = 60
     frames, choice, scan = chosen_frames(path, k, data, stop, scan_progress)
     inner = None if progress is None else (lambda f, stage: progress(0.4 + 0.6 * f, stage))
     try:
+        # No colour sharpening: the refinement that follows fits the colours to many more frames.
         avatar, results = build_avatar(list(frames.values()), count=count, progress=inner, cancel=cancel,
-                                       data=data)
+                                       data=data, sharpen=False)
     except BuildError as exc:
         raise BuildError(f"{path}: {exc}") from None
     relabel_sources(avatar, results, [f"frame {i}" for i in frames])

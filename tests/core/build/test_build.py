@@ -219,7 +219,10 @@ def test_held_out_view_improves_with_sources(built):
     held, held_alpha = render(known, cam(20, 10), background=bg)
     scores = {}
     for k, chosen in ((1, [(0, 0)]), (2, [(0, 0), (40, 0)]), (4, list(views))):
-        avatar, results = build_avatar([views[v] for v in chosen], count=15000)
+        # Without sharpening: the sources are renders of a 15K avatar, already blurred by its
+        # overlapping discs, and undoing a blur the sources do not have over-sharpens (the eyes
+        # and lips get halos, 1.3 dB lower here); real portraits gain (bench fidelity).
+        avatar, results = build_avatar([views[v] for v in chosen], count=15000, sharpen=False)
         assert all(r.ok for r in results)
         expr, pose, trans, kmat = _fit_view(avatar, held)
         rgb, alpha = render(avatar, Camera(TRACKING_VIEWMAT, kmat, 512, 512), expr, pose, trans, background=bg)

@@ -41,7 +41,8 @@ def retarget_tracked(clip, avatar, data):
 
     rt = Retargeter.for_clip(data, clip.K, clip.landmarks, clip.fps, shape=avatar.shape.numpy(),
                              static_offset=avatar.static_offset.numpy())
-    expr, pose, trans = rt.refit_all(clip.landmarks, clip.expr, clip.pose, clip.translation)
+    # Smoothed as `savatar track` and the webcam smooth it: what the user sees.
+    expr, pose, trans = rt.refit_all(clip.landmarks, clip.expr, clip.pose, clip.translation, fps=clip.fps)
     return replace(clip, expr=expr, pose=pose, translation=trans), rt
 
 

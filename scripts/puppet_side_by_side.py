@@ -78,7 +78,7 @@ def main() -> int:
             clip = track_clip(args.real_dir / f"{name}.mp4", avatar, rig.data, progress=progress)
         rt = Retargeter.for_clip(rig.data, clip.K, clip.landmarks, clip.fps, shape=avatar.shape.numpy(),
                                  static_offset=avatar.static_offset.numpy())
-        expr, pose, trans = rt.refit_all(clip.landmarks, clip.expr, clip.pose, clip.translation)
+        expr, pose, trans = rt.refit_all(clip.landmarks, clip.expr, clip.pose, clip.translation, fps=clip.fps)
         clips[name] = replace(clip, expr=expr, pose=pose, translation=trans)
         signals[name] = [face_signals(p) if p is not None else None for p in clip.landmarks]
 

@@ -97,7 +97,7 @@ def _retarget(clip, avatar, data, neutral_frame: int | None):
                                  shape=avatar.shape.detach().numpy(), static_offset=avatar.static_offset.detach().numpy())
     except ValueError as exc:
         raise UserError(f"{clip.path}: {exc}") from None
-    expr, pose, trans = rt.refit_all(clip.landmarks, clip.expr, clip.pose, clip.translation)
+    expr, pose, trans = rt.refit_all(clip.landmarks, clip.expr, clip.pose, clip.translation, fps=clip.fps)
     return replace(clip, expr=expr, pose=pose, translation=trans)
 
 

@@ -45,8 +45,8 @@ from savatar.core.drive.motion import Motion
 from savatar.core.drive.calibration import (BROW_EYES, BROWS, INNER_LIPS, LIDS, ExpressionCalibration, brow_height,
                                            default_calibration, jaw_for_opening, lid_closing, lid_gaps, lip_gap,
                                            mouth_opening, seen_offset, seen_rest)
-from savatar.core.drive.tracking import (FLIP, FaceFitter, FitResult, LandmarkModel, TrackerParams, mediapipe_indices,
-                                         rodrigues, rotation_vector)
+from savatar.core.drive.tracking import (FLIP, FaceFitter, FitResult, LandmarkModel, TrackerParams, jitter_filter,
+                                         mediapipe_indices, rodrigues, rotation_vector)
 from savatar.core.head.head_model import HeadModelData
 
 
@@ -585,11 +585,14 @@ class Retargeter:
         return rt
 
     def refit_all(self, landmarks: Sequence[np.ndarray | None], expr: np.ndarray, pose: np.ndarray,
-                  translation: np.ndarray, iterations: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  translation: np.ndarray, iterations: int = 10,
+                  fps: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Refit a clip's landmarks (T entries, (L, 2+) or None) with the neutral; frames without a
         face hold the previous frame's result (the first face's before any). expr (T, E), pose
         (T, 15), translation (T, 3) are the original fits, used only for their shapes and for
-        translation where there is no face. Returns the retargeted (expr, pose, translation)."""
+        translation where there is no face. With fps, the result goes through the live tracker's
+        jitter filter (One-Euro, TrackerParams' defaults) at that frame rate, so a clip drives the
+        avatar as the webcam would. Returns the retargeted (expr, pose, translation)."""
         out_e, out_p, out_t = np.zeros_like(expr), np.zeros_like(pose), np.array(translation, copy=True)
         self.reset()
         held = None
@@ -606,6 +609,12 @@ class Retargeter:
                 first = k
         if first is not None:
             out_e[:first], out_p[:first], out_t[:first] = out_e[first], out_p[first], out_t[first]
+        if fps:
+            e = out_e.shape[1]
+            smooth = jitter_filter(TrackerParams(), e)
+            for k in range(len(out_e)):
+                v = smooth(np.r_[out_e[k], out_p[k], out_t[k]], k / fps)
+                out_e[k], out_p[k], out_t[k] = v[:e], v[e:e + 15], v[e + 15:]
         return out_e, out_p, out_t
 
 
@@ -645,7 +654,7 @@ def track_motion(path, data: HeadModelData, params: TrackerParams | None = None,
 
     from savatar.core.drive.face_landmarks import FaceLandmarker
     from savatar.core.drive.fit_quality import fit_warnings
-    from savatar.core.drive.tracking import OneEuroFilter, VideoReader, intrinsics_for, mediapipe_indices
+    from savatar.core.drive.tracking import VideoReader, intrinsics_for, mediapipe_indices
 
     params = params or TrackerParams()
     index = mediapipe_indices(data)
@@ -673,8 +682,7 @@ def track_motion(path, data: HeadModelData, params: TrackerParams | None = None,
     rt = Retargeter.for_clip(data, K, marks, fps, neutral_frame, params.neutral_s, shape, static_offset,
                              mediapipe_landmarks=full, params=fit_params)
     e = len(data.expr_names)
-    smooth = OneEuroFilter(params.min_cutoff, np.r_[np.full(e + 15, params.beta), np.full(3, params.beta * 20)],
-                           params.d_cutoff)
+    smooth = jitter_filter(params, e)
     rows, residuals, counts = [], [], {}
     for k, pts in enumerate(marks):
         if pts is None:

@@ -677,9 +677,8 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     step(0.5, "hair volume")
     offset = hair_offsets(data, shape, good) + landmark_offsets(data, shape, good)
     step(0.55, "layout")
-    # The face holds who the person is: at 4.5 (was 3) against the scalp's 1, novel-view identity
-    # 0.369/0.531/0.542/0.612/0.605 -> 0.371/0.526/0.536/0.601/0.594 (yaw 0, -+45, -+60) and the
-    # one-shot crop PSNR 24.53 -> 24.56 dB with the same count.
+    # The face holds who the person is: 4.5 there rather than 3 scored better with the same count
+    # (dlib's identity at +-45 and +-60 degrees, the one-shot PSNR).
     density = {"face": 4.5, "left_eyeball": 2.0, "right_eyeball": 2.0, "mouth_cavity": 0.5,
                "upper_teeth": 1.0, "lower_teeth": 1.0, "scalp": 1.0, "neck": 0.7, "eye_socket": 0.3,
                **FEATURE_DENSITY}

@@ -78,12 +78,15 @@ def fit_colours(avatar: GaussianAvatar, model: HeadModel, views: Sequence[View],
         sh = torch.cat([dc[:, None], rest], 1)
         loss = torch.zeros(())
         for f, g, (target, m) in zip(frames, posed, targets):
-            pred = render(replace(g, sh=sh), f.viewmat, f.K, f.width, f.height, bg, backend="cpu", rasterize_mode="antialiased").rgb
+            pred = render(replace(g, sh=sh), f.viewmat, f.K, f.width, f.height, bg, backend="cpu",
+                          rasterize_mode="antialiased").rgb
             pred = pred * m + target * (1 - m)
             loss = loss + (pred - target).abs().mean() + LAMBDA_DSSIM * (1 - ssim(pred, target))
         loss = loss + PRIOR * ((dc - base) ** 2).sum() / (3 * size * size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if not torch.isfinite(dc).all():
+        return  # a broken source (NaN pixels): the lifted colours stay
     with torch.no_grad():
         avatar.sh[:, 0] = base + weight * (dc.detach() - base)

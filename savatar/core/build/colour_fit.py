@@ -27,7 +27,8 @@ from savatar.core.refine.frame_sources import View
 from savatar.core.refine.image_metrics import ssim
 from savatar.core.render.api import render
 
-ITERATIONS = 40
+RENDERS = 40  # per build: 40 steps for one portrait, 10 for four
+MIN_STEPS = 10
 SIZE = 384  # face crop side: the face spans ~150 px, about as fine as 60K Gaussians resolve it
 LR = 2.5e-2  # Adam on SH DC: ~1% of the colour range per step
 LAMBDA_DSSIM = 0.2  # as refinement
@@ -44,14 +45,17 @@ def _content_key(view: View) -> str:
 
 
 def fit_colours(avatar: GaussianAvatar, model: HeadModel, views: Sequence[View], trust: np.ndarray,
-                iterations: int = ITERATIONS, size: int = SIZE,
+                renders: int = RENDERS, size: int = SIZE,
                 check: Callable[[float], None] | None = None) -> None:
     """Fit avatar.sh[:, 0] (in place) to views (the build's stored sources). trust: (N,) in
-    [0, 1] per Gaussian, how far its colour may follow the fit. check(fraction done) is called
-    every step (it may raise to cancel)."""
-    if not views or iterations < 1:
+    [0, 1] per Gaussian, how far its colour may follow the fit. renders: how many to spend,
+    shared among the views (each step renders every view; at least MIN_STEPS steps), so many
+    portraits cost about what one does. check(fraction done) is called every step (it may raise
+    to cancel)."""
+    if not views or renders < 1:
         return
     frames = [v.to_frame(size) for v in sorted(views, key=_content_key)]
+    steps = max(min(MIN_STEPS, renders), -(-renders // len(frames)))
     bg = torch.tensor(BACKGROUND, dtype=torch.float32)
     base = avatar.sh[:, 0].detach().clone()
     weight = torch.as_tensor(np.asarray(trust, np.float32))[:, None]
@@ -72,9 +76,9 @@ def fit_colours(avatar: GaussianAvatar, model: HeadModel, views: Sequence[View],
     dc.register_hook(lambda g: g * free)
     opt = torch.optim.Adam([dc], lr=LR, eps=1e-15)
     rest = avatar.sh[:, 1:].detach()
-    for it in range(iterations):
+    for it in range(steps):
         if check is not None:
-            check(it / iterations)
+            check(it / steps)
         sh = torch.cat([dc[:, None], rest], 1)
         loss = torch.zeros(())
         for f, g, (target, m) in zip(frames, posed, targets):

@@ -50,7 +50,7 @@ def test_untrusted_gaussians_keep_their_colour(blurred_build):
     trust = np.zeros(len(avatar))
     trust[: len(avatar) // 2] = 1.0
     before = avatar.sh.clone()
-    fit_colours(avatar, HeadModel(head_data_for(avatar)), views, trust, iterations=5)
+    fit_colours(avatar, HeadModel(head_data_for(avatar)), views, trust, renders=5)
     half = len(avatar) // 2
     assert torch.equal(avatar.sh[half:], before[half:])
     assert torch.equal(avatar.sh[:, 1:], before[:, 1:])

@@ -595,26 +595,27 @@ class Retargeter:
         avatar as the webcam would. Returns the retargeted (expr, pose, translation)."""
         out_e, out_p, out_t = np.zeros_like(expr), np.zeros_like(pose), np.array(translation, copy=True)
         self.reset()
+        e = out_e.shape[1]
+        smooth = jitter_filter(TrackerParams(), e) if fps else None
         held = None
         first = None
         for k, pts in enumerate(landmarks):
             if pts is None:
+                if smooth is not None:
+                    smooth.reset()  # as the live tracker: a face found again starts afresh
                 if held is not None:
                     out_e[k], out_p[k], out_t[k] = held
                 continue
             fit = self.fit(np.asarray(pts, np.float64), iterations)
             held = (fit.expr, fit.pose, fit.translation)
+            if smooth is not None:
+                v = smooth(fit.vector(), k / fps)
+                held = (v[:e], v[e:e + 15], v[e + 15:])
             out_e[k], out_p[k], out_t[k] = held
             if first is None:
                 first = k
         if first is not None:
             out_e[:first], out_p[:first], out_t[:first] = out_e[first], out_p[first], out_t[first]
-        if fps:
-            e = out_e.shape[1]
-            smooth = jitter_filter(TrackerParams(), e)
-            for k in range(len(out_e)):
-                v = smooth(np.r_[out_e[k], out_p[k], out_t[k]], k / fps)
-                out_e[k], out_p[k], out_t[k] = v[:e], v[e:e + 15], v[e + 15:]
         return out_e, out_p, out_t
 
 

@@ -28,11 +28,12 @@ import torch
 from scipy.spatial import cKDTree
 
 from savatar.core.drive.calibration import INNER_LIPS
-from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_for, project_tracking
+from savatar.core.drive.tracking import (FACE_OVAL, FaceFitter, TrackerParams, intrinsics_for, mediapipe_indices,
+                                         project_tracking)
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar, rebind
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.build.colour_fit import fit_colours
-from savatar.core.build.face_offsets import landmark_offsets
+from savatar.core.build.face_offsets import landmark_offsets, landmark_points
 from savatar.core.build.hair_colour import EYE_CORNERS, hair_colour
 from savatar.core.build.hair_volume import hair_offsets
 from savatar.core.build.mouth_interior import (CAVITY, curtain_colours, lip_curtain, mouth_interior_colours,
@@ -53,6 +54,7 @@ THUMB_SIZE = 128
 SOURCE_SIDE = 512  # the avatar keeps its sources (stored_sources) with at most this side
 DEPTH_TOL = 0.005  # metres a Gaussian may lie behind the nearest surface and still count as seen
 MIRROR_RADIUS = 0.004  # metres from the mirrored position to the seen Gaussian it copies
+MIRROR_GAP = 0.01  # metres from the nearest seen Gaussian of its side from which an unseen one is mirrored
 MIN_SEEN_WEIGHT = 0.02
 # Summed weight from which a lifted colour is trusted fully. Below it (grazing views, the
 # segmentation's edge) the lifted colour fades into the colour filled from the trusted ones,
@@ -70,6 +72,10 @@ MOUTH_CORNERS = (61, 291)  # MediaPipe Face Mesh landmarks
 # The inner lip contour, MediaPipe Face Mesh landmarks in order around the opening.
 INNER_LIP_RING = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
 OPENING_MARGIN = 0.06  # of the mouth's width: the opening is grown by this against landmark error
+OVAL_MARGIN = 0.03  # of the face's width: the face oval is shrunk by this (face_oval)
+JAW_ANGLES = (172, 397)  # MediaPipe Face Mesh: the face oval at the jaw's angles
+FACE_SIDES = (234, 454)  # the face oval's widest points, in front of the ears
+EAR_GAP = 0.008  # metres behind FACE_SIDES where the ears begin (on the open head)
 FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the front
 LIP_LINE_OPACITY = 0.3  # of the lip curtain's Gaussians that face forwards with the mouth closed
 LIP_LINE_LOGIT = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
@@ -381,11 +387,12 @@ def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 
 def lift_colours(avatar: GaussianAvatar, model: HeadModel,
-                 src: SourceResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 src: SourceResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One source's colour (N, 3) for every Gaussian, its weight (N,) in [0, 1]: visible x (cos of
     the viewing angle)^2 x person mask, visible (N,) bool: in the image and in front (depth test
-    against the posed mesh), and in_opening (N,) bool: visible inside the source's parted lips.
-    Weight 0 where the source does not see the Gaussian."""
+    against the posed mesh), in_opening (N,) bool: visible inside the source's parted lips, and
+    in_face (N,) bool: inside the source's face oval (face_oval). Weight 0 where the source does
+    not see the Gaussian."""
     f = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
     with torch.no_grad():
         verts = model(shape=avatar.shape[None], expr=f(src.expr), pose=f(src.pose),
@@ -411,7 +418,36 @@ def lift_colours(avatar: GaussianAvatar, model: HeadModel,
     mask = cv2.erode(src.mask, np.ones((k, k), np.uint8))
     weight = visible * angle * np.clip(_bilinear(mask, uvz[:, :2]), 0.0, 1.0)
     colour = _bilinear(src.image, uvz[:, :2]).astype(np.float64)
-    return colour, weight, visible, visible & (_bilinear(mouth_opening(src), uvz[:, :2]) > 0.5)
+    return (colour, weight, visible, visible & (_bilinear(mouth_opening(src), uvz[:, :2]) > 0.5),
+            _bilinear(face_oval(src), uvz[:, :2]) > 0.5)
+
+
+def face_oval(src: SourceResult) -> np.ndarray:
+    """(H, W) float32, 1 inside the source's face oval (MediaPipe's contour of the face), shrunk
+    by OVAL_MARGIN of its width so the contour's own shading (the jaw's shadow, the edge of the
+    hair beside it) is outside, 0 elsewhere."""
+    h, w = src.image.shape[:2]
+    ring = np.asarray(src.landmarks, np.float64)[FACE_OVAL, :2]
+    out = np.zeros((h, w), np.float32)
+    cv2.fillPoly(out, [np.round(ring).astype(np.int32)], 1.0)
+    k = max(3, int(round(OVAL_MARGIN * np.ptp(ring[:, 0]))) | 1)
+    return cv2.erode(out, np.ones((k, k), np.uint8))
+
+
+def cheek_sides(positions: np.ndarray, region: np.ndarray, names: Sequence[str], neutral: np.ndarray,
+                data: HeadModelData) -> np.ndarray:
+    """(N,) bool: the Gaussians (positions (N, 3) on the neutral head, region (N,) index into names)
+    on the cheeks and the jaw's sides: the face below the eyes, and the side of the head between
+    the face and the ears from the eyes down to the jaw's angle (neutral (V, 3): the neutral
+    mesh). A frontal portrait shows them at grazing angles, beside its face contour."""
+    index = list(mediapipe_indices(data))
+    points = landmark_points(neutral, data)
+    at = lambda ids: points[[index.index(i) for i in ids]].mean(0)  # noqa: E731
+    eyes, jaw, sides = at(EYE_CORNERS)[1], at(JAW_ANGLES)[1], at(FACE_SIDES)[2] - EAR_GAP
+    y, z = positions[:, 1], positions[:, 2]
+    face = region == names.index("face") if "face" in names else np.zeros(len(region), bool)
+    scalp = region == names.index("scalp") if "scalp" in names else np.zeros(len(region), bool)
+    return (face & (y < eyes)) | (scalp & (y < eyes) & (y > jaw) & (z > sides))
 
 
 def mouth_opening(src: SourceResult) -> np.ndarray:
@@ -477,11 +513,16 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
         donors_g, todo_g = donors[group[donors] == g], todo[group[todo] == g]
         if not len(donors_g):
             continue
+        tree = cKDTree(positions[donors_g])
+        # Only what lies far from anything seen on its own side: a narrow unseen band (a nose's
+        # far wall, the strip beside the face's contour) mirrored took the other side's shading
+        # and drew it as outlines; neighbours fill it seamlessly.
+        far = tree.query(positions[todo_g])[0] > MIRROR_GAP
         mirrored = positions[todo_g] * np.array([-1.0, 1.0, 1.0])
-        dist, j = cKDTree(positions[donors_g]).query(mirrored, k=min(4, len(donors_g)))
+        dist, j = tree.query(mirrored, k=min(4, len(donors_g)))
         dist, j = np.atleast_2d(dist.T).T, np.atleast_2d(j.T).T
         near = dist < MIRROR_RADIUS
-        hit = near.any(1)
+        hit = near.any(1) & far
         wts = near / np.maximum(dist, 1e-4)
         col = (wts[:, :, None] * out[donors_g[j]]).sum(1) / np.maximum(wts.sum(1), 1e-12)[:, None]
         out[todo_g[hit]] = col[hit]
@@ -697,11 +738,16 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
         positions = deform(avatar, neutral, model.faces).means.double().numpy()
     curtain, facing, opened, stretched = _lip_curtain(avatar, model, neutral, mouth)
+    cheeks = cheek_sides(positions, region, names, neutral.double().numpy(), data)
     views = []
     # A plain sum of weighted colours: the same for any order of the sources.
     for i, src in enumerate(good):
         step(0.6 + 0.05 * i / len(good), "colour")
-        c, w, v, in_opening = lift_colours(avatar, model, src)
+        c, w, v, in_opening, in_face = lift_colours(avatar, model, src)
+        # The cheeks and jaw beyond the portrait's face contour: what a frontal portrait shows
+        # there is hair, collar or background beside the face (and the contour's shadow), which
+        # painted the sides of the face with stripes when turned. They are filled from the skin.
+        w = np.where(cheeks & ~in_face, 0.0, w)
         # Lips, chin or cheek seen inside a portrait's parted lips: the head mesh opens less than
         # the person did there (a wide smile's corners), and its teeth would be painted onto the
         # skin around the mouth. The mouth's own Gaussians (inside, curtain) take those pixels.

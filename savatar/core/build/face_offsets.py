@@ -33,7 +33,7 @@ EXPRESSION_LANDMARKS = frozenset((78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 3
                                   95, 88, 178, 87, 14, 317, 402, 318, 324, *range(468, 478)))
 
 
-def _landmark_points(verts: np.ndarray, data: HeadModelData) -> np.ndarray:
+def landmark_points(verts: np.ndarray, data: HeadModelData) -> np.ndarray:
     """(L, 3) landmark positions on a mesh (V, 3) through the embedding."""
     tri = np.asarray(data.faces, np.int64)[np.asarray(data.lmk_faces, np.int64)]
     return (verts[tri] * np.asarray(data.lmk_bary, np.float64)[:, :, None]).sum(1)
@@ -83,7 +83,7 @@ def landmark_offsets(data: HeadModelData, shape: np.ndarray, sources: Sequence, 
     mp = mediapipe_indices(data)
     shape_only = np.array([i not in EXPRESSION_LANDMARKS for i in mp])
     template = np.asarray(data.v_template, np.float64)
-    anchors = _landmark_points(template, data)[shape_only]
+    anchors = landmark_points(template, data)[shape_only]
     kernel = lambda a, b: np.exp(-0.5 * ((a[:, None, :] - b[None]) ** 2).sum(-1) / KERNEL ** 2)  # noqa: E731
     # Gaussian radial basis interpolation, regularised: close to each landmark's displacement at
     # the landmark, smooth between them, decaying to zero away from all of them. (F, L): from
@@ -107,13 +107,13 @@ def _landmark_residuals(model: HeadModel, data: HeadModelData, mp: np.ndarray, s
     f = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
     with torch.no_grad():
         neutral = model(shape=f(shape), static_offset=f(offsets)).vertices[0].double().numpy()
-    rest = _landmark_points(neutral, data)
+    rest = landmark_points(neutral, data)
     total = np.zeros_like(rest)
     for src in sources:
         with torch.no_grad():
             posed = model(shape=f(shape), expr=f(src.expr), pose=f(src.pose),
                           translation=f(src.translation), static_offset=f(offsets)).vertices[0].double().numpy()
-        points = _landmark_points(posed, data)
+        points = landmark_points(posed, data)
         uvz = project_tracking(points, src.K)
         observed = np.asarray(src.landmarks, np.float64)[mp]
         residual = observed[:, :2] - uvz[:, :2]

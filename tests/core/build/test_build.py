@@ -192,6 +192,55 @@ def test_fill_mirror_and_propagation():
     np.testing.assert_allclose(out[(x > 0.005) & (x < 0.025)], [[1.0, 0.0, 0.0]] * int(((x > 0.005) & (x < 0.025)).sum()), atol=1e-6)
 
 
+def test_fill_keeps_a_narrow_unseen_band_in_its_own_sides_colours():
+    # A nose's far wall: a 6 mm unseen band on the right (blue) side whose mirror image lies in
+    # the seen left (red) side. Mirrored, it drew the other side's shading as an outline; it takes
+    # its neighbours' blue. Far from anything seen (test_fill_mirror_and_propagation) mirroring stays.
+    rng = np.random.default_rng(4)
+    pos = np.zeros((8000, 3))
+    pos[:, :2] = rng.uniform(-0.05, 0.05, (8000, 2))
+    x = pos[:, 0]
+    band = (x > 0.02) & (x < 0.026)
+    colour = np.where((x < 0)[:, None], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0])
+    out = fill_unseen(pos, colour, ~band, np.zeros(8000, bool), np.full((8000, 3), 0.5))
+    # (Its colour settles a little towards the median of all seen ones, a few millimetres out.)
+    assert np.all(out[band, 2] > 0.7) and np.all(out[band, 0] < 0.3)
+
+
+def test_cheeks_never_take_what_lies_beside_the_face(astronaut):
+    """A green band painted all around the portrait's face oval (hair, a collar or a background
+    beside the face, and the contour's own shading just inside it): the sides of the face stay skin, filled from the face, instead of turning
+    green when the head turns; above the eyes the head still takes what the portrait shows."""
+    from savatar.core.build.build import _face_labels, cheek_sides
+    from savatar.core.drive.tracking import FACE_OVAL
+    from savatar.core.gaussians.binding import deform
+    from savatar.core.head.head_model import HeadModel
+
+    with FaceLandmarker(static_images=True) as landmarker:
+        pts = landmarker(astronaut)
+    ring = np.round(pts[FACE_OVAL, :2]).astype(np.int32)
+    inside = np.zeros(astronaut.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [ring], 1)
+    width = np.ptp(ring[:, 0])
+    # From just inside the contour (its shading) outwards.
+    band = cv2.dilate(inside, np.ones((int(0.3 * width),) * 2, np.uint8)) > cv2.erode(inside, np.ones((int(0.02 * width),) * 2, np.uint8))
+    image = astronaut.copy()
+    image[band] = (0, 255, 0)
+    avatar, _ = build_avatar([image], count=15000, sharpen=False)
+    rig = Rig.of(avatar)
+    model = HeadModel(rig.data)
+    with torch.no_grad():
+        neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
+        positions = deform(avatar, neutral, model.faces).means.double().numpy()
+    labels, names = _face_labels(rig.data)
+    cheeks = cheek_sides(positions, labels[avatar.face.numpy()], names, neutral.double().numpy(), rig.data)
+    rgb = avatar.sh[:, 0].numpy() * 0.28209479177387814 + 0.5
+    green = (rgb[:, 1] > rgb[:, 0] + 0.2) & (rgb[:, 1] > rgb[:, 2] + 0.2)
+    assert cheeks.sum() > 500
+    assert green[cheeks].mean() < 0.01, f"{green[cheeks].sum()} of {cheeks.sum()} cheek Gaussians took the band"
+    assert green[~cheeks].sum() > 100  # the band is there to be taken, beside the temples and neck
+
+
 def _fit_view(avatar: GaussianAvatar, image: np.ndarray):
     """Fitted (expr, pose, translation, K) of the avatar's identity to a rendered view."""
     from savatar.core.drive.tracking import FaceFitter, TrackerParams, intrinsics_for

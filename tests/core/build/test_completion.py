@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from savatar.core.build.build import SETTLE_DISTANCE, fill_unseen
-from savatar.core.build.face_offsets import MAX_OFFSET, _landmark_points, landmark_offsets
+from savatar.core.build.face_offsets import MAX_OFFSET, landmark_points, landmark_offsets
 from savatar.core.build.mouth_interior import curtain_colours, lip_curtain, mouth_interior_colours
 from savatar.core.drive.tracking import intrinsics_for, mediapipe_indices, project_tracking
 from savatar.core.head.head_model import HeadModel
@@ -131,7 +131,7 @@ def test_landmark_offsets_move_the_face_onto_the_landmarks(data):
     K = intrinsics_for(512, 512)
     with torch.no_grad():
         verts = model(translation=torch.as_tensor(translation)[None]).vertices[0].double().numpy()
-    uv = project_tracking(_landmark_points(verts, data), K)[:, :2]
+    uv = project_tracking(landmark_points(verts, data), K)[:, :2]
     observed = np.zeros((478, 2))
     observed[mediapipe_indices(data)] = uv
     moved = np.isin(np.arange(478), [i for e in mp.solutions.face_mesh_connections.FACEMESH_NOSE for i in e])
@@ -146,7 +146,7 @@ def test_landmark_offsets_move_the_face_onto_the_landmarks(data):
         grown = model(translation=torch.as_tensor(translation)[None],
                       static_offset=torch.as_tensor(offsets, dtype=torch.float32)).vertices[0].double().numpy()
     after = np.zeros((478, 2))
-    after[mediapipe_indices(data)] = project_tracking(_landmark_points(grown, data), K)[:, :2]
+    after[mediapipe_indices(data)] = project_tracking(landmark_points(grown, data), K)[:, :2]
     shift = after[:, 0] - (observed[:, 0] - 3.0 * moved)
     far = ~moved & (np.linalg.norm(observed - observed[1], axis=1) > 50)
     print(f"moved landmarks: {shift[moved].mean():.2f} px of 3; far ones: {np.abs(shift[far]).max():.2f} px max")
@@ -163,7 +163,7 @@ def _frontal_source(data, observed_from):
     K = intrinsics_for(512, 512)
     with torch.no_grad():
         verts = model(translation=torch.as_tensor(translation)[None]).vertices[0].double().numpy()
-    uvz = project_tracking(_landmark_points(verts, data), K)
+    uvz = project_tracking(landmark_points(verts, data), K)
     values = observed_from(uvz, K)
     observed = np.zeros((478, values.shape[1]))
     observed[mediapipe_indices(data)] = values

@@ -88,4 +88,7 @@ def novel_views() -> dict[str, float]:
         values = [d for d in per_yaw[yaw] if np.isfinite(d)]
         if judge is not None:
             out[f"mean_identity_yaw{yaw}"] = float(np.mean(values)) if values else float("nan")
+            # dlib's detector gives up on some turned renders: the mean is over the others only,
+            # so it moves with which portraits those are.
+            out[f"identity_judged_yaw{yaw}_fraction"] = len(values) / max(len(per_yaw[yaw]), 1)
     return out

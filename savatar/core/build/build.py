@@ -34,7 +34,7 @@ from savatar.core.gaussians.binding import deform, face_frames, init_avatar, reb
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.build.colour_fit import fit_colours
 from savatar.core.build.face_offsets import landmark_offsets, landmark_points
-from savatar.core.build.hair_colour import EYE_CORNERS, hair_colour
+from savatar.core.build.hair_colour import EYE_CORNERS, JAW_ANGLES, hair_colour, long_hair
 from savatar.core.build.hair_volume import hair_offsets
 from savatar.core.build.mouth_interior import (CAVITY, curtain_colours, lip_curtain, mouth_interior_colours,
                                                stretched_faces)
@@ -73,7 +73,6 @@ MOUTH_CORNERS = (61, 291)  # MediaPipe Face Mesh landmarks
 INNER_LIP_RING = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
 OPENING_MARGIN = 0.06  # of the mouth's width: the opening is grown by this against landmark error
 OVAL_MARGIN = 0.03  # of the face's width: the face oval is shrunk by this (face_oval)
-JAW_ANGLES = (172, 397)  # MediaPipe Face Mesh: the face oval at the jaw's angles
 FACE_SIDES = (234, 454)  # the face oval's widest points, in front of the ears
 EAR_GAP = 0.008  # metres behind FACE_SIDES where the ears begin (on the open head)
 FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the front
@@ -440,14 +439,18 @@ def cheek_sides(positions: np.ndarray, region: np.ndarray, names: Sequence[str],
     on the cheeks and the jaw's sides: the face below the eyes, and the side of the head between
     the face and the ears from the eyes down to the jaw's angle (neutral (V, 3): the neutral
     mesh). A frontal portrait shows them at grazing angles, beside its face contour."""
-    index = list(mediapipe_indices(data))
-    points = landmark_points(neutral, data)
-    at = lambda ids: points[[index.index(i) for i in ids]].mean(0)  # noqa: E731
-    eyes, jaw, sides = at(EYE_CORNERS)[1], at(JAW_ANGLES)[1], at(FACE_SIDES)[2] - EAR_GAP
+    eyes, jaw = _landmark_level(neutral, data, EYE_CORNERS, 1), _landmark_level(neutral, data, JAW_ANGLES, 1)
+    sides = _landmark_level(neutral, data, FACE_SIDES, 2) - EAR_GAP
     y, z = positions[:, 1], positions[:, 2]
     face = region == names.index("face") if "face" in names else np.zeros(len(region), bool)
     scalp = region == names.index("scalp") if "scalp" in names else np.zeros(len(region), bool)
     return (face & (y < eyes)) | (scalp & (y < eyes) & (y > jaw) & (z > sides))
+
+
+def _landmark_level(verts: np.ndarray, data: HeadModelData, ids: Sequence[int], axis: int) -> float:
+    """Mean coordinate `axis` (metres) of MediaPipe landmarks ids on a mesh (V, 3)."""
+    index = list(mediapipe_indices(data))
+    return float(landmark_points(verts, data)[[index.index(i) for i in ids], axis].mean())
 
 
 def mouth_opening(src: SourceResult) -> np.ndarray:
@@ -795,8 +798,17 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
             avatar.opacity_logit[torch.as_tensor(lining)] = HIDDEN_LOGIT
     hair = hair_colour(good)
     trusted = acc_w > TRUSTED_WEIGHT
-    filled = fill_unseen(positions, colour, trusted, mouth, default, group=in_regions("scalp").astype(np.int64),
-                         settle=None if hair is None else {1: hair})
+    # Groups: 0 the face, 1 the cranium (settles to the hair's colour), 2 the neck below the jaw's
+    # angles (the back of the neck: skin under short hair, hair where it falls past the jaw).
+    group = in_regions("scalp").astype(np.int64)
+    group[(group == 1) & (positions[:, 1] < _landmark_level(neutral.double().numpy(), data, JAW_ANGLES, 1))] = 2
+    settle = {} if hair is None else {1: hair}
+    skin = cheeks & trusted & ~mouth
+    if long_hair(good, hair):
+        settle[2] = hair
+    elif skin.any():
+        settle[2] = np.median(colour[skin], axis=0)
+    filled = fill_unseen(positions, colour, trusted, mouth, default, group=group, settle=settle)
     _, nb = cKDTree(positions).query(positions, k=min(FEATHER_NEIGHBOURS, len(positions)))
     nb = np.atleast_2d(nb.T).T
     trust = _feathered(nb, np.clip((acc_w - MIN_SEEN_WEIGHT) / (TRUSTED_WEIGHT - MIN_SEEN_WEIGHT), 0.0, 1.0))

@@ -15,9 +15,13 @@ import cv2
 import numpy as np
 
 EYE_CORNERS = (33, 263)  # MediaPipe Face Mesh: outer corners of the eyes
+JAW_ANGLES = (172, 397)  # the face oval at the jaw's angles
+CHIN = 152
 MIN_PIXELS = 200  # fewer hair pixels than this over all sources: no estimate
 MIN_PERSON = 0.8  # person probability from which a pixel counts
 RIM_INNER, RIM_OUTER = 0.03, 0.12  # the rim band, in face widths in from the person's outline
+BESIDE_JAW = (0.05, 0.3)  # face widths out from the face's landmarks: where long hair falls beside the jaw
+LONG_HAIR = 0.5  # fraction of the person's pixels beside the jaw that are hair, from which hair is long
 
 
 def hair_pixels(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -50,3 +54,43 @@ def hair_colour(sources: Sequence) -> np.ndarray | None:
     if len(pixels) < MIN_PIXELS:
         return None
     return np.median(pixels.astype(np.float64), axis=0)
+
+
+def hair_beside_jaw(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray,
+                    hair: np.ndarray) -> tuple[int, int]:
+    """(hair pixels, person pixels) beside the jaw: person pixels (mask >= MIN_PERSON) between
+    the jaw's angles and the chin, BESIDE_JAW face widths out from the face on either side, and
+    of those the ones nearer the hair colour hair (3,) than the skin's (the face's median below
+    the eyes). Long hair falls there; with short hair it is background (not the person), ears
+    or the neck's skin."""
+    h, w = mask.shape
+    pts = np.asarray(landmarks, np.float64)[:, :2]
+    face_w = float(np.ptp(pts[:, 0]))
+    top, bottom = int(pts[list(JAW_ANGLES), 1].mean()), int(pts[CHIN, 1])
+    if bottom <= top:
+        return 0, 0
+    face = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(face, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
+    skin_rows = np.arange(h)[:, None] > pts[list(EYE_CORNERS), 1].mean()
+    skin_pixels = image[(face > 0) & skin_rows].reshape(-1, 3)
+    if not len(skin_pixels):
+        return 0, 0
+    skin = np.median(skin_pixels.astype(np.float64), axis=0)
+    cols = np.arange(w)
+    beside = np.zeros((h, w), bool)
+    left, right = pts[:, 0].min(), pts[:, 0].max()
+    near, far = BESIDE_JAW[0] * face_w, BESIDE_JAW[1] * face_w
+    band = ((cols > left - far) & (cols < left - near)) | ((cols > right + near) & (cols < right + far))
+    beside[max(top, 0):min(bottom, h)] = band
+    colours = image[beside & (mask >= MIN_PERSON)].reshape(-1, 3).astype(np.float64)
+    nearer_hair = np.linalg.norm(colours - hair, axis=1) < np.linalg.norm(colours - skin, axis=1)
+    return int(nearer_hair.sum()), len(colours)
+
+
+def long_hair(sources: Sequence, hair: np.ndarray | None) -> bool:
+    """Whether the portraits (as for hair_colour) show hair falling past the jaw: then the back
+    of the neck is hair too, otherwise skin."""
+    if hair is None:
+        return False
+    counts = np.array([hair_beside_jaw(s.image, s.landmarks, s.mask, hair) for s in sources]).sum(0)
+    return bool(counts[1] >= MIN_PIXELS and counts[0] >= LONG_HAIR * counts[1])

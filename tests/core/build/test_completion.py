@@ -262,3 +262,25 @@ def test_hair_colour_is_the_top_of_the_head_not_face_or_background():
         setattr(src, key, getattr(src, key)[90:])
     src.landmarks = src.landmarks - [0, 90]
     assert hair_colour([src]) is None
+
+
+def test_long_hair_is_hair_falling_beside_the_jaw():
+    from savatar.core.build.hair_colour import CHIN, JAW_ANGLES, long_hair
+
+    hair = (0.3, 0.2, 0.1)
+
+    def portrait(beside):
+        """The synthetic portrait with its jaw's angles and chin placed, and beside the jaw (both
+        sides, where long hair falls) the background or, given a colour, the person in it."""
+        src = _synthetic_portrait(hair)
+        src.landmarks[list(JAW_ANGLES)] = [[68, 140], [132, 140]]
+        src.landmarks[CHIN] = [100, 165]
+        for x0 in (35, 145):
+            src.image[135:170, x0:x0 + 30] = [0.1, 0.2, 0.9] if beside is None else beside
+            src.mask[135:170, x0:x0 + 30] = 0.0 if beside is None else 1.0
+        return src
+
+    assert not long_hair([portrait(None)], np.array(hair))  # short hair: background beside the jaw
+    assert long_hair([portrait(hair)], np.array(hair))
+    assert not long_hair([portrait((0.85, 0.65, 0.55))], np.array(hair))  # a bare neck and shoulders
+    assert not long_hair([portrait(hair)], None)  # no hair colour known

@@ -489,13 +489,15 @@ def _face_labels(data: HeadModelData) -> tuple[np.ndarray, list[str]]:
 def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mouth: np.ndarray,
                 default: np.ndarray, neighbours: int = 8, smooth: int = 10,
                 group: np.ndarray | None = None,
-                settle: dict[int, np.ndarray] | None = None) -> np.ndarray:
+                settle: dict[int, np.ndarray] | None = None, mirror: np.ndarray | None = None) -> np.ndarray:
     """Colours (N, 3) for Gaussians no source saw, from those it did.
 
     positions: (N, 3) on the neutral head (x = 0 is the symmetry plane); colour (N, 3) valid
     where seen (N,) bool; mouth (N,) bool: mouth cavity and teeth, which take default (N, 3)
     (the model's colours) unless seen, and neither give nor take propagated colour.
-    1. mirror: the seen Gaussians near (-x, y, z); 2. propagation: unseen Gaussians repeatedly
+    1. mirror: the seen Gaussians near (-x, y, z), for the unseen ones farther than MIRROR_GAP
+    from anything seen of their group (and, given mirror (N,) bool, only those it marks);
+    2. propagation: unseen Gaussians repeatedly
     take the mean of their already coloured nearest neighbours (a front moving out from the seen
     area), then a few smoothing passes over the filled ones only. group (N,) int, optional:
     propagation stays within a group that has seen Gaussians (the back of the head takes the
@@ -526,6 +528,8 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
         dist, j = np.atleast_2d(dist.T).T, np.atleast_2d(j.T).T
         near = dist < MIRROR_RADIUS
         hit = near.any(1) & far
+        if mirror is not None:
+            hit &= mirror[todo_g]
         wts = near / np.maximum(dist, 1e-4)
         col = (wts[:, :, None] * out[donors_g[j]]).sum(1) / np.maximum(wts.sum(1), 1e-12)[:, None]
         out[todo_g[hit]] = col[hit]
@@ -808,7 +812,9 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         settle[2] = hair
     elif skin.any():
         settle[2] = np.median(colour[skin], axis=0)
-    filled = fill_unseen(positions, colour, trusted, mouth, default, group=group, settle=settle)
+    # The cheeks' sides are not mirrored: what the other side's showed there (a strand of hair, its
+    # shadow) came over as a dark smudge in front of the ear; they fill from their own side's skin.
+    filled = fill_unseen(positions, colour, trusted, mouth, default, group=group, settle=settle, mirror=~cheeks)
     _, nb = cKDTree(positions).query(positions, k=min(FEATHER_NEIGHBOURS, len(positions)))
     nb = np.atleast_2d(nb.T).T
     trust = _feathered(nb, np.clip((acc_w - MIN_SEEN_WEIGHT) / (TRUSTED_WEIGHT - MIN_SEEN_WEIGHT), 0.0, 1.0))

@@ -497,9 +497,9 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
     (the model's colours) unless seen, and neither give nor take propagated colour.
     1. mirror: the seen Gaussians near (-x, y, z), for the unseen ones farther than MIRROR_GAP
     from anything seen of their group (and, given mirror (N,) bool, only those it marks);
-    2. propagation: unseen Gaussians repeatedly
-    take the mean of their already coloured nearest neighbours (a front moving out from the seen
-    area), then a few smoothing passes over the filled ones only. group (N,) int, optional:
+    2. propagation: unseen Gaussians repeatedly take the mean of their already coloured nearest
+    neighbours (a front moving out from the seen area), then a few smoothing passes over the
+    filled ones only. group (N,) int, optional:
     propagation stays within a group that has seen Gaussians (the back of the head takes the
     hair's colour from the cranium, not the skin of the cheeks next to it). 3. far from what was
     seen, filled colour settles to the median seen colour of its group (over SETTLE_DISTANCE):

@@ -6,6 +6,9 @@ and where hair is short its grown silhouette reaches past the person's edge. Her
 comes from the image itself: the rim of the person's outline around the top of the head, above
 the eyes and outside the face oval, i.e. what is on top of and beside the head (the temples'
 hair shows what a receding or thinning hairline leaves at the back), whatever it is.
+
+Whether the hair is long (long_hair: hair beside the jaw) says what the back of the neck is: hair
+falling past it, or skin under short hair.
 """
 from __future__ import annotations
 

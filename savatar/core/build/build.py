@@ -79,6 +79,7 @@ FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the fro
 LIP_LINE_OPACITY = 0.3  # of the lip curtain's Gaussians that face forwards with the mouth closed
 LIP_LINE_LOGIT = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
 HIDDEN_LOGIT = -12.0  # opacity logit of Gaussians that must not show (opacity 6e-6)
+CURTAIN_SIDES = 0.5  # of the lip curtain's half width: beyond, its inside is hidden (curtain_sides)
 CLOSED_LIPS = 0.06  # inner lips' gap over the eye corners' distance below which lips are closed
 # or barely parted (measured: closed 0.00-0.002, parted without teeth 0.05, smiles with teeth 0.11-0.16)
 # Facial features get more Gaussians than plain skin: they carry most of the likeness.
@@ -649,6 +650,22 @@ def open_mouth_inside(avatar: GaussianAvatar, data: HeadModelData) -> None:
     inside = torch.as_tensor(curtain & ~facing)
     avatar.sh[inside, 0] = rgb_to_sh0(torch.as_tensor(colour[inside.numpy()], dtype=torch.float32))
     avatar.opacity_logit[torch.as_tensor(facing)] = LIP_LINE_LOGIT
+    with torch.no_grad():
+        positions = deform(avatar, neutral, model.faces).means.double().numpy()
+    avatar.opacity_logit[torch.as_tensor(curtain_sides(positions, curtain, facing))] = HIDDEN_LOGIT
+
+
+def curtain_sides(positions: np.ndarray, curtain: np.ndarray, facing: np.ndarray) -> np.ndarray:
+    """(N,) bool: the lip curtain's inside Gaussians (curtain and not facing, (N,) bool each)
+    towards the mouth's corners, beyond CURTAIN_SIDES of the curtain's half width (positions
+    (N, 3) at rest). A smile stretches the corners' triangles as far as an opened jaw does, and
+    their Gaussians, drawn as an open mouth's dark inside, grew into dark smears beside the lips of
+    every grin. Hidden, an opened mouth shows the cavity's lining at its corners instead."""
+    inside = curtain & ~facing
+    if not inside.any():
+        return inside
+    half = float(np.abs(positions[curtain, 0]).max())
+    return inside & (np.abs(positions[:, 0]) > CURTAIN_SIDES * half)
 
 
 def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
@@ -780,6 +797,7 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         # Thin: stacked in the closed lips' line they still show it, stretched over an open mouth
         # the teeth and cavity behind show through.
         avatar.opacity_logit[torch.as_tensor(facing)] = LIP_LINE_LOGIT
+        avatar.opacity_logit[torch.as_tensor(curtain_sides(positions, curtain, facing))] = HIDDEN_LOGIT
         mouth |= curtain
     else:
         # A portrait with parted lips saw its own mouth on the curtain: the Gaussians it saw there

@@ -47,18 +47,18 @@ GAIN_RANGE = (0.5, 4.0)  # components needing more are left alone: it would ampl
 
 # Measured by scripts/calibrate_tracking.py on the default avatar: name -> (gain, max_drive).
 OPEN_HEAD_RESPONSE: dict[str, tuple[float, float]] = {
-    'eyeBlink_L': (1.517, 0.5), 'eyeBlink_R': (1.517, 0.5), 'eyeSquint_L': (1.24, 2.0),
-    'eyeSquint_R': (1.24, 2.0), 'eyeWide_L': (2.04, 2.5), 'eyeWide_R': (2.04, 2.5),
-    'browInnerUp': (2.088, 2.5), 'browOuterUp_L': (2.475, 2.5), 'browOuterUp_R': (2.475, 2.5),
-    'browDown_L': (1.674, 2.5), 'browDown_R': (1.674, 2.5), 'mouthSmile_L': (1.461, 1.5),
-    'mouthSmile_R': (1.461, 1.5), 'mouthFrown_L': (1.71, 2.0), 'mouthFrown_R': (1.71, 2.0),
-    'mouthStretch_L': (1.709, 2.5), 'mouthStretch_R': (1.709, 2.5), 'mouthPucker': (3.788, 2.5),
-    'mouthFunnel': (2.258, 2.5), 'mouthUpperUp_L': (1.193, 2.5), 'mouthUpperUp_R': (1.193, 2.5),
-    'mouthLowerDown_L': (1.748, 2.5), 'mouthLowerDown_R': (1.748, 2.5), 'mouthRollUpper': (1.086, 2.5),
-    'mouthRollLower': (2.03, 0.5), 'mouthLeft': (1.523, 2.5), 'mouthRight': (1.383, 2.0),
-    'mouthDimple_L': (1.052, 2.5), 'mouthDimple_R': (1.052, 2.5), 'cheekPuff': (3.002, 2.5),
-    'cheekSquint_L': (3.457, 2.5), 'cheekSquint_R': (3.457, 2.5), 'jawForward': (1.496, 2.5),
-    'jaw': (1.282, 0.3)}
+    'eyeBlink_L': (1.407, 0.5), 'eyeBlink_R': (1.407, 0.5), 'eyeSquint_L': (1.172, 1.5),
+    'eyeSquint_R': (1.172, 1.5), 'eyeWide_L': (2.21, 2.5), 'eyeWide_R': (2.21, 2.5),
+    'browInnerUp': (2.159, 2.5), 'browOuterUp_L': (2.621, 2.5), 'browOuterUp_R': (2.621, 2.5),
+    'browDown_L': (1.644, 2.5), 'browDown_R': (1.644, 2.5), 'mouthSmile_L': (1.547, 1.5),
+    'mouthSmile_R': (1.547, 1.5), 'mouthFrown_L': (1.983, 2.0), 'mouthFrown_R': (1.983, 2.0),
+    'mouthStretch_L': (2.037, 2.5), 'mouthStretch_R': (2.037, 2.5), 'mouthPucker': (1.337, 1.5),
+    'mouthFunnel': (1.848, 2.5), 'mouthUpperUp_L': (1.288, 2.5), 'mouthUpperUp_R': (1.288, 2.5),
+    'mouthLowerDown_L': (2.233, 2.5), 'mouthLowerDown_R': (2.233, 2.5), 'mouthRollUpper': (1.027, 2.5),
+    'mouthRollLower': (1.854, 0.75), 'mouthLeft': (1.217, 2.5), 'mouthRight': (1.59, 2.5),
+    'mouthDimple_L': (1.046, 2.5), 'mouthDimple_R': (1.046, 2.5), 'cheekPuff': (3.171, 2.5),
+    'cheekSquint_L': (3.424, 2.5), 'cheekSquint_R': (3.424, 2.5), 'jawForward': (1.493, 2.5),
+    'jaw': (1.343, 0.3)}
 
 # The default avatar's eyes render narrower than the head model's (MediaPipe's lid gap about 9 px
 # where the model's is 14.6 px at 0.42 m): the rest face is driven with some eyeWide, so a rest
@@ -74,13 +74,13 @@ OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.5, "eyeWide_R": 1.5}
 # on the render over the rest render's.
 OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (
     (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-    (1.028, 1.0, 0.918, 0.822, 0.794, 0.733, 0.628, 0.526, 0.407, 0.282))
+    (1.018, 1.0, 0.919, 0.831, 0.812, 0.754, 0.671, 0.569, 0.439, 0.367))
 
 # Measured by scripts/calibrate_tracking.py on the default avatar (measure_gaze): GazeResponse's
 # (levels, head).
 OPEN_HEAD_GAZE: tuple[tuple[float, ...], tuple[float, ...]] = (
     (-0.6, -0.4, -0.2, -0.1, 0.0, 0.1, 0.2, 0.4, 0.6),
-    (0.016, 0.0092, 0.0063, 0.0036, 0.0, -0.0054, -0.0089, -0.0105, -0.0092))
+    (0.0145, 0.009, 0.0028, 0.0026, 0.0, -0.0062, -0.0068, -0.0101, -0.0089))
 
 
 @dataclass
@@ -269,9 +269,9 @@ def mouth_opening(points: np.ndarray, index: Sequence[int] | None = None) -> flo
 # inter-ocular distance) at these jaw angles (radians), expression neutral: opening from the
 # first few hundredths of a radian, saturated from 0.35 (scripts/fit_lipsync.py measures it).
 # With the lip curtain's own lip colours, stretched over the opening as a red membrane, renders
-# read shut below 0.04 rad and barely open below 0.1 (0.055 at 0.08 rad, against 0.144 at 0.09 now).
+# read shut below 0.04 rad and barely open below 0.1 (0.055 at 0.08 rad, against 0.122 at 0.09 now).
 AVATAR_OPENING = ((0.0, 0.03, 0.06, 0.09, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35),
-                  (0.012, 0.073, 0.1, 0.144, 0.204, 0.272, 0.344, 0.39, 0.414, 0.507))
+                  (0.001, 0.024, 0.088, 0.122, 0.187, 0.259, 0.317, 0.374, 0.4, 0.457))
 
 
 def jaw_for_opening(opening: float) -> float:

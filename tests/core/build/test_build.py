@@ -367,3 +367,36 @@ def test_open_mouth_from_parted_lips_keeps_the_portraits_mouth(built):
 
     _, results = built
     assert not lips_closed(results[0].landmarks)
+
+
+def test_a_grin_leaves_no_dark_smears_beside_the_lips():
+    """The default avatar grinning with the jaw a little open: the lip curtain's triangles at the
+    corners stretch as far as an opened jaw's, and their Gaussians, drawn dark as an open mouth's
+    inside, grew into dark smears beside the lips (curtain_sides hides them). Beside each corner,
+    outside the lips, the skin stays skin."""
+    from savatar.core.build.default_avatar import default_avatar
+    from savatar.core.drive.calibration import OPEN_HEAD_REST
+    from savatar.core.drive.tracking import intrinsics_for, mediapipe_indices, project_tracking
+    from savatar.core.build.face_offsets import landmark_points
+
+    avatar = default_avatar()
+    rig = Rig.of(avatar)
+    names = list(rig.data.expr_names)
+    expr = np.array([OPEN_HEAD_REST.get(n, 0.0) for n in names], np.float32)
+    expr[[names.index("mouthSmile_L"), names.index("mouthSmile_R")]] = 1.5
+    pose = np.zeros(15, np.float32)
+    pose[6] = 0.08
+    t = np.array([0.0, 0.0, -0.42], np.float32)
+    K = intrinsics_for(256, 256)
+    rgb, _ = render(avatar, Camera(TRACKING_VIEWMAT, K, 256, 256), expr, pose, t, background=(1.0, 1.0, 1.0))
+    verts = rig.vertices(expr, pose, t).numpy().astype(np.float64)
+    index = list(mediapipe_indices(rig.data))
+    corners = project_tracking(landmark_points(verts, rig.data)[[index.index(61), index.index(291)]], K)[:, :2]
+    width = float(np.linalg.norm(corners[0] - corners[1]))
+    luma = rgb @ np.array([0.299, 0.587, 0.114])
+    for (u, v), out in zip(corners, (-1, 1)):
+        # A box just outside the corner, from 5% to 25% of the mouth's width beyond it (with the
+        # smears, 15-17% of it was darker than 0.35; skin and the lips' edge, 0-2%).
+        x0, x1 = sorted((int(u + out * 0.05 * width), int(u + out * 0.25 * width)))
+        box = luma[int(v - 0.15 * width):int(v + 0.15 * width), x0:x1]
+        assert box.size and (box < 0.35).mean() < 0.08, f"{(box < 0.35).mean():.0%} dark beside the corner"

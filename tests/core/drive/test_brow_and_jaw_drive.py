@@ -146,7 +146,9 @@ def test_a_blink_does_not_move_the_avatars_brows(data):
             pts = _points(data, person, {**brows, "eyeBlink_L": blink, "eyeBlink_R": blink}, turn)
             pts[still] = open_eyes[still]
             got = rt.fit(pts, iterations=30).expr
-            np.testing.assert_allclose(got[up + down], want[up + down], atol=0.1, err_msg=f"{brows} {blink}")
+            # Measured at most 0.10 apart (lowered brows, lids 0.9 shut); read with the fitted
+            # blink, the brows fell by the whole of browDown 1.
+            np.testing.assert_allclose(got[up + down], want[up + down], atol=0.12, err_msg=f"{brows} {blink}")
         assert (want[down] > 0.3).all() if brows else (want[up + down] < 0.1).all()
 
 

@@ -28,8 +28,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from savatar.core.drive.calibration import INNER_LIPS
-from savatar.core.drive.tracking import (FACE_OVAL, FaceFitter, TrackerParams, intrinsics_for, mediapipe_indices,
-                                         project_tracking)
+from savatar.core.drive.tracking import FACE_OVAL, FaceFitter, TrackerParams, intrinsics_for, project_tracking
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar, rebind
 from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
 from savatar.core.build.colour_fit import fit_colours
@@ -441,16 +440,22 @@ def cheek_sides(positions: np.ndarray, region: np.ndarray, names: Sequence[str],
     the face and the ears from the eyes down to the jaw's angle (neutral (V, 3): the neutral
     mesh). A frontal portrait shows them at grazing angles, beside its face contour."""
     eyes, jaw = _landmark_level(neutral, data, EYE_CORNERS, 1), _landmark_level(neutral, data, JAW_ANGLES, 1)
-    sides = _landmark_level(neutral, data, FACE_SIDES, 2) - EAR_GAP
+    sides = _landmark_level(neutral, data, FACE_SIDES, 2)
+    if eyes is None or jaw is None or sides is None:
+        return np.zeros(len(positions), bool)
+    sides -= EAR_GAP
     y, z = positions[:, 1], positions[:, 2]
     face = region == names.index("face") if "face" in names else np.zeros(len(region), bool)
     scalp = region == names.index("scalp") if "scalp" in names else np.zeros(len(region), bool)
     return (face & (y < eyes)) | (scalp & (y < eyes) & (y > jaw) & (z > sides))
 
 
-def _landmark_level(verts: np.ndarray, data: HeadModelData, ids: Sequence[int], axis: int) -> float:
-    """Mean coordinate `axis` (metres) of MediaPipe landmarks ids on a mesh (V, 3)."""
-    index = list(mediapipe_indices(data))
+def _landmark_level(verts: np.ndarray, data: HeadModelData, ids: Sequence[int], axis: int) -> float | None:
+    """Mean coordinate `axis` (metres) of MediaPipe landmarks ids on a mesh (V, 3); None where the
+    model's landmark embedding lacks one of them."""
+    index = list(np.asarray(data.lmk_mediapipe if data.lmk_mediapipe is not None else [], np.int64))
+    if any(i not in index for i in ids):
+        return None
     return float(landmark_points(verts, data)[[index.index(i) for i in ids], axis].mean())
 
 
@@ -823,7 +828,9 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     # Groups: 0 the face, 1 the cranium (settles to the hair's colour), 2 the neck below the jaw's
     # angles (the back of the neck: skin under short hair, hair where it falls past the jaw).
     group = in_regions("scalp").astype(np.int64)
-    group[(group == 1) & (positions[:, 1] < _landmark_level(neutral.double().numpy(), data, JAW_ANGLES, 1))] = 2
+    nape = _landmark_level(neutral.double().numpy(), data, JAW_ANGLES, 1)
+    if nape is not None:
+        group[(group == 1) & (positions[:, 1] < nape)] = 2
     settle = {} if hair is None else {1: hair}
     skin = cheeks & trusted & ~mouth
     if long_hair(good, hair):

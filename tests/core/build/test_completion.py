@@ -284,3 +284,25 @@ def test_long_hair_is_hair_falling_beside_the_jaw():
     assert long_hair([portrait(hair)], np.array(hair))
     assert not long_hair([portrait((0.85, 0.65, 0.55))], np.array(hair))  # a bare neck and shoulders
     assert not long_hair([portrait(hair)], None)  # no hair colour known
+
+
+def test_cheek_sides_need_the_landmarks_that_place_them(data):
+    """cheek_sides on the open head: the cheeks below the eyes and the head's sides down to the
+    jaw's angles; on a model whose landmark embedding lacks the jaw's angles (a FLAME embedding
+    has about a hundred of MediaPipe's points), none rather than an error."""
+    from dataclasses import replace
+
+    from savatar.core.build.build import _face_labels, cheek_sides
+    from savatar.core.build.hair_colour import JAW_ANGLES
+
+    verts = np.asarray(data.v_template, np.float64)
+    labels, names = _face_labels(data)
+    centres = verts[data.faces].mean(1)
+    cheeks = cheek_sides(centres, labels, names, verts, data)
+    face = labels == names.index("face")
+    assert cheeks.any() and (centres[cheeks, 1] < 0.0).all()  # below the eyes (at y = 0 on the template)
+    assert cheeks[face].mean() > 0.3 and cheeks[~face].any()
+    keep = ~np.isin(np.asarray(data.lmk_mediapipe), JAW_ANGLES)
+    fewer = replace(data, lmk_mediapipe=np.asarray(data.lmk_mediapipe)[keep], lmk_faces=np.asarray(data.lmk_faces)[keep],
+                    lmk_bary=np.asarray(data.lmk_bary)[keep])
+    assert not cheek_sides(centres, labels, names, verts, fewer).any()

@@ -767,7 +767,8 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
         positions = deform(avatar, neutral, model.faces).means.double().numpy()
     curtain, facing, opened, stretched = _lip_curtain(avatar, model, neutral, mouth)
-    cheeks = cheek_sides(positions, region, names, neutral.double().numpy(), data)
+    rest_mesh = neutral.double().numpy()
+    cheeks = cheek_sides(positions, region, names, rest_mesh, data)
     views = []
     # A plain sum of weighted colours: the same for any order of the sources.
     for i, src in enumerate(good):
@@ -828,7 +829,7 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     # Groups: 0 the face, 1 the cranium (settles to the hair's colour), 2 the neck below the jaw's
     # angles (the back of the neck: skin under short hair, hair where it falls past the jaw).
     group = in_regions("scalp").astype(np.int64)
-    nape = _landmark_level(neutral.double().numpy(), data, JAW_ANGLES, 1)
+    nape = _landmark_level(rest_mesh, data, JAW_ANGLES, 1)
     if nape is not None:
         group[(group == 1) & (positions[:, 1] < nape)] = 2
     settle = {} if hair is None else {1: hair}

@@ -73,8 +73,8 @@ OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.5, "eyeWide_R": 1.5}
 # s (s in 0..1: eyeBlink s over the rest drive; s < 0: eyeWide rest - s) -> MediaPipe's lid gap
 # on the render over the rest render's.
 OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (
-    (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-    (1.018, 1.0, 0.919, 0.831, 0.812, 0.754, 0.671, 0.569, 0.439, 0.367))
+    (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
+    (1.018, 1.0, 0.919, 0.831, 0.812, 0.754, 0.671, 0.569, 0.439, 0.367, 0.281, 0.293))
 
 # Measured by scripts/calibrate_tracking.py on the default avatar (measure_gaze): GazeResponse's
 # (levels, head).
@@ -320,7 +320,7 @@ class LidCurve:
 
 
 # Lid drive levels measured for LidCurve: closing from the rest face, and opening past it.
-LID_LEVELS = (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+LID_LEVELS = (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
 
 
 def measure_lid_curve(render: Callable[[float, float], "np.ndarray | None"], rest_wide: float,

@@ -39,6 +39,7 @@ from savatar.core.build.mouth_interior import (CAVITY, curtain_colours, lip_curt
                                                stretched_faces)
 from savatar.core.build.parted_mouth import JAW_JOINT, behind_lips, facing_discs, jaw_share, teeth_anchors
 from savatar.core.head.head_model import HeadModel, HeadModelData
+from savatar.core.head.mesh_ops import face_areas
 from savatar.core.io.pixels import to_uint8
 from savatar.core.refine.frame_sources import HeadMasker, View, prepare_view
 
@@ -79,6 +80,8 @@ LIP_LINE_OPACITY = 0.3  # of the lip curtain's Gaussians that face forwards with
 LIP_LINE_LOGIT = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
 HIDDEN_LOGIT = -12.0  # opacity logit of Gaussians that must not show (opacity 6e-6)
 CURTAIN_SIDES = 0.5  # of the lip curtain's half width: beyond, its inside is hidden (curtain_sides)
+CURTAIN_SIZE = 0.002  # metres: the least largest scale shrink_curtain leaves a Gaussian at JAW_PROBE
+CURTAIN_COVER = 1.7  # shrink_curtain: disc radius over the radius of an even share of the opened curtain
 CLOSED_LIPS = 0.06  # inner lips' gap over the eye corners' distance below which lips are closed
 # or barely parted (measured: closed 0.00-0.002, parted without teeth 0.05, smiles with teeth 0.11-0.16)
 # Facial features get more Gaussians than plain skin: they carry most of the likeness.
@@ -641,7 +644,9 @@ def open_mouth_inside(avatar: GaussianAvatar, data: HeadModelData) -> None:
     avatar): the lip curtain shows an open mouth seen from the front where it only shows when
     the jaw opens, and its forward-facing part keeps its lip colours, thinned, as build_avatar
     does for closed-lipped portraits. The head model's own lip colours there stretched over an
-    opened mouth as a red membrane hiding teeth and cavity (a puppeteered grin read as a smear)."""
+    opened mouth as a red membrane hiding teeth and cavity (a puppeteered grin read as a smear).
+    Its curtain is not shrunk (shrink_curtain) as a portrait's is: the tracker is calibrated on its
+    renders, and MediaPipe read their mouth width worse so (bench puppet frown_turn 0.80 -> 0.70)."""
     model = HeadModel(data)
     labels, names = _face_labels(data)
     mouth = np.isin(labels[avatar.face.numpy()], [names.index(n) for n in MOUTH_REGIONS if n in names])
@@ -671,6 +676,26 @@ def curtain_sides(positions: np.ndarray, curtain: np.ndarray, facing: np.ndarray
         return inside
     half = float(np.abs(positions[curtain, 0]).max())
     return inside & (np.abs(positions[:, 0]) > CURTAIN_SIDES * half)
+
+
+def shrink_curtain(avatar: GaussianAvatar, model: HeadModel, inside: np.ndarray) -> None:
+    """In place: the lip curtain's inside Gaussians (inside: (N,) bool, the ones drawn as an open
+    mouth) made no larger, with the jaw opened by JAW_PROBE, than it takes them to cover the opened
+    curtain between them, and no smaller than CURTAIN_SIZE. Bound to triangles that stretch many
+    times over as the jaw opens, they grow with them (a face's scale is its base edge and height):
+    the few drawn as upper teeth grew into a white blob, with a drip hanging into the dark cavity."""
+    if not inside.any():
+        return
+    with torch.no_grad():
+        pose = torch.zeros(1, 15)
+        pose[0, 6] = JAW_PROBE
+        verts = model(shape=avatar.shape[None], pose=pose, static_offset=avatar.static_offset).vertices[0]
+        size = deform(avatar, verts, model.faces).scales.max(1).values.double().numpy()[inside]
+    faces = np.unique(avatar.face.numpy()[inside])
+    area = float(face_areas(verts.double().numpy(), model.faces.numpy()[faces]).sum())
+    cap = max(CURTAIN_SIZE, CURTAIN_COVER * float(np.sqrt(area / inside.sum() / np.pi)))
+    shrink = np.log(np.minimum(1.0, cap / np.maximum(size, 1e-12)))
+    avatar.log_scale[torch.as_tensor(inside)] += torch.as_tensor(shrink, dtype=torch.float32)[:, None]
 
 
 def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
@@ -803,7 +828,9 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         # Thin: stacked in the closed lips' line they still show it, stretched over an open mouth
         # the teeth and cavity behind show through.
         avatar.opacity_logit[torch.as_tensor(facing)] = LIP_LINE_LOGIT
-        avatar.opacity_logit[torch.as_tensor(curtain_sides(positions, curtain, facing))] = HIDDEN_LOGIT
+        sides = curtain_sides(positions, curtain, facing)
+        avatar.opacity_logit[torch.as_tensor(sides)] = HIDDEN_LOGIT
+        shrink_curtain(avatar, model, curtain & ~facing & ~sides)
         mouth |= curtain
     else:
         # A portrait with parted lips saw its own mouth on the curtain: the Gaussians it saw there

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from savatar.core.head.mesh_ops import face_areas
+
 TEETH = np.array([0.90, 0.88, 0.82])
 CAVITY = np.array([0.16, 0.05, 0.05])
 TONGUE = np.array([0.62, 0.30, 0.30])
@@ -63,11 +65,7 @@ def mouth_interior_colours(positions: np.ndarray, teeth: np.ndarray, cavity: np.
 def stretched_faces(closed: np.ndarray, opened: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(F,) bool: the triangles whose area grows more than CURTAIN_STRETCH times from the mesh
     closed (V, 3) to the mesh opened (V, 3) (the jaw closed and open); faces: (F, 3)."""
-    def area(v: np.ndarray) -> np.ndarray:
-        a, b, c = v[faces[:, 0]], v[faces[:, 1]], v[faces[:, 2]]
-        return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
-
-    return area(opened) > CURTAIN_STRETCH * np.maximum(area(closed), 1e-12)
+    return face_areas(opened, faces) > CURTAIN_STRETCH * np.maximum(face_areas(closed, faces), 1e-12)
 
 
 def lip_curtain(closed: np.ndarray, opened: np.ndarray, faces: np.ndarray, corner_x: float) -> np.ndarray:

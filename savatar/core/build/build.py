@@ -844,6 +844,8 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         default[hollow] = CAVITY
         acc_w[hollow] = 0.0
         mouth |= hollow
+        # Grown with the opening jaw, the cavity's dark discs covered the teeth behind them.
+        shrink_curtain(avatar, model, hollow)
         # The cavity's lining in front of the teeth (the inside of the lips) stretches across the
         # opening in front of the teeth when the jaw opens: dark streaks over the portrait's teeth.
         # A real mouth's lining lies against the teeth, never in front of them: it is hidden.

@@ -66,6 +66,7 @@ FEATHER_PASSES = 3
 # Metres from the nearest seen Gaussian over which filled colour settles to its group's median:
 # the back of the head takes the hair's overall colour instead of streaks dragged from the rim.
 SETTLE_DISTANCE = 0.05
+RING_BAND = 0.01  # metres up and down within which ring_colours takes the seen neck's colours
 MOUTH_REGIONS = ("mouth_cavity", "upper_teeth", "lower_teeth")
 JAW_PROBE = 0.35  # radians of jaw opening at which the lip curtain is found and coloured
 MOUTH_CORNERS = (61, 291)  # MediaPipe Face Mesh landmarks
@@ -512,8 +513,9 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
     propagation stays within a group that has seen Gaussians (the back of the head takes the
     hair's colour from the cranium, not the skin of the cheeks next to it). 3. far from what was
     seen, filled colour settles to the median seen colour of its group (over SETTLE_DISTANCE):
-    low-frequency and seamless where no source could say anything. settle: {group: (3,)} a
-    better colour to settle to than that median (the hair's colour for the cranium).
+    low-frequency and seamless where no source could say anything. settle: {group: (3,) or
+    (N, 3)} a better colour to settle to than that median (the hair's colour for the cranium),
+    one for the whole group or one per Gaussian (ring_colours for the neck).
     """
     out = colour.copy()
     known = seen.copy()
@@ -560,8 +562,42 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
             target = (settle or {}).get(int(g))
             if target is None:
                 target = np.median(colour[donors_g], axis=0)
+            elif np.ndim(target) == 2:
+                target = target[filled]
             out[filled] = (1 - t) * out[filled] + t * target
     return out
+
+
+def ring_colours(positions: np.ndarray, colour: np.ndarray, donors: np.ndarray, members: np.ndarray,
+                 fallback: np.ndarray) -> np.ndarray:
+    """(N, 3) for the members (N,) bool: the middle colour (_middle_colour; colour (N, 3)) of the
+    donors (N,) bool within RING_BAND of each member's height (positions (N, 3), y up), fallback (3,) where no donor
+    is that near. The neck and shoulders seen from the front carry what the person wears at each
+    height (a collar, a suit's shoulders, or the bare neck): what no portrait saw around the back
+    wears it too, where it had been skin under the suit's front."""
+    out = np.tile(np.asarray(fallback, np.float64), (len(positions), 1))
+    if not donors.any() or not members.any():
+        return out
+    order = np.flatnonzero(donors)[np.argsort(positions[donors, 1])]
+    heights = positions[order, 1]
+    # Members in bins of a fifth of the band share one median: a few hundred medians, not one each.
+    idx = np.flatnonzero(members)
+    bins = np.floor(positions[idx, 1] / (RING_BAND / 5)).astype(np.int64)
+    for b in np.unique(bins):
+        y = (b + 0.5) * RING_BAND / 5
+        lo, hi = np.searchsorted(heights, [y - RING_BAND, y + RING_BAND])
+        if hi > lo:
+            out[idx[bins == b]] = _middle_colour(colour[order[lo:hi]])
+    return out
+
+
+def _middle_colour(colours: np.ndarray) -> np.ndarray:
+    """(3,) the mean of the colours (M, 3) between the 40th and 60th percentiles of brightness:
+    one that is there, where a per-channel median of a dark suit, a white collar and skin made a
+    brown that is none of them."""
+    order = np.argsort(colours @ np.array([0.299, 0.587, 0.114]))
+    m = len(order) - 1
+    return colours[order[int(0.4 * m):int(np.ceil(0.6 * m)) + 1]].mean(0)
 
 
 def _propagate(positions: np.ndarray, out: np.ndarray, known: np.ndarray, skin: np.ndarray,
@@ -866,7 +902,8 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     if long_hair(good, hair):
         settle[2] = hair
     elif skin.any():
-        settle[2] = np.median(colour[skin], axis=0)
+        neck = group == 2
+        settle[2] = ring_colours(positions, colour, neck & trusted & ~mouth, neck, np.median(colour[skin], axis=0))
     # The cheeks' sides are not mirrored: what the other side's showed there (a strand of hair, its
     # shadow) came over as a dark smudge in front of the ear; they fill from their own side's skin.
     filled = fill_unseen(positions, colour, trusted, mouth, default, group=group, settle=settle, mirror=~cheeks)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from savatar.core.build.build import SETTLE_DISTANCE, fill_unseen
+from savatar.core.build.build import SETTLE_DISTANCE, fill_unseen, ring_colours
 from savatar.core.build.face_offsets import MAX_OFFSET, landmark_points, landmark_offsets
 from savatar.core.build.mouth_interior import curtain_colours, lip_curtain, mouth_interior_colours
 from savatar.core.drive.tracking import intrinsics_for, mediapipe_indices, project_tracking
@@ -229,6 +229,31 @@ def test_far_unseen_settles_to_a_given_colour_per_group():
     back = pos[:, 2] < -0.08
     np.testing.assert_allclose(out[back & (group == 1)], np.tile(hair, ((back & (group == 1)).sum(), 1)), atol=1e-6)
     np.testing.assert_allclose(out[back & (group == 0)], np.tile(skin, ((back & (group == 0)).sum(), 1)), atol=1e-6)
+    np.testing.assert_array_equal(out[seen], colour[seen])
+
+
+def test_the_neck_wears_around_the_back_what_its_front_wears():
+    """A neck and shoulders seen from the front only: skin above a white collar above a dark suit,
+    the suit's front split by a white shirt. Around the back, the unseen part takes at each height
+    what the front shows there (before: skin all round, under the suit's front)."""
+    rng = np.random.default_rng(3)
+    n = 6000
+    angle, y = rng.uniform(-np.pi, np.pi, n), rng.uniform(-0.16, -0.08, n)
+    pos = np.stack([0.06 * np.sin(angle), y, 0.06 * np.cos(angle)], 1)
+    seen = pos[:, 2] > 0.02
+    skin, collar, suit = np.array([0.8, 0.6, 0.5]), np.array([0.95, 0.95, 0.95]), np.array([0.1, 0.1, 0.15])
+    colour = np.tile(skin, (n, 1))
+    colour[y < -0.11] = collar
+    colour[(y < -0.125) & (np.abs(pos[:, 0]) > 0.01)] = suit  # the shirt shows down the middle
+    back = ~seen
+    ring = ring_colours(pos, colour, seen, back, fallback=skin)
+    for lo, hi, want in ((-0.10, -0.08, skin), (-0.12, -0.114, collar), (-0.16, -0.135, suit)):
+        band = back & (y > lo) & (y < hi)
+        np.testing.assert_allclose(ring[band], np.tile(want, (band.sum(), 1)), atol=0.02)
+    np.testing.assert_array_equal(ring[~back], np.tile(skin, ((~back).sum(), 1)))  # not members: fallback
+    out = fill_unseen(pos, colour, seen, np.zeros(n, bool), np.full((n, 3), 0.5), settle={0: ring})
+    far = back & (pos[:, 2] < -0.05) & (y < -0.135)
+    assert np.abs(out[far] - suit).max() < 0.1  # settled to the suit, far from the front
     np.testing.assert_array_equal(out[seen], colour[seen])
 
 

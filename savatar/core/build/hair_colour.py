@@ -65,7 +65,9 @@ def hair_beside_jaw(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray,
     the jaw's angles and the chin, BESIDE_JAW face widths out from the face on either side, and
     of those the ones nearer the hair colour hair (3,) than the skin's (the face's median below
     the eyes). Long hair falls there; with short hair it is background (not the person), ears
-    or the neck's skin."""
+    or the neck's skin. Only pixels that hang from the head count: the person all the way up
+    their column to the eyes' height. In a webcam's framing the shoulders reach up beside the
+    jaw, and a dark jacket or shirt there, under background, read as long dark hair."""
     h, w = mask.shape
     pts = np.asarray(landmarks, np.float64)[:, :2]
     face_w = float(np.ptp(pts[:, 0]))
@@ -85,7 +87,11 @@ def hair_beside_jaw(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray,
     near, far = BESIDE_JAW[0] * face_w, BESIDE_JAW[1] * face_w
     band = ((cols > left - far) & (cols < left - near)) | ((cols > right + near) & (cols < right + far))
     beside[max(top, 0):min(bottom, h)] = band
-    colours = image[beside & (mask >= MIN_PERSON)].reshape(-1, 3).astype(np.float64)
+    person = mask >= MIN_PERSON
+    eyes = max(int(pts[list(EYE_CORNERS), 1].mean()), 0)
+    hanging = np.zeros((h, w), bool)
+    hanging[eyes:] = np.cumsum(~person[eyes:], axis=0) == 0
+    colours = image[beside & hanging].reshape(-1, 3).astype(np.float64)
     nearer_hair = np.linalg.norm(colours - hair, axis=1) < np.linalg.norm(colours - skin, axis=1)
     return int(nearer_hair.sum()), len(colours)
 

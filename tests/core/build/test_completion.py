@@ -309,6 +309,13 @@ def test_long_hair_is_hair_falling_beside_the_jaw():
     assert long_hair([portrait(hair)], np.array(hair))
     assert not long_hair([portrait((0.85, 0.65, 0.55))], np.array(hair))  # a bare neck and shoulders
     assert not long_hair([portrait(hair)], None)  # no hair colour known
+    # A webcam's framing: dark shoulders beside the jaw, the background above them (grin_gaze's
+    # jacket, talk_glasses' shirt read as long hair before).
+    shoulders = portrait(hair)
+    for x0 in (35, 145):
+        shoulders.image[100:135, x0:x0 + 30] = [0.1, 0.2, 0.9]
+        shoulders.mask[100:135, x0:x0 + 30] = 0.0
+    assert not long_hair([shoulders], np.array(hair))
 
 
 def test_cheek_sides_need_the_landmarks_that_place_them(data):

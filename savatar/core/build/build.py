@@ -571,16 +571,16 @@ def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mou
 def ring_colours(positions: np.ndarray, colour: np.ndarray, donors: np.ndarray, members: np.ndarray,
                  fallback: np.ndarray) -> np.ndarray:
     """(N, 3) for the members (N,) bool: the middle colour (_middle_colour; colour (N, 3)) of the
-    donors (N,) bool within RING_BAND of each member's height (positions (N, 3), y up), fallback (3,) where no donor
-    is that near. The neck and shoulders seen from the front carry what the person wears at each
-    height (a collar, a suit's shoulders, or the bare neck): what no portrait saw around the back
-    wears it too, where it had been skin under the suit's front."""
+    donors (N,) bool within RING_BAND of each member's height (positions (N, 3), y up), fallback
+    (3,) where no donor is that near. The neck and shoulders seen from the front carry what the
+    person wears at each height (a collar, a suit's shoulders, or the bare neck): what no portrait
+    saw around the back wears it too, where it had been skin under the suit's front."""
     out = np.tile(np.asarray(fallback, np.float64), (len(positions), 1))
     if not donors.any() or not members.any():
         return out
     order = np.flatnonzero(donors)[np.argsort(positions[donors, 1])]
     heights = positions[order, 1]
-    # Members in bins of a fifth of the band share one median: a few hundred medians, not one each.
+    # Members in bins of a fifth of the band share one colour: a few hundred, not one each.
     idx = np.flatnonzero(members)
     bins = np.floor(positions[idx, 1] / (RING_BAND / 5)).astype(np.int64)
     for b in np.unique(bins):

@@ -70,8 +70,9 @@ OPEN_HEAD_RESPONSE: dict[str, tuple[float, float]] = {
 OPEN_HEAD_REST: dict[str, float] = {"eyeWide_L": 1.5, "eyeWide_R": 1.5}
 
 # Measured by scripts/calibrate_tracking.py on the default avatar (measure_lid_curve): lid drive
-# s (s in 0..1: eyeBlink s over the rest drive; s < 0: eyeWide rest - s) -> MediaPipe's lid gap
-# on the render over the rest render's.
+# s (s > 0: eyeBlink s over the rest drive; s < 0: eyeWide rest - s) -> MediaPipe's lid gap
+# on the render over the rest render's. Past blink 1 the shut lids' lash line thins (0.37 of the
+# open gap read at 1.0, 0.28 at 1.1, where a real shut eye reads about 0.2); from 1.5 they sink in.
 OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (
     (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
     (1.018, 1.0, 0.919, 0.831, 0.812, 0.754, 0.671, 0.569, 0.439, 0.367, 0.281, 0.293))
@@ -319,7 +320,8 @@ class LidCurve:
         return float(np.interp(ratio, r[keep][::-1], levels[keep][::-1]))
 
 
-# Lid drive levels measured for LidCurve: closing from the rest face, and opening past it.
+# Lid drive levels measured for LidCurve: closing from the rest face (on past blink 1, see
+# OPEN_HEAD_LIDS), and opening past it.
 LID_LEVELS = (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
 
 

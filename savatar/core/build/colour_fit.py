@@ -84,7 +84,7 @@ def fit_colours(avatar: GaussianAvatar, model: HeadModel, views: Sequence[View],
         for f, g, (target, m) in zip(frames, posed, targets):
             pred = render(replace(g, sh=sh), f.viewmat, f.K, f.width, f.height, bg, backend="cpu",
                           rasterize_mode="antialiased").rgb
-            pred = pred * m + target * (1 - m)
+            pred = pred * m + bg * (1 - m)  # matted as the target: the difference is m x (render - crop)
             loss = loss + (pred - target).abs().mean() + LAMBDA_DSSIM * (1 - ssim(pred, target))
         loss = loss + PRIOR * ((dc - base) ** 2).sum() / (3 * size * size)
         opt.zero_grad(set_to_none=True)

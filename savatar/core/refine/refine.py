@@ -308,7 +308,11 @@ class Refiner:
         pred = self._render(index, grad=True)
         target, m = self._targets[index]
         if m is not None:
-            pred = pred * m + target * (1 - m)
+            # Matted like the target, on the same background: the difference is m x (render -
+            # frame). Blended with the matted target instead, a pixel of person probability m
+            # asked for m x frame + (1 - m) x background, and the face and neck under soft hair
+            # edges turned transparent in speckles.
+            pred = pred * m + self.background * (1 - m)
         l1 = (pred - target).abs().mean()
         dssim = 1 - ssim(pred, target)
         terms = {"l1": l1, "dssim": dssim}

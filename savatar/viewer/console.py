@@ -460,6 +460,7 @@ class Console:
                 self.refine_series["psnr_mask"] = dpg.add_line_series([], [], label="PSNR in mask", parent=y)
                 self.refine_series["spikes"] = dpg.add_line_series([], [], label="over threshold %", parent=y)
             self.refine_axes.append((x, y))
+            self.refine_psnr_axis = y
         self.refine_hist: dict[str, int] = {}
         self.refine_threshold: dict[str, int] = {}
         with dpg.group(horizontal=True):
@@ -523,6 +524,13 @@ class Console:
         for x, y in self.refine_axes:
             dpg.fit_axis_data(x)
             dpg.fit_axis_data(y)
+        # Fitted exactly, a steady PSNR and 0% of spikes lay on the plot's top and bottom edges,
+        # where their lines did not show: a margin around them.
+        values = [v for term in ("psnr_mask", "spikes") for v in dpg.get_value(self.refine_series[term])[1]]
+        if values:
+            lo, hi = min(values), max(values)
+            pad = max(0.08 * (hi - lo), 0.5)
+            dpg.set_axis_limits(self.refine_psnr_axis, lo - pad, hi + pad)
 
     # ------------------------------------------------------------------ updates from the app
     def show_task(self, panel: str, state: TaskState) -> None:

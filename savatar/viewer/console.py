@@ -507,12 +507,16 @@ class Console:
         """Every Report of the run so far (a new one just arrived): curves and the newest histograms."""
         report = history[-1]
         its = [float(r.iteration) for r in history]
+        psnr_plot: list[float] = []  # the values of the held-out PSNR plot
         for term, series in self.refine_series.items():
             if term == "psnr_mask":
                 pts = [(float(r.iteration), r.psnr_mask) for r in history if r.psnr_mask is not None]
                 dpg.set_value(series, [[p[0] for p in pts], [p[1] for p in pts]])
+                psnr_plot += [p[1] for p in pts]
             elif term == "spikes":
-                dpg.set_value(series, [its, [100.0 * r.spike_fraction for r in history]])
+                spikes = [100.0 * r.spike_fraction for r in history]
+                dpg.set_value(series, [its, spikes])
+                psnr_plot += spikes
             else:
                 dpg.set_value(series, [its, [r.losses.get(term, 0.0) for r in history]])
         for name, series in self.refine_hist.items():
@@ -523,12 +527,12 @@ class Console:
             dpg.set_value(self.refine_threshold[name], [[st.threshold]])
         for x, y in self.refine_axes:
             dpg.fit_axis_data(x)
-            dpg.fit_axis_data(y)
+            if y != self.refine_psnr_axis:
+                dpg.fit_axis_data(y)
         # Fitted exactly, a steady PSNR and 0% of spikes lay on the plot's top and bottom edges,
         # where their lines did not show: a margin around them.
-        values = [v for term in ("psnr_mask", "spikes") for v in dpg.get_value(self.refine_series[term])[1]]
-        if values:
-            lo, hi = min(values), max(values)
+        if psnr_plot:
+            lo, hi = min(psnr_plot), max(psnr_plot)
             pad = max(0.08 * (hi - lo), 0.5)
             dpg.set_axis_limits(self.refine_psnr_axis, lo - pad, hi + pad)
 

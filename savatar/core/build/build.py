@@ -646,6 +646,14 @@ def lips_closed(landmarks: np.ndarray) -> bool:
     return lips_gap(landmarks) < CLOSED_LIPS
 
 
+def _opened_mesh(avatar: GaussianAvatar, model: HeadModel) -> torch.Tensor:
+    """(V, 3) the avatar's head mesh at rest with the jaw opened by JAW_PROBE."""
+    pose = torch.zeros(1, 15)
+    pose[0, 6] = JAW_PROBE
+    with torch.no_grad():
+        return model(shape=avatar.shape[None], pose=pose, static_offset=avatar.static_offset).vertices[0]
+
+
 def _lip_curtain(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor,
                  mouth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(the Gaussians (N,) bool on the lip curtain (mouth_interior.lip_curtain; none where the
@@ -655,10 +663,8 @@ def _lip_curtain(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor
     (mouth_interior.stretched_faces)). neutral: (V, 3) the avatar's mesh at rest; mouth: (N,)
     bool, the mouth's own regions, which the curtain excludes."""
     data = model.data
+    opened = _opened_mesh(avatar, model)
     with torch.no_grad():
-        jaw = torch.zeros(1, 15)
-        jaw[0, 6] = JAW_PROBE
-        opened = model(shape=avatar.shape[None], pose=jaw, static_offset=avatar.static_offset).vertices[0]
         opened_means = deform(avatar, opened, model.faces).means.double().numpy()
         normals = face_frames(neutral, model.faces)[0][:, :, 1].double().numpy()
     faces = model.faces.numpy()
@@ -722,10 +728,8 @@ def shrink_curtain(avatar: GaussianAvatar, model: HeadModel, inside: np.ndarray)
     the few drawn as upper teeth grew into a white blob, with a drip hanging into the dark cavity."""
     if not inside.any():
         return
+    verts = _opened_mesh(avatar, model)
     with torch.no_grad():
-        pose = torch.zeros(1, 15)
-        pose[0, 6] = JAW_PROBE
-        verts = model(shape=avatar.shape[None], pose=pose, static_offset=avatar.static_offset).vertices[0]
         size = deform(avatar, verts, model.faces).scales.max(1).values.double().numpy()[inside]
     faces = np.unique(avatar.face.numpy()[inside])
     area = float(face_areas(verts.double().numpy(), model.faces.numpy()[faces]).sum())

@@ -37,7 +37,8 @@ from savatar.core.build.hair_colour import EYE_CORNERS, JAW_ANGLES, hair_colour,
 from savatar.core.build.hair_volume import hair_offsets
 from savatar.core.build.mouth_interior import (CAVITY, curtain_colours, lip_curtain, mouth_interior_colours,
                                                stretched_faces)
-from savatar.core.build.parted_mouth import JAW_JOINT, behind_lips, facing_discs, jaw_share, teeth_anchors
+from savatar.core.build.parted_mouth import (JAW_JOINT, LOWER_SHARE, behind_lips, facing_discs, jaw_share,
+                                             teeth_anchors)
 from savatar.core.head.head_model import HeadModel, HeadModelData
 from savatar.core.head.mesh_ops import face_areas
 from savatar.core.io.pixels import to_uint8
@@ -79,6 +80,7 @@ EAR_GAP = 0.008  # metres behind FACE_SIDES where the ears begin (on the open he
 FACING_Z = 0.6  # normal's forward component from which a Gaussian faces the front
 LIP_LINE_OPACITY = 0.3  # of the lip curtain's Gaussians that face forwards with the mouth closed
 LIP_LINE_LOGIT = float(np.log(LIP_LINE_OPACITY / (1.0 - LIP_LINE_OPACITY)))
+LIP_LINE_SHADE = 0.85  # of the nearest lips' colour: where lips meet at rest is in their shadow
 HIDDEN_LOGIT = -12.0  # opacity logit of Gaussians that must not show (opacity 6e-6)
 CURTAIN_SIDES = 0.5  # of the lip curtain's half width: beyond, its inside is hidden (curtain_sides)
 CURTAIN_SIZE = 0.002  # metres: the least largest scale shrink_curtain leaves a Gaussian at JAW_PROBE
@@ -738,6 +740,53 @@ def shrink_curtain(avatar: GaussianAvatar, model: HeadModel, inside: np.ndarray)
     avatar.log_scale[torch.as_tensor(inside)] += torch.as_tensor(shrink, dtype=torch.float32)[:, None]
 
 
+def _nearest_mean(positions: np.ndarray, colour: np.ndarray, donors: np.ndarray, points: np.ndarray,
+                  k: int = 8) -> np.ndarray:
+    """(M, 3) the mean colour of the k donors ((N,) bool over positions (N, 3), colour (N, 3))
+    nearest each of points (M, 3)."""
+    idx = np.flatnonzero(donors)
+    if not len(idx) or not len(points):
+        return np.zeros((len(points), 3))
+    _, near = cKDTree(positions[idx]).query(points, k=min(k, len(idx)))
+    return colour[idx[np.atleast_2d(near.T).T]].mean(1)
+
+
+def _close_lips(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor, spare: np.ndarray,
+                meeting: np.ndarray, face_region: np.ndarray, names: list[str]) -> np.ndarray:
+    """In place: Gaussians spare (indices, hidden ones) take the place, size and opacity at rest
+    of the Gaussians meeting (indices: where the lips meet on the neutral mesh neutral (V, 3)),
+    bound to the nearest triangle of the upper lip or of the lower lip (by how much the place
+    moves with the jaw). Returns the indices of spare used, paired with meeting's in order.
+
+    The closing Gaussians part with the lips when the jaw opens (thin rims under the upper lip and
+    over the lower one) instead of stretching over the opening as the curtain's do. face_region:
+    (F,) each face's region index into names."""
+    used = np.asarray(spare[:len(meeting)], np.int64)
+    if not len(used):
+        return used
+    meeting = meeting[:len(used)]
+    faces = model.faces.numpy()
+    rest = neutral.double().numpy()
+    inside = np.isin(face_region, [names.index(n) for n in MOUTH_REGIONS if n in names])
+    # The lips' own triangles: neither the mouth's inside nor stretched open with the jaw.
+    lips = ~inside & ~stretched_faces(rest, _opened_mesh(avatar, model).double().numpy(), faces)
+    jaw_weight = np.asarray(model.data.lbs_weights, np.float64)[:, JAW_JOINT]
+    with_jaw = jaw_weight[faces].mean(1) >= LOWER_SHARE
+    upper, lower = np.flatnonzero(lips & ~with_jaw), np.flatnonzero(lips & with_jaw)
+    if not len(upper) or not len(lower):
+        return used[:0]
+    with torch.no_grad():
+        at_rest = deform(avatar, neutral, model.faces)
+    means = at_rest.means[meeting].double()
+    corners = faces[avatar.face.numpy()[meeting]]
+    share = jaw_share(means.numpy(), rest[corners], jaw_weight[corners])
+    centres = rest[faces].mean(1)
+    target = teeth_anchors(means.numpy(), share, upper, centres[upper], lower, centres[lower])
+    rebind(avatar, used, target, neutral, model.faces, means, at_rest.quats[meeting], at_rest.scales[meeting])
+    avatar.opacity_logit[torch.as_tensor(used)] = avatar.opacity_logit[torch.as_tensor(meeting)]
+    return used
+
+
 def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
                pinned: np.ndarray, face_region: np.ndarray, names: list[str]) -> None:
     """Bind the Gaussians pinned (N,) bool (the lip curtain's, seen in a portrait's opening) to the
@@ -879,6 +928,20 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         # between them.
         view = np.stack(views)
         pinned = curtain & (view >= 1.0).any(0)
+        # The cavity's lining in front of the teeth (the inside of the lips) stretches across the
+        # opening in front of the teeth when the jaw opens: dark streaks over the portrait's teeth.
+        # A real mouth's lining lies against the teeth, never in front of them: it is hidden, and
+        # some of it closes the lips at rest instead of the curtain's front, which carries the
+        # portrait's teeth behind them (without, a band of teeth showed between the lips at rest).
+        teeth = [i for n in ("upper_teeth", "lower_teeth") for i in data.vertex_regions.get(n, [])]
+        if teeth:
+            lining = in_regions("mouth_cavity") & stretched & (positions[:, 2] > float(neutral[teeth, 2].min()))
+            avatar.opacity_logit[torch.as_tensor(lining)] = HIDDEN_LOGIT
+            meeting = np.flatnonzero(curtain & facing)
+            line = _close_lips(avatar, model, neutral, np.flatnonzero(lining), meeting, labels, names)
+            default[line] = LIP_LINE_SHADE * _nearest_mean(positions, colour, seen & ~curtain & ~mouth,
+                                                           positions[meeting[:len(line)]])
+            acc_w[line] = 0.0
         _pin_teeth(avatar, model, good, view, pinned, labels, names)
         hollow = curtain & ~pinned
         default[hollow] = CAVITY
@@ -886,13 +949,6 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         mouth |= hollow
         # Grown with the opening jaw, the cavity's dark discs covered the teeth behind them.
         shrink_curtain(avatar, model, hollow)
-        # The cavity's lining in front of the teeth (the inside of the lips) stretches across the
-        # opening in front of the teeth when the jaw opens: dark streaks over the portrait's teeth.
-        # A real mouth's lining lies against the teeth, never in front of them: it is hidden.
-        teeth = [i for n in ("upper_teeth", "lower_teeth") for i in data.vertex_regions.get(n, [])]
-        if teeth:
-            lining = in_regions("mouth_cavity") & stretched & (positions[:, 2] > float(neutral[teeth, 2].min()))
-            avatar.opacity_logit[torch.as_tensor(lining)] = HIDDEN_LOGIT
     hair = hair_colour(good)
     trusted = acc_w > TRUSTED_WEIGHT
     # Groups: 0 the face, 1 the cranium (settles to the hair's colour), 2 the neck below the jaw's

@@ -121,6 +121,36 @@ def test_opened_wider_the_portraits_teeth_keep_their_size_over_a_dark_cavity(par
     assert dark(wide) >= dark(source) + 10  # over a dark cavity
 
 
+def test_at_rest_the_lips_close_over_the_portraits_teeth(parted):
+    """At rest the lips meet: the portrait's teeth, moved behind the lips, do not show between
+    them (the curtain's front, which closed the mouth at rest, carries them), and what closes the
+    mouth parts with the lips as the jaw opens: opened, the teeth show again."""
+    portrait, pts, avatar, src = parted
+    h, w = src.image.shape[:2]
+    camera = Camera(TRACKING_VIEWMAT, src.K, w, h)
+    rest_pose = src.pose.copy()
+    rest_pose[6:9] = 0.0
+    wide_pose = src.pose.copy()
+    wide_pose[6] = WIDE_JAW
+    expr = np.zeros_like(src.expr)
+
+    def teeth_tint(pose) -> float:
+        """How much bluer than red (the teeth's tint; lips and skin are redder) the bluest row is
+        than the typical row, between the upper lip's top and the lower lip's bottom in the
+        middle third of the mouth's width (row medians)."""
+        lm = _projected_landmarks(avatar, camera, expr, pose, src.translation)
+        x0, x1 = sorted(lm[[61, 291], 0])
+        rgb = _render(avatar, camera, expr, pose, src.translation)
+        strip = rgb[int(lm[0, 1]):int(np.ceil(lm[17, 1])), int(x0 + (x1 - x0) / 3):int(x1 - (x1 - x0) / 3)]
+        rows = np.median(strip[..., 2] - strip[..., 0], 1)
+        return float(rows.max() - np.median(rows))
+
+    rest, opened = teeth_tint(rest_pose), teeth_tint(wide_pose)
+    print(f"teeth's tint between the lips: at rest {rest:.2f}, opened {opened:.2f}")
+    assert rest < 0.1  # 0.23 with the curtain's front carrying the teeth: a band between the lips
+    assert opened > 0.08  # opened, the teeth show again
+
+
 def _projected_landmarks(avatar: GaussianAvatar, camera: Camera, expr, pose, translation) -> np.ndarray:
     """The head model's MediaPipe landmarks (L, 2) through camera, indexed by MediaPipe's numbers."""
     rig = Rig.of(avatar)

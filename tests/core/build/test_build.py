@@ -443,3 +443,49 @@ def test_shrunk_curtain_keeps_an_opened_mouths_teeth_a_band():
     print(f"teeth rows across the opening's middle: {bright(before)} -> {bright(after)} of {len(after)}")
     assert bright(after) < bright(before)
     assert after.min() < 0.33  # the dark cavity under the teeth
+
+
+def test_the_eyes_keep_the_portraits_pupils():
+    """The bundled avatar rendered from the front with its eyes painted white, a blue iris and a
+    black pupil where MediaPipe finds them: built from that, the avatar's pupils at the source view
+    stay far darker than their irises. With the eyeballs' Gaussians spread over the whole ball (most
+    of them inside the head), each spanned about 3 mm, more than the pupil, and the eyes rendered
+    as grey discs (pupil about 0.55 of the iris's brightness)."""
+    import mediapipe as mp
+
+    from savatar.core.build.default_avatar import default_avatar
+
+    conn = mp.solutions.face_mesh_connections
+    # MediaPipe's eye contours and irises (centre, then four around), the image's left eye first.
+    eyes = [sorted({i for e in conn.FACEMESH_RIGHT_EYE for i in e}), sorted({i for e in conn.FACEMESH_LEFT_EYE for i in e})]
+    irises = [(468, 469, 470, 471, 472), (473, 474, 475, 476, 477)]
+    bundled = default_avatar(30000)
+    centre = tuple(Rig.of(bundled).vertices().numpy().mean(0))
+    image, _ = render(bundled, orbit_camera(0, 0, 0.45, centre, 512, 512, 30.0), background=(1.0, 1.0, 1.0))
+    with FaceLandmarker() as landmarker:
+        pts = landmarker((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    assert pts is not None
+    yy, xx = np.mgrid[:512, :512]
+
+    def iris_distance(landmarks: np.ndarray, iris) -> tuple[np.ndarray, float]:
+        """Each pixel's distance (512, 512) to the iris centre, and the iris radius, in pixels."""
+        c = landmarks[iris[0], :2]
+        return np.hypot(xx - c[0], yy - c[1]), float(np.linalg.norm(landmarks[list(iris[1:]), :2] - c, axis=1).mean())
+
+    for contour, iris in zip(eyes, irises):
+        inside = np.zeros((512, 512), np.uint8)
+        cv2.fillConvexPoly(inside, cv2.convexHull(np.round(pts[contour, :2]).astype(np.int32)), 1)
+        d, r = iris_distance(pts, iris)
+        image[inside > 0] = (0.95, 0.95, 0.95)
+        image[(inside > 0) & (d < r)] = (0.25, 0.45, 0.75)
+        image[(inside > 0) & (d < 0.45 * r)] = (0.02, 0.02, 0.02)
+    portrait = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    avatar, (src,) = build_avatar([portrait], count=30000)
+    rgb, _ = render(avatar, source_camera(src), src.expr, src.pose, src.translation, background=(1.0, 1.0, 1.0))
+    grey = rgb.mean(2)
+    for iris in irises:
+        d, r = iris_distance(src.landmarks, iris)
+        pupil, ring = float(grey[d < 0.3 * r].mean()), float(grey[(d > 0.6 * r) & (d < r)].mean())
+        print(f"pupil {pupil:.3f}, iris {ring:.3f}")
+        assert pupil < 0.35 * ring  # measured 0.07-0.17 of it (0.55 before)
+    save_png(OUT / "eyes.png", np.concatenate([portrait / 255.0, rgb], 1))

@@ -7,10 +7,9 @@ degrees (OpenGL, 512x512, the head framed), and measure whether MediaPipe finds 
 the judge extra, dlib's identity distance to the portrait (same person below 0.6). Writes the
 renders beside the results (bench/results/novel_views/) for looking at.
 
-The judge's distance for one render swings by up to 0.1 between renders that differ in a detail
-(at 60 degrees: 0.70 and 0.80 for one avatar with and without pupils), so each yaw is also judged
-on its neighbourhood, NEIGHBOURS degrees of yaw and pitch either way: mean_identity_yaw*_near is
-the mean over those five views, the number to compare two builds by.
+One render's distance moves by a few hundredths with the view (four degrees of yaw or pitch), so
+each yaw is also judged on its neighbourhood, NEIGHBOURS degrees of yaw and pitch either way:
+mean_identity_yaw*_near is the mean over those five views, the number to compare two builds by.
 """
 from __future__ import annotations
 

@@ -11,9 +11,10 @@ basis the retargeting fit reads expressions in), with where MediaPipe places the
 landmarks in depth, read from renders of the head turned (measure_seen_rest). Last, it measures
 how open the eyes read along the lid drive (measure_lid_curve) and prints OPEN_HEAD_LIDS, and the
 head turn the fit reads when only the avatar's eyes turn (measure_gaze) and prints
-OPEN_HEAD_GAZE. Deterministic up to MediaPipe's floats on this CPU.
+OPEN_HEAD_GAZE, and how far the brows are worth driving together, lowered and raised
+(measure_brow_limits), and prints OPEN_HEAD_BROW_LIMITS. Deterministic up to MediaPipe's floats on this CPU.
 
-    .venv/bin/python scripts/calibrate_tracking.py [--show DIR] [--only response|seen|lids|gaze]
+    .venv/bin/python scripts/calibrate_tracking.py [--show DIR] [--only response|seen|lids|gaze|brows]
 """
 from __future__ import annotations
 
@@ -30,16 +31,16 @@ DISTANCE = 0.42
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--show", type=Path, help="also save each render here as PNG, to look at")
-    parser.add_argument("--only", choices=("response", "seen", "lids", "gaze"),
+    parser.add_argument("--only", choices=("response", "seen", "lids", "gaze", "brows"),
                         help="measure only the response table (printed), the seen basis (written), the lid curve "
-                             "or the gaze's head turn (printed)")
+                             "the gaze's head turn or the brows' limits (printed)")
     args = parser.parse_args()
 
     from PIL import Image
 
     from savatar.core.drive.calibration import (OPEN_HEAD_REST, OPEN_HEAD_RESPONSE, SEEN_ASSET, ExpressionCalibration,
-                                                measure_gaze, measure_lid_curve, measure_response, measure_seen_offset,
-                                                symmetric)
+                                                brow_height, measure_brow_limits, measure_gaze, measure_lid_curve,
+                                                measure_response, measure_seen_offset, symmetric)
     from savatar.core.drive.face_landmarks import FaceLandmarker
     from savatar.core.drive.tracking import (TRACKING_VIEWMAT, FaceFitter, LandmarkModel, intrinsics_for,
                                              mediapipe_indices, project_tracking)
@@ -101,6 +102,17 @@ def main() -> None:
             print("OPEN_HEAD_LIDS: tuple[tuple[float, ...], tuple[float, ...]] = (")
             print(f"    {tuple(round(float(x), 2) for x in curve.levels)},")
             print(f"    {tuple(round(float(x), 3) for x in curve.ratio)})")
+        if args.only in (None, "brows"):
+            from savatar.core.drive.retarget import BROWS_DOWN, BROWS_UP
+
+            def brows(level: float):
+                e = np.array([OPEN_HEAD_REST.get(n, 0.0) for n in names])
+                for n in (BROWS_UP if level > 0 else BROWS_DOWN):
+                    e[names.index(n)] = abs(level)
+                pts = render(e, 0.0)
+                return None if pts is None else brow_height(pts)
+
+            print(f"OPEN_HEAD_BROW_LIMITS: tuple[float, float] = {measure_brow_limits(brows)}")
         if args.only in (None, "gaze"):
             rest_drive = np.array([OPEN_HEAD_REST.get(n, 0.0) for n in names], np.float32)
             fitter = FaceFitter(rig.data, K, avatar.shape.numpy(), None, avatar.static_offset.numpy())

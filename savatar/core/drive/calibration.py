@@ -83,6 +83,44 @@ OPEN_HEAD_GAZE: tuple[tuple[float, ...], tuple[float, ...]] = (
     (-0.6, -0.4, -0.2, -0.1, 0.0, 0.1, 0.2, 0.4, 0.6),
     (0.0145, 0.009, 0.0028, 0.0026, 0.0, -0.0062, -0.0068, -0.0101, -0.0089))
 
+# Measured by scripts/calibrate_tracking.py on the default avatar (measure_brow_limits): the most
+# the brows are driven (lowered, raised), all of BROWS_DOWN or BROWS_UP at one level over the rest
+# drive, before their renders stop reading as higher or lower brows. Raised together, the three
+# brow components read highest at 1.5 and lower past it (0.454 of the eye distance at 1.5, 0.435
+# at 2.5), though each alone reads higher up to 2.5 (OPEN_HEAD_RESPONSE).
+OPEN_HEAD_BROW_LIMITS: tuple[float, float] = (2.5, 1.5)
+BROW_LEVELS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)
+
+
+def _first_near_peak(levels: Sequence[float], readings: Sequence[float]) -> float:
+    """The first of levels whose reading (from the rest's) comes within 5 % of the largest:
+    past it, driving harder no longer reads as more."""
+    r = np.asarray(readings, np.float64)
+    return float(levels[int(np.argmax(r >= 0.95 * r.max()))])
+
+
+def measure_brow_limits(read: Callable[[float], "float | None"],
+                        levels: Sequence[float] = BROW_LEVELS) -> tuple[float, float]:
+    """read(level) -> the brow height (brow_height) MediaPipe reads on a render of the avatar
+    with its brows driven at level (negative lowered, positive raised; None without a face).
+    (lowest, highest) levels worth driving: the first level each way whose change from level 0
+    comes within 5 % of the largest change that way."""
+    rest = read(0.0)
+    if rest is None:
+        raise ValueError("no face found on the render at rest")
+    limits = []
+    for sign in (-1.0, 1.0):
+        kept, change = [], []
+        for a in levels:
+            h = read(sign * a)
+            if h is not None:
+                kept.append(float(a))
+                change.append(sign * (h - rest))
+        if not kept or max(change) <= 0:
+            raise ValueError("the brows' renders do not read as moving")
+        limits.append(_first_near_peak(kept, change))
+    return limits[0], limits[1]
+
 
 @dataclass
 class GazeResponse:
@@ -141,6 +179,7 @@ class ExpressionCalibration:
     max_closing: np.ndarray | None = None  # (2,) the most either eye may close (its blink's max_drive)
     lids: "LidCurve | None" = None  # lid drive read from the eye aperture (retarget), when measured
     gaze: GazeResponse | None = None  # the head turn renders read for the avatar's gaze (retarget), when measured
+    brow_limits: tuple[float, float] | None = None  # (lowered, raised) joint brow drive limits, when measured
 
     def apply(self, expr: np.ndarray, jaw: float) -> tuple[np.ndarray, float]:
         """(expr (E,), jaw radians) read by the tracker -> what drives the avatar."""
@@ -188,6 +227,7 @@ def default_calibration(data: HeadModelData, seen: bool = False) -> ExpressionCa
     cal.max_closing = np.array([max(c[i] * cal.max_drive[i] for i in blinks) for c in cal.closing])
     if OPEN_HEAD_LIDS[0]:
         cal.lids = LidCurve(np.array(OPEN_HEAD_LIDS[0]), np.array(OPEN_HEAD_LIDS[1]))
+    cal.brow_limits = OPEN_HEAD_BROW_LIMITS
     if OPEN_HEAD_GAZE[0]:
         cal.gaze = GazeResponse(np.array(OPEN_HEAD_GAZE[0]), np.array(OPEN_HEAD_GAZE[1]))
     return cal
@@ -410,7 +450,7 @@ def measure_response(render: Landmarks, model: Landmarks, names: Sequence[str], 
             seen.append(response(lm - rest_seen, unit))
         if not seen or max(seen) < 0.05:
             continue
-        top = int(np.argmax(np.asarray(seen) >= 0.95 * max(seen)))  # the first level near the peak
+        top = asked.index(_first_near_peak(asked, seen))
         a, s = np.asarray(asked[:top + 1]), np.asarray(seen[:top + 1])
         slope = float((a * s).sum() / (a * a).sum())
         if slope <= 0:

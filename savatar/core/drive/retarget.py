@@ -306,7 +306,14 @@ class Retargeter:
             # every real blink lowered the avatar's brows (grin_gaze: browDown 1).
             face = np.array(face, copy=True)
             face[[i for eye in self._eyes for i in eye]] = 0.0
-        levels = (-float(min(top[down])), 0.0, float(min(top[up])))
+        levels = [-float(min(top[down])), 0.0, float(min(top[up]))]
+        if self.calibration.brow_limits is not None:
+            # Each component alone reads higher up to its max_drive, but driven together the
+            # brows read highest well before (calibration.OPEN_HEAD_BROW_LIMITS): driven past it,
+            # a person's highest raises read as lower brows (another person's clip in bench
+            # puppet: driven at 2.5, read at 0.40 of the eye distance, a smaller raise at 0.47).
+            lowered, raised = self.calibration.brow_limits
+            levels = [max(levels[0], -lowered), 0.0, min(levels[2], raised)]
 
         def with_brows(e: np.ndarray, level: float) -> np.ndarray:
             e = np.array(e, np.float64, copy=True)

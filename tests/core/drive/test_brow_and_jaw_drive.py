@@ -87,6 +87,39 @@ def test_brows_follow_the_drivers_whatever_the_mouth_does(data, rotation_deg):
             assert fit.expr[down] == pytest.approx([max(-level, 0.0)] * 2, abs=0.1), (level, mouth)
 
 
+def test_measure_brow_limits_finds_where_the_renders_stop_reading_higher():
+    """measure_brow_limits on made-up readings: raised brows read higher up to 1.5 and lower past
+    it, lowered ones lower all the way; levels without a face are left out."""
+    from savatar.core.drive.calibration import measure_brow_limits
+
+    def read(level):
+        if level == -2.5:
+            return None
+        return 0.37 + (0.06 * level - 0.09 * max(level - 1.5, 0.0) if level > 0 else 0.03 * level)
+
+    assert measure_brow_limits(read) == (2.0, 1.5)
+    with pytest.raises(ValueError):
+        measure_brow_limits(lambda level: None)
+    with pytest.raises(ValueError):
+        measure_brow_limits(lambda level: 0.37)
+
+
+def test_a_raise_past_the_brow_limit_drives_the_limit(data):
+    """A driver raising his brows further than the avatar's renders can show is driven at the
+    raised limit (calibration.brow_limits), not past it where the renders read lower brows; an
+    ordinary raise is unaffected."""
+    person = _heavy_browed_person(data)
+    cal = default_calibration(data)
+    lowered, raised = cal.brow_limits
+    assert 0 < raised < min(cal.max_drive[data.expr_names.index(n)] for n in BROWS_UP)
+    rt = Retargeter(data, K, calibration=cal, seen=False)
+    rt.set_neutral([_points(data, person, {}, (0.0, 0.0, 0.0))])
+    up = [data.expr_names.index(n) for n in BROWS_UP]
+    for level, expected in ((0.8, 0.8), (raised + 1.0, raised)):
+        fit = rt.fit(_points(data, person, {n: level for n in BROWS_UP}, (0.0, 0.0, 0.0)), iterations=30)
+        assert fit.expr[up] == pytest.approx([expected] * 3, abs=0.1), level
+
+
 def test_jaw_opens_the_avatars_lips_as_far_as_the_drivers(data):
     """The jaw read apart from the fit. The driver is the seen basis' face (what MediaPipe sees
     on the avatar's renders, with a face of his own): his lips part by known jaw openings, alone

@@ -699,11 +699,14 @@ def _lip_curtain(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor
 def open_mouth_inside(avatar: GaussianAvatar, data: HeadModelData) -> None:
     """In place, on an avatar with closed lips and no portrait behind it (the bundled default
     avatar): the lip curtain shows an open mouth seen from the front where it only shows when
-    the jaw opens, and its forward-facing part keeps its lip colours, thinned, as build_avatar
-    does for closed-lipped portraits. The head model's own lip colours there stretched over an
-    opened mouth as a red membrane hiding teeth and cavity (a puppeteered grin read as a smear).
-    Its curtain is not shrunk (shrink_curtain) as a portrait's is: the tracker is calibrated on its
-    renders, and MediaPipe read their mouth width worse so (bench puppet frown_turn 0.80 -> 0.70)."""
+    the jaw opens, and its forward-facing part keeps its lip colours, thinned. The head model's
+    own lip colours there stretched over an opened mouth as a red membrane hiding teeth and
+    cavity (a puppeteered grin read as a smear).
+    It is not drawn as build_avatar draws a closed-lipped portrait's mouth (the curtain shrunk,
+    shrink_curtain; the lips closed by the lining, close_lips_with_lining), though that looks
+    more like an open mouth: the tracker is calibrated on this avatar's renders, and MediaPipe
+    read such renders worse (bench puppet, recalibrated: other people's clips 0.902 -> 0.892 mean
+    correlation; the curtain shrunk alone, frown_turn's mouth width 0.80 -> 0.70)."""
     model = HeadModel(data)
     labels, names = _face_labels(data)
     mouth = np.isin(labels[avatar.face.numpy()], [names.index(n) for n in MOUTH_REGIONS if n in names])
@@ -764,6 +767,29 @@ def _nearest_mean(positions: np.ndarray, colour: np.ndarray, donors: np.ndarray,
     return colour[idx[np.atleast_2d(near.T).T]].mean(1)
 
 
+def close_lips_with_lining(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor, positions: np.ndarray,
+                           stretched: np.ndarray, meeting: np.ndarray, face_region: np.ndarray,
+                           names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """In place: the cavity's lining in front of the teeth (Gaussians of the mouth cavity on
+    stretched (N,) bool triangles, positions (N, 3) at rest on the neutral mesh (V, 3)) hidden,
+    and some of it closing the lips at rest (_close_lips) where meeting (N,) bool Gaussians (the
+    lip curtain's front) are. Returns (the lining's indices used, the meeting Gaussians' indices
+    they took the place of), both (M,); empty without teeth in the head model.
+
+    A real mouth's lining lies against the teeth, never in front of them: stretched across the
+    opening when the jaw opens it drew dark streaks over the teeth."""
+    none = np.zeros(0, np.int64)
+    region = face_region[avatar.face.numpy()]
+    teeth = [i for n in ("upper_teeth", "lower_teeth") for i in model.data.vertex_regions.get(n, [])]
+    if not teeth or "mouth_cavity" not in names:
+        return none, none
+    lining = (region == names.index("mouth_cavity")) & stretched & (positions[:, 2] > float(neutral[teeth, 2].min()))
+    avatar.opacity_logit[torch.as_tensor(lining)] = HIDDEN_LOGIT
+    meet = np.flatnonzero(meeting)
+    line = _close_lips(avatar, model, neutral, np.flatnonzero(lining), meet, face_region, names)
+    return line, meet[:len(line)]
+
+
 def _close_lips(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor, spare: np.ndarray,
                 meeting: np.ndarray, face_region: np.ndarray, names: list[str]) -> np.ndarray:
     """In place: Gaussians spare (indices, hidden ones) take the place, size and opacity at rest
@@ -780,12 +806,8 @@ def _close_lips(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor,
     meeting = meeting[:len(used)]
     faces = model.faces.numpy()
     rest = neutral.double().numpy()
-    inside = np.isin(face_region, [names.index(n) for n in MOUTH_REGIONS if n in names])
-    # The lips' own triangles: neither the mouth's inside nor stretched open with the jaw.
-    lips = ~inside & ~stretched_faces(rest, _opened_mesh(avatar, model).double().numpy(), faces)
     jaw_weight = np.asarray(model.data.lbs_weights, np.float64)[:, JAW_JOINT]
-    with_jaw = jaw_weight[faces].mean(1) >= LOWER_SHARE
-    upper, lower = np.flatnonzero(lips & ~with_jaw), np.flatnonzero(lips & with_jaw)
+    upper, lower = _lip_faces(avatar, model, rest, face_region, names)
     if not len(upper) or not len(lower):
         return used[:0]
     with torch.no_grad():
@@ -800,17 +822,29 @@ def _close_lips(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor,
     return used
 
 
-def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
-               pinned: np.ndarray, face_region: np.ndarray, names: list[str]) -> None:
-    """Bind the Gaussians pinned (N,) bool (the lip curtain's, seen in a portrait's opening) to the
-    teeth (parted_mouth), in place, each where it is in the pose of the source that saw it best
-    (views: (S, N), the larger the better the view, sources in the same order). face_region: (F,)
-    each face's region index into names."""
+def _lip_faces(avatar: GaussianAvatar, model: HeadModel, rest: np.ndarray, face_region: np.ndarray,
+               names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(upper, lower): the faces of the upper and the lower lip, neither the mouth's inside nor
+    stretched open with the jaw, split by how much they move with it; rest (V, 3) the neutral
+    mesh, face_region (F,) each face's region index into names."""
     faces = model.faces.numpy()
-    upper = np.flatnonzero(face_region == names.index("upper_teeth")) if "upper_teeth" in names else []
-    lower = np.flatnonzero(face_region == names.index("lower_teeth")) if "lower_teeth" in names else []
+    inside = np.isin(face_region, [names.index(n) for n in MOUTH_REGIONS if n in names])
+    lips = ~inside & ~stretched_faces(rest, _opened_mesh(avatar, model).double().numpy(), faces)
+    jaw_weight = np.asarray(model.data.lbs_weights, np.float64)[:, JAW_JOINT]
+    with_jaw = jaw_weight[faces].mean(1) >= LOWER_SHARE
+    return np.flatnonzero(lips & ~with_jaw), np.flatnonzero(lips & with_jaw)
+
+
+def _pin(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
+         pinned: np.ndarray, upper: np.ndarray, lower: np.ndarray, behind: bool) -> None:
+    """Bind the Gaussians pinned (N,) bool to the nearest of the faces upper (U,) or lower (L,)
+    (by how much each moves with the jaw: parted_mouth.teeth_anchors), in place, each where it is
+    in the pose of the source that saw it best (views: (S, N), the larger the better the view,
+    sources in the same order), turned into discs facing that source's camera. behind: moved
+    along the line of sight to their new faces' depth (grown to look the same from there)."""
     if not len(upper) or not len(lower):
         return
+    faces = model.faces.numpy()
     jaw_weight = np.asarray(model.data.lbs_weights, np.float64)[:, JAW_JOINT]
     owner = np.argmax(views, 0)
     for i, src in enumerate(sources):
@@ -825,16 +859,35 @@ def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[Sourc
         means = g.means.double().numpy()[idx]
         v = verts.double().numpy()
         corners = faces[avatar.face.numpy()[idx]]
-        share = jaw_share(means, v[corners], jaw_weight[corners])
         centres = v[faces].mean(1)
+        if behind:
+            share = jaw_share(means, v[corners], jaw_weight[corners])
+        else:
+            # On the lips: the nearer lip. Between the lips, where the curtain lies, the jaw's
+            # share is about a half either way, and a Gaussian given to the farther lip hung in
+            # the opening as it opened.
+            far = lambda f: cKDTree(centres[f]).query(means)[0]  # noqa: E731
+            share = np.where(far(lower) < far(upper), 1.0, 0.0)
         target = teeth_anchors(means, share, upper, centres[upper], lower, centres[lower])
-        # The source's camera is at the tracking world's origin: each Gaussian moves along its line
-        # of sight to its tooth's depth.
-        sight = g.means[idx].double() / torch.linalg.vector_norm(g.means[idx].double(), dim=1, keepdim=True)
-        depth = (torch.as_tensor(centres[target]) * sight).sum(1)
         quats, scales = facing_discs(g.means[idx], g.quats[idx], g.scales[idx], torch.zeros(3))
-        moved, scales = behind_lips(g.means[idx], scales, depth)
+        moved = g.means[idx]
+        if behind:
+            # The source's camera is at the tracking world's origin: each Gaussian moves along its
+            # line of sight to its new face's depth.
+            sight = g.means[idx].double() / torch.linalg.vector_norm(g.means[idx].double(), dim=1, keepdim=True)
+            depth = (torch.as_tensor(centres[target]) * sight).sum(1)
+            moved, scales = behind_lips(g.means[idx], scales, depth)
         rebind(avatar, idx, target, verts, model.faces, moved, quats, scales)
+
+
+def _pin_teeth(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
+               pinned: np.ndarray, face_region: np.ndarray, names: list[str]) -> None:
+    """Bind the Gaussians pinned (N,) bool (the lip curtain's, seen in a portrait's opening) to the
+    teeth (parted_mouth), in place, behind the lips where the source that saw each best saw it
+    (_pin). face_region: (F,) each face's region index into names."""
+    upper = np.flatnonzero(face_region == names.index("upper_teeth")) if "upper_teeth" in names else []
+    lower = np.flatnonzero(face_region == names.index("lower_teeth")) if "lower_teeth" in names else []
+    _pin(avatar, model, sources, views, pinned, np.asarray(upper), np.asarray(lower), behind=True)
 
 
 def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
@@ -920,41 +973,44 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     colour = np.where(seen[:, None], acc_c / np.maximum(acc_w, 1e-12)[:, None], default)
     default[mouth] = mouth_interior_colours(positions, in_regions("upper_teeth", "lower_teeth"),
                                             in_regions("mouth_cavity"), stretched)[mouth]
-    if all(lips_closed(src.landmarks) for src in good):
-        # With every portrait's lips closed, the lip curtain shows the inside of an open mouth
-        # instead of the lip line's colours stretched over the opening.
-        default[curtain] = curtain_colours(opened[curtain], facing[curtain])
-        # What faces forwards with the mouth closed is what the portrait saw of the lips' line:
-        # it keeps the portrait's colours (drawn over, the avatar at rest read as less the person).
-        acc_w[curtain & ~facing] = 0.0
-        # Thin: stacked in the closed lips' line they still show it, stretched over an open mouth
-        # the teeth and cavity behind show through.
-        avatar.opacity_logit[torch.as_tensor(facing)] = LIP_LINE_LOGIT
-        sides = curtain_sides(positions, curtain, facing)
+    closed = all(lips_closed(src.landmarks) for src in good)
+    # The lips close at rest with Gaussians that part with them, not with the curtain's front,
+    # which stretches over the opening as the rest of the curtain does: with a portrait's teeth
+    # behind the parted lips (without, a band of teeth showed between the lips at rest), or drawn
+    # as an open mouth where every portrait's lips are closed (kept in the lip line's colours, it
+    # stretched over the lower half of an opened mouth as a red smear).
+    line, met = close_lips_with_lining(avatar, model, neutral, positions, stretched, curtain & facing, labels, names)
+    default[line] = LIP_LINE_SHADE * _nearest_mean(positions, colour, seen & ~curtain & ~mouth, positions[met])
+    acc_w[line] = 0.0
+    view = np.stack(views)
+    pinned = curtain & (view >= 1.0).any(0)
+    if closed:
+        # A closed-lipped portrait saw the lips' line itself where they meet.
+        saw = seen[met]
+        default[line[saw]] = colour[met[saw]]
+        # The fit of closed lips often opens the jaw a little (the head model's lips are fuller
+        # than most): what a portrait saw of the curtain there is its lips. Those Gaussians keep
+        # its colours and move to the lips, so the source view shows them and an opening mouth
+        # parts them with the lips (left on the curtain, they stretched over the opening as a
+        # red smear; drawn as the open mouth, the source view showed teeth between closed lips).
+        _pin(avatar, model, good, view, pinned, *_lip_faces(avatar, model, rest_mesh, labels, names), behind=False)
+        # The rest of the curtain shows the inside of an open mouth.
+        drawn = curtain & ~pinned
+        default[drawn] = curtain_colours(opened[curtain], facing[curtain])[~pinned[curtain]]
+        # Without a lining to close the lips with, what faces forwards keeps the lip line.
+        acc_w[drawn if len(line) else drawn & ~facing] = 0.0
+        # Thin: stacked in the closed lips' line they do not darken it, stretched over an open
+        # mouth the teeth and cavity behind show through.
+        avatar.opacity_logit[torch.as_tensor(facing & ~pinned)] = LIP_LINE_LOGIT
+        sides = curtain_sides(positions, curtain, facing) & ~pinned
         avatar.opacity_logit[torch.as_tensor(sides)] = HIDDEN_LOGIT
-        shrink_curtain(avatar, model, curtain & ~facing & ~sides)
-        mouth |= curtain
+        shrink_curtain(avatar, model, drawn & ~facing & ~sides)
+        mouth |= drawn
     else:
         # A portrait with parted lips saw its own mouth on the curtain: the Gaussians it saw there
         # keep their colours and move to the teeth, where a wider mouth shows them at their own
         # size (parted_mouth); the rest of the curtain, hidden behind the lips, is the dark cavity
         # between them.
-        view = np.stack(views)
-        pinned = curtain & (view >= 1.0).any(0)
-        # The cavity's lining in front of the teeth (the inside of the lips) stretches across the
-        # opening in front of the teeth when the jaw opens: dark streaks over the portrait's teeth.
-        # A real mouth's lining lies against the teeth, never in front of them: it is hidden, and
-        # some of it closes the lips at rest instead of the curtain's front, which carries the
-        # portrait's teeth behind them (without, a band of teeth showed between the lips at rest).
-        teeth = [i for n in ("upper_teeth", "lower_teeth") for i in data.vertex_regions.get(n, [])]
-        if teeth:
-            lining = in_regions("mouth_cavity") & stretched & (positions[:, 2] > float(neutral[teeth, 2].min()))
-            avatar.opacity_logit[torch.as_tensor(lining)] = HIDDEN_LOGIT
-            meeting = np.flatnonzero(curtain & facing)
-            line = _close_lips(avatar, model, neutral, np.flatnonzero(lining), meeting, labels, names)
-            default[line] = LIP_LINE_SHADE * _nearest_mean(positions, colour, seen & ~curtain & ~mouth,
-                                                           positions[meeting[:len(line)]])
-            acc_w[line] = 0.0
         _pin_teeth(avatar, model, good, view, pinned, labels, names)
         hollow = curtain & ~pinned
         default[hollow] = CAVITY

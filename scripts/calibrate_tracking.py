@@ -12,7 +12,8 @@ landmarks in depth, read from renders of the head turned (measure_seen_rest). La
 how open the eyes read along the lid drive (measure_lid_curve) and prints OPEN_HEAD_LIDS, and the
 head turn the fit reads when only the avatar's eyes turn (measure_gaze) and prints
 OPEN_HEAD_GAZE, and how far the brows are worth driving together, lowered and raised
-(measure_brow_limits), and prints OPEN_HEAD_BROW_LIMITS. Deterministic up to MediaPipe's floats on this CPU.
+(measure_brow_limits), and prints OPEN_HEAD_BROW_LIMITS. Deterministic up to MediaPipe's floats
+on this CPU.
 
     .venv/bin/python scripts/calibrate_tracking.py [--show DIR] [--only response|seen|lids|gaze|brows]
 """
@@ -32,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--show", type=Path, help="also save each render here as PNG, to look at")
     parser.add_argument("--only", choices=("response", "seen", "lids", "gaze", "brows"),
-                        help="measure only the response table (printed), the seen basis (written), the lid curve "
+                        help="measure only the response table (printed), the seen basis (written), the lid curve, "
                              "the gaze's head turn or the brows' limits (printed)")
     args = parser.parse_args()
 

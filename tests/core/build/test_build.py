@@ -358,7 +358,8 @@ def test_open_mouth_from_closed_lips_shows_a_dark_cavity_and_the_source_keeps_it
     # Measured: 0.17 at the darkest; the membrane of before: 0.37-0.40 all the way down.
     assert rows.min() < 0.25
     # The source view's mouth (between the mouth corners, from the nose to the chin).
-    seen, _ = render(avatar, source_camera(src), expr=src.expr, pose=src.pose, translation=src.translation, background=(1.0, 1.0, 1.0))
+    seen, _ = render(avatar, source_camera(src), expr=src.expr, pose=src.pose, translation=src.translation,
+                     background=(1.0, 1.0, 1.0))
     lm = src.landmarks
     box = (slice(int(lm[2, 1]), int(lm[152, 1])), slice(int(lm[61, 0]) - 10, int(lm[291, 0]) + 10))
     real = src.image[box] / 255.0 if src.image.dtype == np.uint8 else src.image[box]

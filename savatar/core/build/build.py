@@ -769,13 +769,14 @@ def _nearest_mean(positions: np.ndarray, colour: np.ndarray, donors: np.ndarray,
 
 
 def close_lips_with_lining(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor, positions: np.ndarray,
-                           stretched: np.ndarray, meeting: np.ndarray, face_region: np.ndarray,
-                           names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+                           stretched: np.ndarray, meeting: np.ndarray, face_region: np.ndarray, names: list[str],
+                           lips: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """In place: the cavity's lining in front of the teeth (Gaussians of the mouth cavity on
     stretched (N,) bool triangles, positions (N, 3) at rest on the neutral mesh (V, 3)) hidden,
     and some of it closing the lips at rest (_close_lips) where meeting (N,) bool Gaussians (the
-    lip curtain's front) are. Returns (the lining's indices used, the meeting Gaussians' indices
-    they took the place of), both (M,); empty without teeth in the head model.
+    lip curtain's front) are; lips: the (upper, lower) lips' faces (_lip_faces). Returns (the
+    lining's indices used, the meeting Gaussians' indices they took the place of), both (M,);
+    empty without teeth in the head model.
 
     A real mouth's lining lies against the teeth, never in front of them: stretched across the
     opening when the jaw opens it drew dark streaks over the teeth."""
@@ -787,20 +788,20 @@ def close_lips_with_lining(avatar: GaussianAvatar, model: HeadModel, neutral: to
     lining = (region == names.index("mouth_cavity")) & stretched & (positions[:, 2] > float(neutral[teeth, 2].min()))
     avatar.opacity_logit[torch.as_tensor(lining)] = HIDDEN_LOGIT
     meet = np.flatnonzero(meeting)
-    line = _close_lips(avatar, model, neutral, np.flatnonzero(lining), meet, face_region, names)
+    line = _close_lips(avatar, model, neutral, np.flatnonzero(lining), meet, *lips)
     return line, meet[:len(line)]
 
 
 def _close_lips(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor, spare: np.ndarray,
-                meeting: np.ndarray, face_region: np.ndarray, names: list[str]) -> np.ndarray:
+                meeting: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
     """In place: Gaussians spare (indices, hidden ones) take the place, size and opacity at rest
     of the Gaussians meeting (indices: where the lips meet on the neutral mesh neutral (V, 3)),
-    bound to the nearest triangle of the upper lip or of the lower lip (by how much the place
-    moves with the jaw). Returns the indices of spare used, paired with meeting's in order.
+    bound to the nearest of the upper lip's faces upper or of the lower lip's lower (by how much
+    the place moves with the jaw). Returns the indices of spare used, paired with meeting's in
+    order.
 
     The closing Gaussians part with the lips when the jaw opens (thin rims under the upper lip and
-    over the lower one) instead of stretching over the opening as the curtain's do. face_region:
-    (F,) each face's region index into names."""
+    over the lower one) instead of stretching over the opening as the curtain's do."""
     used = np.asarray(spare[:len(meeting)], np.int64)
     if not len(used):
         return used
@@ -808,7 +809,6 @@ def _close_lips(avatar: GaussianAvatar, model: HeadModel, neutral: torch.Tensor,
     faces = model.faces.numpy()
     rest = neutral.double().numpy()
     jaw_weight = np.asarray(model.data.lbs_weights, np.float64)[:, JAW_JOINT]
-    upper, lower = _lip_faces(avatar, model, rest, face_region, names)
     if not len(upper) or not len(lower):
         return used[:0]
     with torch.no_grad():
@@ -838,12 +838,12 @@ def _lip_faces(avatar: GaussianAvatar, model: HeadModel, rest: np.ndarray, face_
 
 def _pin(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResult], views: np.ndarray,
          pinned: np.ndarray, upper: np.ndarray, lower: np.ndarray, behind: bool) -> None:
-    """Bind the Gaussians pinned (N,) bool to the nearest of the faces upper (U,) or lower (L,)
-    (which of the two: behind, by how much each moves with the jaw, parted_mouth.teeth_anchors;
-    else the nearer), in place, each where it is
-    in the pose of the source that saw it best (views: (S, N), the larger the better the view,
-    sources in the same order), turned into discs facing that source's camera. behind: moved
-    along the line of sight to their new faces' depth (grown to look the same from there)."""
+    """Bind the Gaussians pinned (N,) bool to the nearest of the faces upper (U,) or lower (L,),
+    in place, each where it is in the pose of the source that saw it best (views: (S, N), the
+    larger the better the view, sources in the same order), turned into discs facing that
+    source's camera. behind: upper or lower by how much each moves with the jaw
+    (parted_mouth.teeth_anchors), and moved along the line of sight to its new face's depth
+    (grown to look the same from there); else the nearest face of either."""
     if not len(upper) or not len(lower):
         return
     faces = model.faces.numpy()
@@ -864,13 +864,13 @@ def _pin(avatar: GaussianAvatar, model: HeadModel, sources: Sequence[SourceResul
         centres = v[faces].mean(1)
         if behind:
             share = jaw_share(means, v[corners], jaw_weight[corners])
+            target = teeth_anchors(means, share, upper, centres[upper], lower, centres[lower])
         else:
             # On the lips: the nearer lip. Between the lips, where the curtain lies, the jaw's
             # share is about a half either way, and a Gaussian given to the farther lip hung in
             # the opening as it opened.
-            far = lambda f: cKDTree(centres[f]).query(means)[0]  # noqa: E731
-            share = np.where(far(lower) < far(upper), 1.0, 0.0)
-        target = teeth_anchors(means, share, upper, centres[upper], lower, centres[lower])
+            either = np.concatenate([upper, lower])
+            target = either[cKDTree(centres[either]).query(means)[1]]
         quats, scales = facing_discs(g.means[idx], g.quats[idx], g.scales[idx], torch.zeros(3))
         moved = g.means[idx]
         if behind:
@@ -981,7 +981,9 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     # behind the parted lips (without, a band of teeth showed between the lips at rest), or drawn
     # as an open mouth where every portrait's lips are closed (kept in the lip line's colours, it
     # stretched over the lower half of an opened mouth as a red smear).
-    line, met = close_lips_with_lining(avatar, model, neutral, positions, stretched, curtain & facing, labels, names)
+    lips = _lip_faces(avatar, model, rest_mesh, labels, names)
+    line, met = close_lips_with_lining(avatar, model, neutral, positions, stretched, curtain & facing, labels, names,
+                                       lips)
     default[line] = LIP_LINE_SHADE * _nearest_mean(positions, colour, seen & ~curtain & ~mouth, positions[met])
     acc_w[line] = 0.0
     view = np.stack(views)
@@ -995,7 +997,7 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
         # its colours and move to the lips, so the source view shows them and an opening mouth
         # parts them with the lips (left on the curtain, they stretched over the opening as a
         # red smear; drawn as the open mouth, the source view showed teeth between closed lips).
-        _pin(avatar, model, good, view, pinned, *_lip_faces(avatar, model, rest_mesh, labels, names), behind=False)
+        _pin(avatar, model, good, view, pinned, *lips, behind=False)
         # The rest of the curtain shows the inside of an open mouth.
         drawn = curtain & ~pinned
         default[drawn] = curtain_colours(opened[curtain], facing[curtain])[~pinned[curtain]]

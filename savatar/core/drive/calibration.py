@@ -92,11 +92,11 @@ OPEN_HEAD_BROW_LIMITS: tuple[float, float] = (2.5, 1.5)
 BROW_LEVELS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)
 
 
-def _first_near_peak(levels: Sequence[float], readings: Sequence[float]) -> float:
-    """The first of levels whose reading (from the rest's) comes within 5 % of the largest:
-    past it, driving harder no longer reads as more."""
+def _first_near_peak(readings: Sequence[float]) -> int:
+    """Position of the first reading (from the rest's, in order of level) within 5 % of the
+    largest: past its level, driving harder no longer reads as more."""
     r = np.asarray(readings, np.float64)
-    return float(levels[int(np.argmax(r >= 0.95 * r.max()))])
+    return int(np.argmax(r >= 0.95 * r.max()))
 
 
 def measure_brow_limits(read: Callable[[float], "float | None"],
@@ -118,7 +118,7 @@ def measure_brow_limits(read: Callable[[float], "float | None"],
                 change.append(sign * (h - rest))
         if not kept or max(change) <= 0:
             raise ValueError("the brows' renders do not read as moving")
-        limits.append(_first_near_peak(kept, change))
+        limits.append(kept[_first_near_peak(change)])
     return limits[0], limits[1]
 
 
@@ -450,7 +450,7 @@ def measure_response(render: Landmarks, model: Landmarks, names: Sequence[str], 
             seen.append(response(lm - rest_seen, unit))
         if not seen or max(seen) < 0.05:
             continue
-        top = asked.index(_first_near_peak(asked, seen))
+        top = _first_near_peak(seen)
         a, s = np.asarray(asked[:top + 1]), np.asarray(seen[:top + 1])
         slope = float((a * s).sum() / (a * a).sum())
         if slope <= 0:

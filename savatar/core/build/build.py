@@ -502,15 +502,6 @@ def _feathered(nb: np.ndarray, trust: np.ndarray, passes: int = FEATHER_PASSES) 
     return trust
 
 
-def _face_labels(data: HeadModelData) -> tuple[np.ndarray, list[str]]:
-    """Region index (F,) of each face (its first vertex's region; -1 outside all) and the names."""
-    names = list(data.vertex_regions)
-    label = np.full(len(data.v_template), -1, np.int64)
-    for i, n in enumerate(names):
-        label[np.asarray(data.vertex_regions[n], np.int64)] = i
-    return label[data.faces[:, 0]], names
-
-
 def fill_unseen(positions: np.ndarray, colour: np.ndarray, seen: np.ndarray, mouth: np.ndarray,
                 default: np.ndarray, neighbours: int = 8, smooth: int = 10,
                 group: np.ndarray | None = None,
@@ -709,7 +700,7 @@ def open_mouth_inside(avatar: GaussianAvatar, data: HeadModelData) -> None:
     signals at 0.85, mean correlation 0.917 -> 0.912; the curtain shrunk alone, frown_turn's
     mouth width 0.80 -> 0.70)."""
     model = HeadModel(data)
-    labels, names = _face_labels(data)
+    labels, names = data.face_regions()
     mouth = np.isin(labels[avatar.face.numpy()], [names.index(n) for n in MOUTH_REGIONS if n in names])
     with torch.no_grad():
         neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
@@ -941,7 +932,7 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     default = (avatar.sh[:, 0].double().numpy() * 0.28209479177387814 + 0.5).clip(0, 1)
     acc_c = np.zeros((count, 3))
     acc_w = np.zeros(count)
-    labels, names = _face_labels(data)
+    labels, names = data.face_regions()
     region = labels[avatar.face.numpy()]
     in_regions = lambda *ns: np.isin(region, [names.index(n) for n in ns if n in names])  # noqa: E731
     mouth = in_regions(*MOUTH_REGIONS)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar, quat_multiply
-from savatar.core.gaussians.gaussians import SH_C0, GaussianAvatar, rgb_to_sh0, sh_coeff_count
+from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0, sh0_to_rgb, sh_coeff_count
 from savatar.core.head.head_model import HeadModel
 
 # Below this total visibility weight a Gaussian keeps the head model's colour in the analytic
@@ -201,7 +201,7 @@ def analytic_colours(base: GaussianAvatar, samples: SourceSamples) -> torch.Tens
     colour (base SH degree 0) where no source sees the Gaussian."""
     wsum = samples.weight.sum(0)
     lifted = (samples.weight[:, :, None] * samples.rgb).sum(0) / wsum.clamp_min(1e-12)[:, None]
-    default = (base.sh[:, 0] * SH_C0 + 0.5).clamp(0, 1)
+    default = sh0_to_rgb(base.sh[:, 0]).clamp(0, 1)
     return torch.where((wsum > MIN_SEEN_WEIGHT)[:, None], lifted, default)
 
 

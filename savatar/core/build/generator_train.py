@@ -69,7 +69,7 @@ from savatar.core.build.generator import (CHECKPOINT_FORMAT, Generator, Generato
                                           posed_vertices, read_checkpoint)
 from savatar.core.gaussians.antispike import QUANTITIES, AntiSpikeConfig, quantities, thresholds
 from savatar.core.gaussians.binding import deform, init_avatar
-from savatar.core.gaussians.gaussians import SH_C0, GaussianAvatar, rgb_to_sh0
+from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0, sh0_to_rgb
 from savatar.core.io.atomic import atomic_path
 from savatar.core.render.api import render
 from savatar.core.render.camera import orbit_camera
@@ -173,7 +173,7 @@ class SyntheticDataset:
 
             a = init_avatar(load_open_head_data(), self.count, seed=seed, bake_light=True)
             tint = np.random.default_rng(1000 + seed).uniform(0.5, 1.3, 3)
-            rgb = (a.sh[:, 0] * SH_C0 + 0.5) * _f32(tint)
+            rgb = sh0_to_rgb(a.sh[:, 0]) * _f32(tint)
             a.sh[:, 0] = rgb_to_sh0(rgb.clamp(0, 1))
             self._avatars[seed] = a
         return self._avatars[seed]

@@ -25,6 +25,11 @@ def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb - 0.5) / SH_C0
 
 
+def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
+    """Degree-0 SH coefficient -> the colour it shows from every side (C0 * sh + 0.5, unclamped)."""
+    return sh0 * SH_C0 + 0.5
+
+
 @dataclass
 class WorldGaussians:
     """Gaussians in world space, ready to render.

@@ -6,7 +6,9 @@ Adam, and optionally a per-frame expression and pose correction. The binding (`f
 Gaussian count never change: there is no densification or pruning, and every step checks it
 (LayoutError). The three anti-spike penalties take the place of densification's size control.
 
-Loss = L1 + lambda_dssim * (1 - SSIM) + sum of the weighted anti-spike hinges.
+Loss = L1 + lambda_dssim * (1 - SSIM) + sum of the weighted anti-spike hinges. After each step
+the face's skin is kept closed (RefineConfig.keep_skin_closed, SkinFloor): its Gaussians never
+get more transparent or much smaller than they started.
 
 Learning rates (RefineConfig), in the avatar's face-local units (positions and scales relative
 to the parent face scale k_f, about 3 mm on the open head). They follow GaussianAvatars, which
@@ -38,10 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from savatar.core.gaussians.antispike import AntiSpikeConfig, QuantityStats, penalties, statistics
+from savatar.core.gaussians.antispike import PENALTY_MARGIN, AntiSpikeConfig, QuantityStats, penalties, statistics
 from savatar.core.gaussians.binding import deform
 from savatar.core.gaussians.gaussians import GaussianAvatar
-from savatar.core.head.head_model import HeadModel
+from savatar.core.head.head_model import HeadModel, HeadModelData
 from savatar.core.refine.image_metrics import psnr, ssim
 from savatar.core.render.api import render, resolve_backend
 
@@ -109,6 +111,45 @@ class RefineConfig:
     # through the dilation, and seen larger than that they leave holes (frown_turn, 300
     # iterations at 192 px: 9% of the face see-through at 384 px, 0.03% antialiased).
     rasterize_mode: str = "antialiased"
+    # The face's skin stays a closed surface: its Gaussians keep at least the opacity and
+    # SKIN_MIN_SCALE of each scale they started with (skin_floor). Free, refinement made some
+    # transparent and shrank others to draw the hair strands and shadows of its frames with the
+    # hair and background behind the face, and from other views those holes were a network of
+    # dark cracks across the cheeks.
+    keep_skin_closed: bool = True
+
+
+SKIN_MIN_SCALE = 0.85  # of each scale a skin Gaussian started with (RefineConfig.keep_skin_closed)
+
+
+@dataclass
+class SkinFloor:
+    """The least opacity logit (M,) and log scales (M, 3) of the skin's Gaussians index (M,)."""
+
+    index: torch.Tensor
+    opacity_logit: torch.Tensor
+    log_scale: torch.Tensor
+
+    def apply(self, params: dict[str, torch.Tensor]) -> None:
+        """In place: the skin's parameters raised to their floor (a projection after each step)."""
+        for name in ("opacity_logit", "log_scale"):
+            p = params[name].data
+            p[self.index] = torch.maximum(p[self.index], getattr(self, name))
+
+
+def skin_floor(face: torch.Tensor, opacity_logit: torch.Tensor, log_scale: torch.Tensor, data: HeadModelData,
+               max_log_scale: float) -> SkinFloor | None:
+    """The floor of the Gaussians bound (face: (N,) their faces) to the head model's "face"
+    region (its skin, without the eyes and the mouth's inside): their opacity logits (N,) as they
+    are, and SKIN_MIN_SCALE of their scales (log_scale: (N, 3)) but never over max_log_scale (a
+    Gaussian that starts as a spike must still be able to shrink to what the size penalty
+    allows); on the tensors' device. None where the model has no such region."""
+    labels, names = data.face_regions()
+    if "face" not in names:
+        return None
+    index = torch.nonzero(torch.as_tensor(labels == names.index("face"), device=face.device)[face]).flatten()
+    scale = (log_scale.detach()[index] + math.log(SKIN_MIN_SCALE)).clamp(max=max_log_scale)
+    return SkinFloor(index, opacity_logit.detach()[index].clone(), scale)
 
 
 @dataclass
@@ -173,6 +214,11 @@ class Refiner:
         self._bound_face = avatar.face.to(dev)  # what check_layout compares with, on the same device
         self.count = len(avatar)
         self.params = {k: torch.nn.Parameter(getattr(avatar, k).detach().clone().float().to(dev)) for k in PARAMS}
+        p = self.params
+        self._skin = None
+        if cfg.keep_skin_closed:
+            size_hinge = math.log(cfg.antispike.max_size * PENALTY_MARGIN)
+            self._skin = skin_floor(self.face, p["opacity_logit"], p["log_scale"], self.model.data, size_hinge)
         self.frame_delta: dict[str, torch.nn.Parameter] = {}
         if cfg.tune_frames:
             n = len(self.frames)
@@ -331,6 +377,8 @@ class Refiner:
             self.optimizer.step()
         with torch.no_grad():
             self.params["rot"].data = F.normalize(self.params["rot"].data, dim=1)
+            if self._skin is not None:
+                self._skin.apply(self.params)
         self.iteration += 1
         out = {k: float(v.detach()) for k, v in terms.items()}
         problem = self._problem(value)

@@ -211,7 +211,7 @@ def test_cheeks_never_take_what_lies_beside_the_face(astronaut):
     """A green band painted all around the portrait's face oval (hair, a collar or a background
     beside the face, and the contour's own shading just inside it): the sides of the face stay skin, filled from the face, instead of turning
     green when the head turns; above the eyes the head still takes what the portrait shows."""
-    from savatar.core.build.build import _face_labels, cheek_sides
+    from savatar.core.build.build import cheek_sides
     from savatar.core.drive.tracking import FACE_OVAL
     from savatar.core.gaussians.binding import deform
     from savatar.core.head.head_model import HeadModel
@@ -232,7 +232,7 @@ def test_cheeks_never_take_what_lies_beside_the_face(astronaut):
     with torch.no_grad():
         neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]
         positions = deform(avatar, neutral, model.faces).means.double().numpy()
-    labels, names = _face_labels(rig.data)
+    labels, names = rig.data.face_regions()
     cheeks = cheek_sides(positions, labels[avatar.face.numpy()], names, neutral.double().numpy(), rig.data)
     rgb = avatar.sh[:, 0].numpy() * 0.28209479177387814 + 0.5
     green = (rgb[:, 1] > rgb[:, 0] + 0.2) & (rgb[:, 1] > rgb[:, 2] + 0.2)
@@ -426,7 +426,7 @@ def test_shrunk_curtain_keeps_an_opened_mouths_teeth_a_band():
 
     avatar = copy.deepcopy(default_avatar(60000))  # a build's count
     model = HeadModel(Rig.of(avatar).data)
-    labels, names = B._face_labels(model.data)
+    labels, names = model.data.face_regions()
     mouth = np.isin(labels[avatar.face.numpy()], [names.index(n) for n in B.MOUTH_REGIONS])
     with torch.no_grad():
         neutral = model(shape=avatar.shape[None], static_offset=avatar.static_offset).vertices[0]

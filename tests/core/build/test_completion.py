@@ -324,11 +324,11 @@ def test_cheek_sides_need_the_landmarks_that_place_them(data):
     has about a hundred of MediaPipe's points), none rather than an error."""
     from dataclasses import replace
 
-    from savatar.core.build.build import _face_labels, cheek_sides
+    from savatar.core.build.build import cheek_sides
     from savatar.core.build.hair_colour import JAW_ANGLES
 
     verts = np.asarray(data.v_template, np.float64)
-    labels, names = _face_labels(data)
+    labels, names = data.face_regions()
     centres = verts[data.faces].mean(1)
     cheeks = cheek_sides(centres, labels, names, verts, data)
     face = labels == names.index("face")

@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 from savatar.core.drive.calibration import INNER_LIPS
 from savatar.core.drive.tracking import FACE_OVAL, FaceFitter, TrackerParams, intrinsics_for, project_tracking
 from savatar.core.gaussians.binding import deform, face_frames, init_avatar, rebind
-from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0
+from savatar.core.gaussians.gaussians import GaussianAvatar, rgb_to_sh0, sh0_to_rgb
 from savatar.core.build.colour_fit import fit_colours
 from savatar.core.build.face_offsets import landmark_offsets, landmark_points
 from savatar.core.build.hair_colour import EYE_CORNERS, JAW_ANGLES, hair_colour, long_hair
@@ -929,7 +929,7 @@ def build_avatar(sources: Sequence[str | Path | np.ndarray], count: int = 60000,
     avatar.shape = torch.as_tensor(shape, dtype=torch.float32)
     avatar.static_offset = torch.as_tensor(offset, dtype=torch.float32)
     model = HeadModel(data)
-    default = (avatar.sh[:, 0].double().numpy() * 0.28209479177387814 + 0.5).clip(0, 1)
+    default = sh0_to_rgb(avatar.sh[:, 0].double()).numpy().clip(0, 1)
     acc_c = np.zeros((count, 3))
     acc_w = np.zeros(count)
     labels, names = data.face_regions()

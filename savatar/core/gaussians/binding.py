@@ -218,10 +218,7 @@ def _hamilton_rows(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> 
 
 def _face_region_weights(data: HeadModelData, density: dict[str, float]) -> np.ndarray:
     """(F,) density weight of each face's majority region (1.0 for faces outside every region)."""
-    names = list(data.vertex_regions)
-    label = np.full(len(data.v_template), -1, np.int64)
-    for i, name in enumerate(names):
-        label[np.asarray(data.vertex_regions[name], np.int64)] = i
+    label, names = data.vertex_labels()
     fl = label[data.faces]  # (F, 3)
     # Majority of three labels: l0 if it matches either other one, else l1 if l1 == l2, else l0.
     major = np.where((fl[:, 1] == fl[:, 2]) & (fl[:, 0] != fl[:, 1]), fl[:, 1], fl[:, 0])

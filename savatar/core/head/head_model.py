@@ -50,12 +50,17 @@ class HeadModelData:
     vertex_regions: dict[str, np.ndarray] = field(default_factory=dict)
     lmk_mediapipe: np.ndarray | None = None  # (L,) MediaPipe Face Mesh index of each landmark
 
-    def face_regions(self) -> tuple[np.ndarray, list[str]]:
-        """(region index (F,) of each face: its first vertex's, -1 outside all; the regions' names)."""
+    def vertex_labels(self) -> tuple[np.ndarray, list[str]]:
+        """(region index (V,) of each vertex, -1 outside all; the regions' names)."""
         names = list(self.vertex_regions)
         label = np.full(len(self.v_template), -1, np.int64)
         for i, n in enumerate(names):
             label[np.asarray(self.vertex_regions[n], np.int64)] = i
+        return label, names
+
+    def face_regions(self) -> tuple[np.ndarray, list[str]]:
+        """(region index (F,) of each face: its first vertex's, -1 outside all; the regions' names)."""
+        label, names = self.vertex_labels()
         return label[self.faces[:, 0]], names
 
     def validate(self) -> None:

@@ -214,11 +214,11 @@ class Refiner:
         self._bound_face = avatar.face.to(dev)  # what check_layout compares with, on the same device
         self.count = len(avatar)
         self.params = {k: torch.nn.Parameter(getattr(avatar, k).detach().clone().float().to(dev)) for k in PARAMS}
-        p = self.params
         self._skin = None
         if cfg.keep_skin_closed:
             size_hinge = math.log(cfg.antispike.max_size * PENALTY_MARGIN)
-            self._skin = skin_floor(self.face, p["opacity_logit"], p["log_scale"], self.model.data, size_hinge)
+            self._skin = skin_floor(self.face, self.params["opacity_logit"], self.params["log_scale"], self.model.data,
+                                    size_hinge)
         self.frame_delta: dict[str, torch.nn.Parameter] = {}
         if cfg.tune_frames:
             n = len(self.frames)
